@@ -64,11 +64,7 @@ class ExpertBank(nn.Module):
         # unbind once: its backward stacks the E gradients in one allocation, where
         # indexing w_in[e] per expert would allocate and add a full (E, ...) zero grad each.
         w_in, w_out = self.w_in.unbind(0), self.w_out.unbind(0)
-        outputs = [
-            self._ffn(chunk, w_in[e], w_out[e])
-            for e, chunk in enumerate(x.split(counts))
-            if chunk.shape[0] > 0
-        ]
+        outputs = [self._ffn(chunk, w_in[e], w_out[e]) for e, chunk in enumerate(x.split(counts)) if chunk.shape[0] > 0]
         return torch.cat(outputs) if len(outputs) != 1 else outputs[0]
 
     def _ffn(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:

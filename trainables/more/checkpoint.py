@@ -26,7 +26,9 @@ FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
-def save_checkpoint(model: MoRELM, tokenizer: Any, directory: str | Path, metadata: dict[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    model: MoRELM, tokenizer: Any, directory: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
     """Write config, weights and tokenizer into ``directory`` (created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -51,8 +51,17 @@ class MoREConfig:
             errs.append(f"activation: got {self.activation!r}, expected one of {', '.join(ACTIVATIONS)}")
         if self.pos_encoding not in POS_ENCODINGS:
             errs.append(f"pos_encoding: got {self.pos_encoding!r}, expected one of {', '.join(POS_ENCODINGS)}")
-        for name in ("num_recurrences", "vocab_size", "block_size", "n_layer", "n_head", "d_model",
-                     "num_experts", "top_k", "expert_hidden"):
+        for name in (
+            "num_recurrences",
+            "vocab_size",
+            "block_size",
+            "n_layer",
+            "n_head",
+            "d_model",
+            "num_experts",
+            "top_k",
+            "expert_hidden",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 errs.append(f"{name}: got {value!r}, expected an integer >= 1")

@@ -21,8 +21,8 @@ learned position) embeddings, ``Stack(h) = B_L(...B_1(h))``.
   differently tagged copies of the input, ``h_r = Stack(e + b_r)``, where ``b_r`` is a
   learned branch embedding (R x D parameters; without it the branches would be
   identical). They are combined per token by a learned softmax gate,
-  ``alpha_r = softmax_r(w · RMSNorm(h_r))``, ``h = sum_r alpha_r h_r`` (w: D
-  parameters). Parameters: base + (R + 1)·D; compute R times base's.
+  ``alpha_r = softmax_r(w · RMSNorm(h_r))``, ``h = sum_r alpha_r h_r`` (w and the
+  norm: D parameters each). Parameters: base + (R + 2)·D; compute R times base's.
 
 ``more_d`` (sequential refinement): the shared stack runs R times; each pass re-reads
   the input and refines the previous pass's answer through a learned feedback
@@ -132,7 +132,9 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, MoEOutput]:
+    def forward(
+        self, h: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+    ) -> tuple[torch.Tensor, MoEOutput]:
         h = h + self.drop(self.attn(self.attn_norm(h), rope))
         moe = self.moe(self.moe_norm(h))
         return h + self.drop(moe.output), moe
