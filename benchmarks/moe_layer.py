@@ -129,7 +129,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; D={D_MODEL} H={EXPERT_HIDDEN} E={NUM_EXPERTS} k={TOP_K}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"D={D_MODEL} H={EXPERT_HIDDEN} E={NUM_EXPERTS} k={TOP_K}"
     )
     records = run(args.tokens, args.repeats, args.warmup, args.seed)
     print_table(records)

@@ -1,0 +1,27 @@
+# The two newcomer commands (see README.md): `make sweep` and `make test`.
+# Each one sets up .venv first; the set-up reruns only when pyproject.toml changes.
+
+VENV ?= .venv
+PYTHON ?= python3
+STAMP := $(VENV)/.setup-stamp
+
+# The datasets live beside the repo, in ../shared/data, unless MOE_ORCH_DATA says otherwise.
+export MOE_ORCH_DATA ?= $(abspath ../shared/data)
+
+.PHONY: setup sweep test
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	# torch first: 2.13.0 is the CPU build; an unpinned torch would pull a CUDA build of several GB.
+	$(VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+sweep: $(STAMP)
+	$(VENV)/bin/moe-orch sweep experiments/more.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest

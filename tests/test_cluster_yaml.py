@@ -1,0 +1,37 @@
+"""cluster.yaml is a valid Ray cluster-launcher config, checked offline with Ray's own schema."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from ray.autoscaler._private.util import prepare_config, validate_config
+
+CLUSTER_YAML = Path(__file__).resolve().parents[1] / "cluster.yaml"
+
+
+def load() -> dict:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def test_cluster_yaml_validates_against_rays_schema() -> None:
+    validate_config(prepare_config(load()))
+
+
+def test_cluster_has_a_head_and_autoscaled_gpu_workers_and_installs_moe_orch() -> None:
+    cfg = load()
+    types = cfg["available_node_types"]
+    workers = [t for name, t in types.items() if name != cfg["head_node_type"]]
+    assert any(t["resources"].get("GPU", 0) >= 1 and t["max_workers"] > t["min_workers"] for t in workers)
+    assert any("pip install -e ~/moe-orch" in c for c in cfg["setup_commands"])
+    # the dashboard binds to loopback on the head, reached through `ray dashboard` (SSH)
+    assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
+
+
+def test_a_broken_cluster_yaml_is_rejected_by_the_same_check() -> None:
+    cfg = load()
+    cfg["available_node_types"]["gpu_worker"]["max_workers"] = "many"
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(cfg))
