@@ -1,8 +1,8 @@
 """Expert banks: E feed-forward networks stored as stacked weights.
 
-Experts are never separate modules. Their weights live in a few (E, ...) tensors so
+Experts are never separate modules. Their weights live in two (E, ...) tensors so
 that dispatch can run one matmul per expert over a contiguous slice of tokens
-(see ``dispatch.py``) instead of one module call per token.
+(see ``dispatch.py`` and ``grouped.py``) instead of one module call per token.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from trainables.moe.grouped import GroupedFFN
 
 ACTIVATIONS = ("swiglu", "gelu")
 
@@ -61,20 +62,7 @@ class ExpertBank(nn.Module):
         Returns:
             (N, D) expert outputs, in the same row order.
         """
-        # unbind once: its backward stacks the E gradients in one allocation, where
-        # indexing w_in[e] per expert would allocate and add a full (E, ...) zero grad each.
-        w_in, w_out = self.w_in.unbind(0), self.w_out.unbind(0)
-        outputs = [self._ffn(chunk, w_in[e], w_out[e]) for e, chunk in enumerate(x.split(counts)) if chunk.shape[0] > 0]
-        return torch.cat(outputs) if len(outputs) != 1 else outputs[0]
-
-    def _ffn(self, x: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-        h = x @ w_in  # (n, 2H | H)
-        if self.activation == "swiglu":
-            gate, up = h.chunk(2, dim=-1)  # (n, H) each
-            h = F.silu(gate) * up
-        else:
-            h = F.gelu(h)
-        return h @ w_out  # (n, D)
+        return GroupedFFN.apply(x, self.w_in, self.w_out, counts, self.activation)
 
 
 class DenseFFN(nn.Module):

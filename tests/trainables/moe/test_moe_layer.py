@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from trainables.moe import (
     DenseFFN,
+    ExpertBank,
     MoELayer,
     dispatch,
     expert_capacity,
@@ -17,6 +18,7 @@ from trainables.moe import (
     router_z_loss,
     routing_stats,
 )
+from trainables.moe.grouped import GroupedFFN
 
 D, H = 16, 32
 
@@ -40,13 +42,17 @@ def _reference_expert(layer: MoELayer, e: int, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("activation", ["swiglu", "gelu"])
 def test_one_expert_moe_equals_dense_ffn_in_outputs_and_gradients(activation: str) -> None:
     moe = _layer(1, 1, activation=activation)
-    dense = DenseFFN(D, H, activation)
-    with torch.no_grad():
-        dense.bank.w_in.copy_(moe.experts.w_in)
-        dense.bank.w_out.copy_(moe.experts.w_out)
+    # the dense reference: the same weights, written out with plain autograd ops
+    w_in = moe.experts.w_in.detach()[0].clone().requires_grad_(True)
+    w_out = moe.experts.w_out.detach()[0].clone().requires_grad_(True)
+
+    def dense(x: torch.Tensor) -> torch.Tensor:
+        h = x @ w_in
+        h = F.silu(h[..., :H]) * h[..., H:] if activation == "swiglu" else F.gelu(h)
+        return h @ w_out
+
     x = torch.randn(3, 7, D)
     x_moe, x_dense = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
-
     out_moe = moe(x_moe).output
     out_dense = dense(x_dense)
     torch.testing.assert_close(out_moe, out_dense)
@@ -55,8 +61,25 @@ def test_one_expert_moe_equals_dense_ffn_in_outputs_and_gradients(activation: st
     out_moe.backward(grad)
     out_dense.backward(grad)
     torch.testing.assert_close(x_moe.grad, x_dense.grad)
-    torch.testing.assert_close(moe.experts.w_in.grad, dense.bank.w_in.grad)
-    torch.testing.assert_close(moe.experts.w_out.grad, dense.bank.w_out.grad)
+    torch.testing.assert_close(moe.experts.w_in.grad[0], w_in.grad)
+    torch.testing.assert_close(moe.experts.w_out.grad[0], w_out.grad)
+    # and the DenseFFN module (the shared expert) is that same dense FFN
+    shared = DenseFFN(D, H, activation)
+    with torch.no_grad():
+        shared.bank.w_in.copy_(moe.experts.w_in)
+        shared.bank.w_out.copy_(moe.experts.w_out)
+    torch.testing.assert_close(shared(x), out_dense.detach())
+
+
+@pytest.mark.parametrize("activation", ["swiglu", "gelu"])
+def test_grouped_ffn_backward_matches_numerical_gradients(activation: str) -> None:
+    torch.manual_seed(0)
+    bank = ExpertBank(4, 6, 5, activation).double()
+    x = torch.randn(13, 6, dtype=torch.double, requires_grad=True)
+    counts = [4, 0, 7, 2]  # an expert with no tokens included
+    assert torch.autograd.gradcheck(
+        lambda x, w_in, w_out: GroupedFFN.apply(x, w_in, w_out, counts, activation), (x, bank.w_in, bank.w_out)
+    )
 
 
 def test_top_k_equal_to_num_experts_is_the_dense_softmax_mixture() -> None:
