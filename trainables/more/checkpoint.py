@@ -64,6 +64,6 @@ def load_checkpoint(directory: str | Path, device: str = "cpu") -> tuple[MoRELM,
     """
     description = read_description(directory)
     model = MoRELM(MoREConfig.from_dict(description["config"]))
-    missing, unexpected = load_model(model, str(Path(directory) / WEIGHTS_FILE), strict=True, device=device)
+    load_model(model, str(Path(directory) / WEIGHTS_FILE), strict=True, device=device)  # raises on any mismatch
     model.to(device).eval()
     return model, load_tokenizer(directory), description.get("metadata", {})
