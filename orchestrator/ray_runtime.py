@@ -1,0 +1,94 @@
+"""Owner of ``ray.init`` / ``ray.shutdown``: a local Ray for laptops, or joining a cluster.
+
+- No address (and no ``RAY_ADDRESS``): a local Ray starts with ``num_cpus`` CPUs, its
+  dashboard bound to 127.0.0.1 only, and a custom resource ``tune_driver`` (one unit per
+  CPU) that Tune trial driver functions request instead of a CPU, so the trials' Ray
+  Train workers can use every CPU (a trial holding a CPU would starve its own workers on
+  a small machine).
+- ``--address``/``RAY_ADDRESS``: joins an existing cluster. Ray's token authentication is
+  on by default, so the client sets ``RAY_AUTH_MODE=token`` unless already set (the token
+  comes from ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token`` as usual). Clusters should give the
+  head node a ``tune_driver`` resource (``ray start --resources='{"tune_driver": 8}'``);
+  without one, trial drivers request 0.01 CPU instead.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+DRIVER_RESOURCE = "tune_driver"
+# Ray Train V2 knobs that cut per-run overhead on small runs (each can be overridden from the environment):
+# the controller polls its workers every 2 s by default, which delays every report and the end of a run;
+# the preemption watcher is one more actor per run, useless on a laptop.
+TRAIN_ENV_DEFAULTS = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+@dataclass(frozen=True)
+class RaySession:
+    """What the commands need to know about the Ray they run on."""
+
+    address: str | None  # None = local Ray started by us
+    dashboard_url: str | None
+    cpus: float
+    gpus: float
+    has_driver_resource: bool
+
+    def trial_resources(self) -> dict[str, float]:
+        """Resources of one Tune trial driver function (not of its Train workers)."""
+        return {DRIVER_RESOURCE: 1} if self.has_driver_resource else {"CPU": 0.01}
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None,
+                dashboard: bool = True) -> Iterator[RaySession]:
+    """Start (or join) Ray for the duration of the block, then shut down what we started."""
+    import ray
+
+    for key, value in TRAIN_ENV_DEFAULTS.items():  # inherited by Tune trial actors, Train controllers and workers
+        os.environ.setdefault(key, value)
+    owned = not ray.is_initialized()  # a Ray started by the caller (a notebook, a test) is reused, not stopped
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if not owned:
+        context = ray.get_runtime_context()
+        address = None
+    elif address and address != "local":
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        context = ray.init(address=address, log_to_driver=True)
+    else:
+        cpus = num_cpus or os.cpu_count() or 1
+        context = ray.init(
+            num_cpus=cpus,
+            resources={DRIVER_RESOURCE: cpus},
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+        )
+        address = None
+    try:
+        url = getattr(context, "dashboard_url", None) or None if owned else None
+        if url and not url.startswith("http"):
+            url = f"http://{url}"
+        resources = ray.cluster_resources()
+        session = RaySession(
+            address=address,
+            dashboard_url=url,
+            cpus=resources.get("CPU", 0.0),
+            gpus=resources.get("GPU", 0.0),
+            has_driver_resource=resources.get(DRIVER_RESOURCE, 0) > 0,
+        )
+        where = f"cluster at {address}" if address else f"{'local' if owned else 'running'} Ray ({session.cpus:g} CPUs)"
+        print(f"Ray: {where}; dashboard: {url or 'off'}", flush=True)
+        yield session
+    finally:
+        if owned:
+            ray.shutdown()
+
+
+def default_concurrency(session: RaySession, num_workers: int, cpus_per_worker: float) -> int:
+    """Trials that fit at once: floor(CPUs / (num_workers * cpus_per_worker)), at least 1."""
+    return max(1, int(session.cpus // (num_workers * cpus_per_worker)))

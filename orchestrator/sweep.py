@@ -1,0 +1,391 @@
+"""Ray Tune driver: Optuna (TPE, or NSGA-II with several metrics) + ASHA over ``sweep.space``.
+
+Each trial is a driver *function* (``sweep_trial``, a Tune trial actor holding one
+``tune_driver`` resource, see ``ray_runtime``) that builds a ``TorchTrainer`` and fits it;
+``TuneReportCallback`` forwards the workers' reports to Tune (the Ray Train V2 pattern).
+
+Layout under ``./ray_results/<name>/sweep`` (deterministic, so ``--resume`` works):
+
+    <name>_000/               Tune trial dir (trial names are ``{experiment}_{index:03d}``)
+      train/checkpoint_*      the trial's Ray Train run (restored if the trial is re-run)
+      mlflow_run_id           its nested MLflow run
+      timing.json             driver-function wall time (written when the trial finishes)
+    mlflow_parent_run_id      the sweep's MLflow parent run
+    summary.csv, plots/       written at the end (and logged to the parent run)
+
+Without ``--resume`` an existing sweep folder is moved aside to ``sweep-<timestamp>``.
+
+Interrupting (Ctrl-C) leaves Tune's state on disk and the MLflow parent run open; the
+command exits with code 130 and ``--resume`` finishes the sweep (trials that completed
+are not run again; an interrupted trial restarts from its latest Ray Train checkpoint).
+Test hook: ``MOE_ORCH_STOP_AFTER_TRIALS=N`` sends that same SIGINT once N trials have
+completed, so tests can exercise ``--resume`` deterministically.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune import Callback
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from orchestrator import space as space_mod
+from orchestrator import tracking
+from orchestrator.config import Experiment, experiment_from_dict
+from orchestrator.ray_runtime import RaySession, default_concurrency
+from orchestrator.trainer import build_trainer, overhead_split, results_root
+
+STOP_AFTER_ENV = "MOE_ORCH_STOP_AFTER_TRIALS"
+PARENT_ID_FILE, CHILD_ID_FILE, TIMING_FILE = "mlflow_parent_run_id", "mlflow_run_id", "timing.json"
+
+
+# -- the per-trial driver function ----------------------------------------------------------
+
+
+def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any]) -> None:
+    """One trial: apply the sampled ``config`` (dotted keys) to ``base`` and fit a TorchTrainer."""
+    started = time.time()
+    exp = experiment_from_dict(base).with_values(config)
+    trial_name = tune.get_context().get_trial_name()
+    trial_dir = Path(ctx["sweep_dir"]) / trial_name
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    uri = ctx["uri"]
+
+    id_file = trial_dir / CHILD_ID_FILE
+    if id_file.exists():  # a resumed trial keeps its nested run
+        run_id = id_file.read_text().strip()
+        tracking.set_running(uri, run_id)
+    else:
+        run_id = tracking.start_run(uri, ctx["experiment_id"], run_name=trial_name, parent_run_id=ctx["parent_run_id"],
+                                    tags={"moe_orch.command": "sweep-trial", "moe_orch.trial": trial_name})
+        id_file.write_text(run_id)
+        tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
+
+    callbacks = [tracking.MlflowReportCallback(uri, run_id), TuneReportCallback()]
+    trainer = build_trainer(exp, "train", trial_dir, callbacks)
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.end_run(uri, run_id, ok=False)
+        raise
+    wall = time.time() - started
+    metrics = dict(result.metrics or {})
+    (trial_dir / TIMING_FILE).write_text(json.dumps(overhead_split(started, time.time(), metrics)))
+    if result.checkpoint is not None:
+        tracking.log_artifacts(uri, run_id, Path(result.checkpoint.path) / "model", "checkpoint")
+    tracking.log_metrics(uri, run_id, {"trial_wall_time_s": wall,
+                                       "overhead_s": wall - metrics.get("train_time_s", wall)},
+                         step=int(metrics.get("step", 0)))
+    tracking.end_run(uri, run_id, ok=result.error is None)
+    if result.error is not None:
+        raise RuntimeError(f"trial {trial_name} failed: {result.error}")
+
+
+# -- Tune plumbing --------------------------------------------------------------------------
+
+
+class TrialNamer:
+    """``{experiment}_{index:03d}`` in creation order (the same name for a trial's dir).
+
+    Indices continue after the highest one already in ``sweep_dir``, so trials added by a
+    resumed sweep never reuse a name.
+    """
+
+    def __init__(self, name: str, sweep_dir: str) -> None:
+        self.name, self.sweep_dir = name, sweep_dir
+
+    def __call__(self, trial: Any) -> str:
+        # Tune copies the creator with each trial spec, so the names live at module level.
+        names = _TRIAL_NAMES.setdefault(self.sweep_dir, {})
+        key = str(trial.trial_id)
+        if key not in names:
+            prefix = f"{self.name}_"
+            on_disk = [p.name for p in Path(self.sweep_dir).glob(f"{prefix}*")] if Path(self.sweep_dir).exists() else []
+            used = [int(n[len(prefix):]) for n in [*on_disk, *names.values()] if n[len(prefix):].isdigit()]
+            names[key] = f"{prefix}{max(used, default=-1) + 1:03d}"
+        return names[key]
+
+
+_TRIAL_NAMES: dict[str, dict[str, str]] = {}  # sweep dir -> {trial id: name}
+
+
+class _InterruptAfter(Callback):
+    """Test hook: once ``$MOE_ORCH_STOP_AFTER_TRIALS`` trials completed, interrupt the sweep
+    exactly as Ctrl-C would (SIGINT to this process: Tune saves its state and returns)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.count += 1
+        limit = os.environ.get(STOP_AFTER_ENV)
+        if limit and self.count >= int(limit):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def build_search(exp: Experiment) -> tuple[Any, Any, dict[str, Any]]:
+    """``(search_alg, scheduler, tune_config_metric_kwargs)`` from ``exp.sweep``."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    metrics, modes, dims = exp.metrics, exp.modes, exp.dims
+    multi = len(metrics) > 1
+    metric_kwargs = {} if multi else {"metric": metrics[0], "mode": modes[0]}
+    search_alg = None
+    if exp.sweep.search == "optuna":
+        import optuna
+        from ray.tune.search.optuna import OptunaSearch
+
+        sampler = (optuna.samplers.NSGAIISampler(seed=exp.sweep.seed) if multi
+                   else optuna.samplers.TPESampler(seed=exp.sweep.seed))
+        search_alg = OptunaSearch(
+            metric=metrics if multi else None, mode=modes if multi else None, sampler=sampler,
+            points_to_evaluate=space_mod.grid_points(dims, exp.sweep.seed) or None)
+    scheduler = None
+    if exp.sweep.scheduler == "asha":
+        # max_t one past the last report: ASHA stops a trial that reaches max_t, which would cut
+        # the driver function short before it logs the final checkpoint and closes its MLflow run.
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=expected_reports(exp) + 1,
+                                  grace_period=exp.sweep.grace_period, reduction_factor=exp.sweep.reduction_factor)
+    return search_alg, scheduler, metric_kwargs
+
+
+def expected_reports(exp: Experiment) -> int:
+    """How many reports a trial that runs to the end makes."""
+    return math.ceil(exp.train.max_steps / exp.train.eval_every)
+
+
+def _trainable(exp: Experiment, session: RaySession, ctx: dict[str, Any]) -> Any:
+    fn = tune.with_parameters(sweep_trial, base=exp.to_dict(), ctx=ctx)
+    return tune.with_resources(fn, session.trial_resources())
+
+
+# -- the sweep ------------------------------------------------------------------------------
+
+
+def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
+              results: str | Path = "ray_results") -> dict[str, Any]:
+    """Run (or with ``resume``, finish) the sweep; returns a summary dict with a printable table."""
+    base = results_root(exp, results)
+    sweep_dir = base / "sweep"
+    can_restore = resume and tune.Tuner.can_restore(str(sweep_dir))
+    if resume and not can_restore:
+        print(f"--resume: no restorable sweep at {sweep_dir}; starting a new one")
+    if not can_restore and sweep_dir.exists():
+        aside = base / time.strftime("sweep-%Y%m%d-%H%M%S")
+        sweep_dir.rename(aside)
+        print(f"moved the previous sweep to {aside}")
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+
+    uri = tracking.resolve_uri(exp.tracking.uri)
+    experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
+    parent_file = sweep_dir / PARENT_ID_FILE
+    if parent_file.exists():
+        parent_run_id = parent_file.read_text().strip()
+        tracking.set_running(uri, parent_run_id)
+    else:
+        parent_run_id = tracking.start_run(uri, experiment_id, run_name=f"{exp.name}/sweep",
+                                           tags={"moe_orch.command": "sweep", "moe_orch.family": exp.family})
+        parent_file.write_text(parent_run_id)
+        tracking.log_params(uri, parent_run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
+        sweep_params = {k: v for k, v in exp.to_dict()["sweep"].items() if k != "space"}
+        tracking.log_params(uri, parent_run_id, {"sweep": sweep_params})
+        tracking.log_text(uri, parent_run_id, exp.to_yaml(), "experiment.yaml")
+    print(f"MLflow: parent run {parent_run_id} in {uri}")
+
+    ctx = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "sweep_dir": str(sweep_dir)}
+    trainable = _trainable(exp, session, ctx)
+    concurrency = exp.sweep.max_concurrent_trials or default_concurrency(
+        session, exp.scaling.num_workers, exp.scaling.cpus_per_worker)
+    started = time.time()
+    if can_restore:
+        print(f"resuming the sweep at {sweep_dir}")
+        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+    else:
+        search_alg, scheduler, metric_kwargs = build_search(exp)
+        namer = TrialNamer(exp.name, str(sweep_dir))
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space_mod.to_tune_space(exp.dims, exp.sweep.search),
+            tune_config=tune.TuneConfig(
+                num_samples=exp.sweep.num_samples, search_alg=search_alg, scheduler=scheduler,
+                max_concurrent_trials=concurrency, trial_name_creator=namer, trial_dirname_creator=namer,
+                **metric_kwargs),
+            run_config=tune.RunConfig(name="sweep", storage_path=str(base), callbacks=[_InterruptAfter()],
+                                      verbose=1),
+        )
+    print(f"sweeping {len(exp.dims)} keys, {exp.sweep.num_samples} samples, {concurrency} at a time", flush=True)
+    grid = tuner.fit()
+    wall = time.time() - started
+    expected = exp.sweep.num_samples * (space_mod.num_grid_points(exp.dims) if exp.sweep.search == "random" else 1)
+    done = grid.num_terminated + grid.num_errors
+    if done < max(expected, len(grid)):  # interrupted (Ctrl-C): Tune saved its state; leave the parent run open
+        message = (f"sweep interrupted after {done}/{expected} trials; finish it with "
+                   f"`moe-orch sweep {exp.source or '<experiment>'} --resume` (same overrides)")
+        return {"interrupted": True, "table": message, "parent_run_id": parent_run_id, "wall_time_s": wall}
+    return finish_sweep(exp, grid, sweep_dir, uri, parent_run_id, wall)
+
+
+# -- the end of a sweep: summary CSV, Optuna plots, MLflow parent -------------------------
+
+
+def trial_rows(exp: Experiment, grid: Any, sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per trial: name, swept values, metric(s), status, wall/train/overhead seconds, run id."""
+    rows = []
+    for result in grid:
+        trial_dir = Path(result.path)
+        name = trial_dir.name
+        metrics = dict(result.metrics or {})
+        config = dict(result.config or {})
+        timing_file = sweep_dir / name / TIMING_FILE
+        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
+        train_time = metrics.get("train_time_s")
+        wall = timing.get("wall_time_s") or metrics.get("time_total_s")
+        iters = int(metrics.get("training_iteration", 0) or 0)
+        if result.error is not None:
+            status = "ERROR"
+        elif iters < expected_reports(exp) and not timing:
+            status = "STOPPED"  # by ASHA (or an interruption)
+        else:
+            status = "TERMINATED"
+        run_file = sweep_dir / name / CHILD_ID_FILE
+        row = {"trial": name}
+        row.update({key: config.get(key) for key in exp.sweep.space})
+        row.update({m: metrics.get(m) for m in exp.metrics})
+        row.update({
+            "status": status, "reports": iters, "step": metrics.get("step"),
+            "wall_time_s": round(wall, 2) if wall is not None else None,
+            "train_time_s": round(train_time, 2) if train_time is not None else None,
+            "overhead_s": round(wall - train_time, 2) if wall is not None and train_time is not None else None,
+            "startup_s": _round(timing.get("startup_s")), "teardown_s": _round(timing.get("teardown_s")),
+            "run_id": run_file.read_text().strip() if run_file.exists() else None,
+        })
+        rows.append(row)
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The summary table as CSV."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width text table."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def optuna_study(exp: Experiment, rows: list[dict[str, Any]]) -> Any:
+    """An Optuna study rebuilt from the trial rows (completed trials with all metrics)."""
+    import optuna
+
+    distributions = {}
+    for dim in exp.dims:
+        if dim.kind in ("choice", "grid"):
+            distributions[dim.key] = optuna.distributions.CategoricalDistribution(list(dim.args))
+        elif dim.kind == "randint":
+            distributions[dim.key] = optuna.distributions.IntDistribution(*dim.args)
+        else:
+            distributions[dim.key] = optuna.distributions.FloatDistribution(*dim.args, log=dim.kind == "loguniform")
+    directions = ["minimize" if m == "min" else "maximize" for m in exp.modes]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=directions, study_name=exp.name)
+    for row in rows:
+        values = [row.get(m) for m in exp.metrics]
+        if any(v is None for v in values) or row["status"] == "ERROR":
+            continue
+        params = {k: row[k] for k in distributions if row.get(k) is not None}
+        if len(params) != len(distributions):
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, values=values,
+            user_attrs={"trial": row["trial"], "status": row["status"]}))
+    return study
+
+
+def write_plots(exp: Experiment, study: Any, out: Path) -> list[Path]:
+    """Parallel coordinates + parameter importance (+ Pareto front with several metrics) as HTML."""
+    import optuna.visualization as vis
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = (lambda t: t.values[0]) if len(exp.metrics) > 1 else None
+    name = exp.metrics[0]
+    plots = {
+        "parallel_coordinate.html": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=name),
+        "param_importances.html": lambda: vis.plot_param_importances(study, target=target, target_name=name),
+    }
+    if len(exp.metrics) > 1:
+        plots["pareto_front.html"] = lambda: vis.plot_pareto_front(study, target_names=exp.metrics)
+    written = []
+    for filename, make in plots.items():
+        try:
+            make().write_html(str(out / filename), include_plotlyjs="cdn")
+            written.append(out / filename)
+        except Exception as exc:  # too few trials, constant params...: a plot is never worth failing a sweep
+            print(f"plot {filename} skipped: {exc}")
+    return written
+
+
+def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, uri: str, parent_run_id: str,
+                 wall: float) -> dict[str, Any]:
+    """Summarise the sweep: CSV + plots + best trial into the MLflow parent; close child runs."""
+    rows = trial_rows(exp, grid, sweep_dir)
+    for row in rows:  # trials stopped by ASHA are cut off mid-fit: their runs end here, FINISHED (early)
+        if row["run_id"]:
+            tracking.set_tags(uri, row["run_id"], {"moe_orch.status": row["status"]})
+            tracking.end_run(uri, row["run_id"], ok=row["status"] != "ERROR")
+    csv_path = write_csv(rows, sweep_dir / "summary.csv")
+    tracking.log_artifact(uri, parent_run_id, csv_path)
+    plots: list[Path] = []
+    if rows:
+        try:
+            plots = write_plots(exp, optuna_study(exp, rows), sweep_dir / "plots")
+        except Exception as exc:
+            print(f"plots skipped: {exc}")
+    for plot in plots:
+        tracking.log_artifact(uri, parent_run_id, plot, "plots")
+
+    metric, mode = exp.metrics[0], exp.modes[0]
+    scored = [r for r in rows if r.get(metric) is not None and r["status"] != "ERROR"]
+    best = (min if mode == "min" else max)(scored, key=lambda r: r[metric]) if scored else None
+    if best is not None:
+        best_params = {"trial": best["trial"], **{k: best[k] for k in exp.sweep.space}}
+        tracking.log_params(uri, parent_run_id, {"best": best_params})
+        best_result = next((r for r in grid if Path(r.path).name == best["trial"]), None)
+        best_metrics = dict(best_result.metrics or {}) if best_result is not None else {}
+        tracking.log_metrics(uri, parent_run_id, {f"best_{k}": v for k, v in best_metrics.items()
+                                                  if not k.startswith("routing/")}, step=0)
+    finished = sum(r["status"] != "ERROR" for r in rows)
+    tracking.log_metrics(uri, parent_run_id, {"sweep_wall_time_s": wall, "trials": len(rows), "trials_ok": finished})
+    tracking.end_run(uri, parent_run_id, ok=True)
+
+    columns = ["trial", *exp.sweep.space, *exp.metrics, "status", "step", "wall_time_s", "train_time_s", "overhead_s"]
+    table = format_table(rows, columns)
+    if best is not None:
+        table += f"\nbest: {best['trial']} {metric}={best[metric]:.4f}"
+    return {"interrupted": False, "rows": rows, "table": table, "best": best, "parent_run_id": parent_run_id,
+            "csv": str(csv_path), "plots": [str(p) for p in plots], "wall_time_s": wall}

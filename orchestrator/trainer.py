@@ -1,0 +1,135 @@
+"""Ray Train driver: one ``TorchTrainer`` running the family's worker loop, tracked in MLflow.
+
+``run_train`` is what ``moe-orch train`` calls (inside ``ray_runtime.ray_session``);
+``build_trainer`` is shared with the sweep's per-trial driver function.
+
+Runs live under ``<results>/<experiment>/train-<timestamp>`` (Ray Train storage). Ray
+Train V2 restores a run whose name and storage path already exist, so ``--resume``
+reuses the newest ``train-*`` folder: the worker loop continues from its latest checkpoint
+and metrics keep flowing into the same MLflow run (its id is stored in the folder).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.v2.api.callback import UserCallback
+
+from orchestrator import tracking
+from orchestrator.config import Experiment
+
+RUN_ID_FILE = "mlflow_run_id"
+
+
+class ProgressCallback(UserCallback):
+    """Prints one concise line per report (runs in the Train controller; Ray forwards it)."""
+
+    def __init__(self, label: str, max_steps: int) -> None:
+        self.label, self.max_steps = label, max_steps
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        m = metrics[0] if metrics else {}
+        print(f"[{self.label}] step {m.get('step', '?')}/{self.max_steps} "
+              f"train_loss {m.get('train_loss', float('nan')):.4f} val_loss {m.get('val_loss', float('nan')):.4f} "
+              f"ppl {m.get('val_perplexity', float('nan')):.2f} lr {m.get('lr', 0):.2e} "
+              f"tok/s {m.get('tokens_per_s', 0):.0f}", flush=True)
+
+
+def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callbacks: list[Any]) -> TorchTrainer:
+    """The TorchTrainer for ``exp``; ``name``/``storage_path`` make it restorable."""
+    scaling = exp.scaling
+    return TorchTrainer(
+        exp.family_spec.load_train_loop(),
+        train_loop_config=exp.to_dict(),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers,
+            use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=name,
+            storage_path=str(Path(storage_path).absolute()),
+            checkpoint_config=CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=0),
+            callbacks=callbacks,
+        ),
+    )
+
+
+def overhead_split(started: float, ended: float, metrics: dict[str, Any]) -> dict[str, float | None]:
+    """Wall time of a driver function split into start-up (until the worker loop began),
+    training (the loop's own ``train_time_s``) and tear-down (after the last report)."""
+    out: dict[str, float | None] = {"wall_time_s": ended - started, "train_time_s": metrics.get("train_time_s"),
+                                    "startup_s": None, "teardown_s": None}
+    loop_start, train = metrics.get("loop_started_at"), metrics.get("train_time_s")
+    if loop_start is not None and train is not None:
+        out["startup_s"] = loop_start - started
+        out["teardown_s"] = ended - (loop_start + train)
+    return out
+
+
+def results_root(exp: Experiment, root: str | Path = "ray_results") -> Path:
+    """``<root>/<experiment name>``, absolute."""
+    return (Path(root) / exp.name).absolute()
+
+
+def _latest_train_dir(base: Path) -> Path | None:
+    runs = sorted(p for p in base.glob("train-*") if p.is_dir())
+    return runs[-1] if runs else None
+
+
+def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_results") -> dict[str, Any]:
+    """Train ``exp`` once with Ray Train, logging to MLflow; returns a summary dict.
+
+    Must run inside a Ray session. Raises RuntimeError if training failed.
+    """
+    base = results_root(exp, results)
+    run_dir = _latest_train_dir(base) if resume else None
+    if resume and run_dir is None:
+        print(f"--resume: no earlier run under {base}; starting a new one")
+    if run_dir is None:
+        run_dir = base / time.strftime("train-%Y%m%d-%H%M%S")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    uri = tracking.resolve_uri(exp.tracking.uri)
+    experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
+    id_file = run_dir / RUN_ID_FILE
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+        tracking.set_running(uri, run_id)
+    else:
+        run_id = tracking.start_run(uri, experiment_id, run_name=f"{exp.name}/{run_dir.name}",
+                                    tags={"moe_orch.command": "train", "moe_orch.family": exp.family})
+        id_file.write_text(run_id)
+        tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
+        tracking.log_text(uri, run_id, exp.to_yaml(), "experiment.yaml")
+    print(f"MLflow: run {run_id} in {uri}")
+
+    callbacks = [tracking.MlflowReportCallback(uri, run_id), ProgressCallback(exp.name, exp.train.max_steps)]
+    trainer = build_trainer(exp, run_dir.name, base, callbacks)
+    started = time.time()
+    try:
+        result = trainer.fit()
+    except Exception:
+        tracking.end_run(uri, run_id, ok=False)
+        raise
+    wall = time.time() - started
+    metrics = dict(result.metrics or {})
+    if result.error is not None:
+        tracking.end_run(uri, run_id, ok=False)
+        raise RuntimeError(f"training failed: {result.error}")
+    checkpoint = result.checkpoint
+    if checkpoint is not None:
+        model_dir = Path(checkpoint.path) / "model"
+        tracking.log_artifacts(uri, run_id, model_dir, "checkpoint")
+    timing = {k: v for k, v in overhead_split(started, started + wall, metrics).items() if v is not None}
+    timing["overhead_s"] = wall - metrics.get("train_time_s", wall)
+    tracking.log_metrics(uri, run_id, timing, step=int(metrics.get("step", 0)))
+    tracking.end_run(uri, run_id, ok=True)
+    return {"run_id": run_id, "run_dir": str(run_dir), "checkpoint": checkpoint.path if checkpoint else None,
+            "metrics": metrics, "wall_time_s": wall, "tracking_uri": uri}
