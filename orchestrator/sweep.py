@@ -40,8 +40,9 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from orchestrator import space as space_mod
 from orchestrator import tracking
 from orchestrator.config import Experiment, experiment_from_dict
+from orchestrator.progress import SweepProgress, overhead_split
 from orchestrator.ray_runtime import RaySession, default_concurrency
-from orchestrator.trainer import build_trainer, overhead_split, results_root
+from orchestrator.trainer import build_trainer, results_root
 
 STOP_AFTER_ENV = "MOE_ORCH_STOP_AFTER_TRIALS"
 PARENT_ID_FILE, CHILD_ID_FILE, TIMING_FILE = "mlflow_parent_run_id", "mlflow_run_id", "timing.json"
@@ -78,15 +79,30 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any
         raise
     wall = time.time() - started
     metrics = dict(result.metrics or {})
-    (trial_dir / TIMING_FILE).write_text(json.dumps(overhead_split(started, time.time(), metrics)))
+    import psutil  # a Ray dependency
+
+    timing = overhead_split(started, time.time(), metrics, process_started=psutil.Process().create_time())
+    (trial_dir / TIMING_FILE).write_text(json.dumps(timing))
     if result.checkpoint is not None:
         tracking.log_artifacts(uri, run_id, Path(result.checkpoint.path) / "model", "checkpoint")
+    evaluation: dict[str, float] = {}
+    if exp.evaluate.at_end and result.checkpoint is not None and result.error is None:
+        from orchestrator.evaluate import evaluate_at_end
+
+        try:  # the evaluation suite on the final checkpoint, logged into the trial's run
+            evaluation = evaluate_at_end(exp, uri, run_id, result.checkpoint.path)
+        except Exception:
+            tracking.end_run(uri, run_id, ok=False)
+            raise
     tracking.log_metrics(uri, run_id, {"trial_wall_time_s": wall,
                                        "overhead_s": wall - metrics.get("train_time_s", wall)},
                          step=int(metrics.get("step", 0)))
     tracking.end_run(uri, run_id, ok=result.error is None)
     if result.error is not None:
         raise RuntimeError(f"trial {trial_name} failed: {result.error}")
+    if evaluation:  # one last Tune result with the evaluation, so sweep.metric may name e.g. babi_qa2_acc
+        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        tune.report({**numeric, **evaluation})
 
 
 # -- Tune plumbing --------------------------------------------------------------------------
@@ -136,6 +152,8 @@ def build_search(exp: Experiment) -> tuple[Any, Any, dict[str, Any]]:
     from ray.tune.schedulers import ASHAScheduler
 
     metrics, modes, dims = exp.metrics, exp.modes, exp.dims
+    if exp.evaluate.at_end:  # evaluation metrics come in the last result only: Tune must not demand them earlier
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     multi = len(metrics) > 1
     metric_kwargs = {} if multi else {"metric": metrics[0], "mode": modes[0]}
     search_alg = None
@@ -205,6 +223,8 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
     concurrency = exp.sweep.max_concurrent_trials or default_concurrency(
         session, exp.scaling.num_workers, exp.scaling.cpus_per_worker)
     started = time.time()
+    expected = exp.sweep.num_samples * (space_mod.num_grid_points(exp.dims) if exp.sweep.search == "random" else 1)
+    progress = SweepProgress(exp.metrics[0], exp.modes[0], exp.train.max_steps, expected)
     if can_restore:
         print(f"resuming the sweep at {sweep_dir}")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
@@ -217,14 +237,14 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
             tune_config=tune.TuneConfig(
                 num_samples=exp.sweep.num_samples, search_alg=search_alg, scheduler=scheduler,
                 max_concurrent_trials=concurrency, trial_name_creator=namer, trial_dirname_creator=namer,
+                reuse_actors=True,  # one trial actor process per slot, not per trial: seconds per trial on a laptop
                 **metric_kwargs),
-            run_config=tune.RunConfig(name="sweep", storage_path=str(base), callbacks=[_InterruptAfter()],
-                                      verbose=1),
+            run_config=tune.RunConfig(name="sweep", storage_path=str(base), callbacks=[_InterruptAfter(), progress],
+                                      verbose=0),
         )
     print(f"sweeping {len(exp.dims)} keys, {exp.sweep.num_samples} samples, {concurrency} at a time", flush=True)
     grid = tuner.fit()
     wall = time.time() - started
-    expected = exp.sweep.num_samples * (space_mod.num_grid_points(exp.dims) if exp.sweep.search == "random" else 1)
     done = grid.num_terminated + grid.num_errors
     if done < max(expected, len(grid)):  # interrupted (Ctrl-C): Tune saved its state; leave the parent run open
         message = (f"sweep interrupted after {done}/{expected} trials; finish it with "

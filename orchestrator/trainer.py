@@ -15,35 +15,22 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.v2.api.callback import UserCallback
 
 from orchestrator import tracking
 from orchestrator.config import Experiment
+from orchestrator.progress import TrainProgress, overhead_split
+from orchestrator.worker import worker_entry
 
 RUN_ID_FILE = "mlflow_run_id"
-
-
-class ProgressCallback(UserCallback):
-    """Prints one concise line per report (runs in the Train controller; Ray forwards it)."""
-
-    def __init__(self, label: str, max_steps: int) -> None:
-        self.label, self.max_steps = label, max_steps
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        m = metrics[0] if metrics else {}
-        print(f"[{self.label}] step {m.get('step', '?')}/{self.max_steps} "
-              f"train_loss {m.get('train_loss', float('nan')):.4f} val_loss {m.get('val_loss', float('nan')):.4f} "
-              f"ppl {m.get('val_perplexity', float('nan')):.2f} lr {m.get('lr', 0):.2e} "
-              f"tok/s {m.get('tokens_per_s', 0):.0f}", flush=True)
 
 
 def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callbacks: list[Any]) -> TorchTrainer:
     """The TorchTrainer for ``exp``; ``name``/``storage_path`` make it restorable."""
     scaling = exp.scaling
     return TorchTrainer(
-        exp.family_spec.load_train_loop(),
+        worker_entry,
         train_loop_config=exp.to_dict(),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -57,20 +44,11 @@ def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callback
             checkpoint_config=CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
             failure_config=FailureConfig(max_failures=0),
             callbacks=callbacks,
+            # Ray Train's own INFO lines (every report's full metrics dict, every checkpoint path)
+            # drown the progress lines; they still go to the session's log files.
+            logging_config=LoggingConfig(log_level="WARNING"),
         ),
     )
-
-
-def overhead_split(started: float, ended: float, metrics: dict[str, Any]) -> dict[str, float | None]:
-    """Wall time of a driver function split into start-up (until the worker loop began),
-    training (the loop's own ``train_time_s``) and tear-down (after the last report)."""
-    out: dict[str, float | None] = {"wall_time_s": ended - started, "train_time_s": metrics.get("train_time_s"),
-                                    "startup_s": None, "teardown_s": None}
-    loop_start, train = metrics.get("loop_started_at"), metrics.get("train_time_s")
-    if loop_start is not None and train is not None:
-        out["startup_s"] = loop_start - started
-        out["teardown_s"] = ended - (loop_start + train)
-    return out
 
 
 def results_root(exp: Experiment, root: str | Path = "ray_results") -> Path:
@@ -110,7 +88,7 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
         tracking.log_text(uri, run_id, exp.to_yaml(), "experiment.yaml")
     print(f"MLflow: run {run_id} in {uri}")
 
-    callbacks = [tracking.MlflowReportCallback(uri, run_id), ProgressCallback(exp.name, exp.train.max_steps)]
+    callbacks = [tracking.MlflowReportCallback(uri, run_id), TrainProgress(exp.name, exp.train.max_steps)]
     trainer = build_trainer(exp, run_dir.name, base, callbacks)
     started = time.time()
     try:
@@ -127,6 +105,14 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
     if checkpoint is not None:
         model_dir = Path(checkpoint.path) / "model"
         tracking.log_artifacts(uri, run_id, model_dir, "checkpoint")
+        if exp.evaluate.at_end:  # the evaluation suite on the final checkpoint, logged into this run
+            from orchestrator.evaluate import evaluate_at_end
+
+            try:
+                metrics.update(evaluate_at_end(exp, uri, run_id, model_dir))
+            except Exception:
+                tracking.end_run(uri, run_id, ok=False)
+                raise
     timing = {k: v for k, v in overhead_split(started, started + wall, metrics).items() if v is not None}
     timing["overhead_s"] = wall - metrics.get("train_time_s", wall)
     tracking.log_metrics(uri, run_id, timing, step=int(metrics.get("step", 0)))

@@ -1,0 +1,129 @@
+"""Terminal progress for ``train`` and ``sweep``, and the split of a run's wall time.
+
+- ``TrainProgress``: a Ray Train callback (runs in the Train controller; Ray forwards its
+  prints to the driver) printing one line per report.
+- ``SweepProgress``: a Ray Tune callback (runs in the driver) printing a line when a trial
+  starts, reports, finishes or fails, and a status line every ``every_s`` seconds. It
+  replaces Tune's own verbose output, whose result boxes list every per-layer routing key.
+- ``overhead_split``: where a run's wall time went, from timestamps the worker loop reports.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.train.v2.api.callback import UserCallback
+from ray.tune import Callback
+
+NAN = float("nan")
+
+
+def _fmt_metrics(m: dict[str, Any]) -> str:
+    """``train_loss 2.31 val_loss 2.25 ppl 9.49`` for the keys present."""
+    parts = []
+    for key, label in (("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_perplexity", "ppl"),
+                       ("val_accuracy", "val_acc")):
+        if isinstance(m.get(key), (int, float)):
+            parts.append(f"{label} {m[key]:.4f}")
+    return " ".join(parts)
+
+
+class TrainProgress(UserCallback):
+    """One line per ``ray.train.report``: step, losses, LR and throughput."""
+
+    def __init__(self, label: str, max_steps: int) -> None:
+        self.label, self.max_steps = label, max_steps
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        m = metrics[0] if metrics else {}
+        extra = f" lr {m['lr']:.2e}" if "lr" in m else ""
+        extra += f" tok/s {m['tokens_per_s']:.0f}" if "tokens_per_s" in m else ""
+        print(f"[{self.label}] step {m.get('step', '?')}/{self.max_steps} {_fmt_metrics(m)}{extra}", flush=True)
+
+
+def trial_name(trial: Any) -> str:
+    """The deterministic name we gave the trial (``{experiment}_{index:03d}``)."""
+    return getattr(trial, "custom_trial_name", None) or str(trial)
+
+
+class SweepProgress(Callback):
+    """Concise live progress of a sweep (replaces Tune's verbose tables)."""
+
+    def __init__(self, metric: str, mode: str, max_steps: int, total: int, every_s: float = 30.0) -> None:
+        self.metric, self.mode, self.max_steps, self.total, self.every_s = metric, mode, max_steps, total, every_s
+        self.started = time.time()
+        self.last_status = self.started
+        self.best: tuple[float, str] | None = None
+
+    def _clock(self) -> str:
+        minutes, seconds = divmod(int(time.time() - self.started), 60)
+        return f"[{minutes:02d}:{seconds:02d}]"
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        config = " ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else f"{k.split('.')[-1]}={v}"
+                          for k, v in trial.config.items())
+        print(f"{self._clock()} {trial_name(trial)} started: {config}", flush=True)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)):
+            better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
+            if better:
+                self.best = (float(value), trial_name(trial))
+        print(f"{self._clock()} {trial_name(trial)} step {result.get('step', '?')}/{self.max_steps} "
+              f"{_fmt_metrics(result)}", flush=True)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        stopped = "" if last.get("step", self.max_steps) >= self.max_steps else " (stopped early by ASHA)"
+        print(f"{self._clock()} {trial_name(trial)} finished at step {last.get('step', '?')}{stopped}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        print(f"{self._clock()} {trial_name(trial)} FAILED; see {trial.local_path or 'its trial folder'}", flush=True)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if time.time() - self.last_status < self.every_s:
+            return
+        self.last_status = time.time()
+        counts: dict[str, int] = {}
+        for t in trials:
+            counts[t.status] = counts.get(t.status, 0) + 1
+        done = counts.get("TERMINATED", 0) + counts.get("ERROR", 0)
+        best = f"; best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+        print(f"{self._clock()} {done}/{self.total} trials done, {counts.get('RUNNING', 0)} running, "
+              f"{counts.get('PENDING', 0)} pending{best}", flush=True)
+
+
+def overhead_split(started: float, ended: float, metrics: dict[str, Any],
+                   process_started: float | None = None) -> dict[str, float | None]:
+    """Where a driver's wall time (``started`` to ``ended``) went, in seconds.
+
+    ``metrics`` are the worker loop's last report: ``worker_started_at`` (unix time its
+    process was created), ``loop_started_at`` (when the loop function began),
+    ``setup_s`` (loop start to first step: data, model, optimizer, wrapper) and
+    ``train_time_s`` (loop start to last report). ``process_started`` is when the
+    driver's own process was created (the Tune trial actor), if known.
+
+    - ``actor_start_s``: trial actor process creation to driver start (Tune);
+    - ``spawn_s``: driver start to worker process creation (Train controller actor,
+      placement group, worker actor);
+    - ``worker_init_s``: worker process creation to loop start (imports, process group);
+    - ``loop_setup_s``: inside the loop, before the first step;
+    - ``teardown_s``: last report to the driver's return (checkpoint upload, shutdown).
+    """
+    out: dict[str, float | None] = {
+        "wall_time_s": ended - started, "train_time_s": metrics.get("train_time_s"),
+        "actor_start_s": started - process_started if process_started else None,
+        "startup_s": None, "spawn_s": None, "worker_init_s": None,
+        "loop_setup_s": metrics.get("setup_s"), "teardown_s": None,
+    }
+    loop_start, train = metrics.get("loop_started_at"), metrics.get("train_time_s")
+    worker_start = metrics.get("worker_started_at")
+    if loop_start is not None and train is not None:
+        out["startup_s"] = loop_start - started
+        out["teardown_s"] = ended - (loop_start + train)
+    if worker_start is not None and loop_start is not None:
+        out["spawn_s"] = worker_start - started
+        out["worker_init_s"] = loop_start - worker_start
+    return out
