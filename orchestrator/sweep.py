@@ -363,7 +363,8 @@ def write_plots(exp: Experiment, study: Any, out: Path) -> list[Path]:
     written = []
     for filename, make in plots.items():
         try:
-            make().write_html(str(out / filename), include_plotlyjs="cdn")
+            # plotly.js embedded (about 4 MB a file): the plots open offline and inside the MLflow UI
+            make().write_html(str(out / filename), include_plotlyjs=True)
             written.append(out / filename)
         except Exception as exc:  # too few trials, constant params...: a plot is never worth failing a sweep
             print(f"plot {filename} skipped: {exc}")
@@ -397,8 +398,9 @@ def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, uri: str, parent_r
         tracking.log_params(uri, parent_run_id, {"best": best_params})
         best_result = next((r for r in grid if Path(r.path).name == best["trial"]), None)
         best_metrics = dict(best_result.metrics or {}) if best_result is not None else {}
+        family = exp.family_spec  # the family's own scalars, not Tune's bookkeeping or per-layer keys
         tracking.log_metrics(uri, parent_run_id, {f"best_{k}": v for k, v in best_metrics.items()
-                                                  if not k.startswith("routing/")}, step=0)
+                                                  if k in family.metrics}, step=0)
     finished = sum(r["status"] != "ERROR" for r in rows)
     tracking.log_metrics(uri, parent_run_id, {"sweep_wall_time_s": wall, "trials": len(rows), "trials_ok": finished})
     tracking.end_run(uri, parent_run_id, ok=True)
