@@ -108,5 +108,105 @@ def sweep(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
         sys.exit(130)
 
 
+@main.command("serve")
+@click.argument("target")
+@click.argument("overrides", nargs=-1)
+@click.option("--emit-config", "emit_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a Serve config file for `serve deploy` instead of starting the app.")
+@click.option("--host", default=None, help="HTTP host (default: serve.host, 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="HTTP port (default: serve.port, 8000).")
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True,
+              help="MLflow store holding RUN's checkpoint artifact.")
+@click.option("--address", default=None, help=ADDRESS_HELP)
+def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, host: str | None, port: int | None,
+              tracking_uri: str, address: str | None) -> None:
+    """Serve a trained Ensemble MoE over HTTP with Ray Serve (FastAPI, batching, autoscaling).
+
+    TARGET is an experiment YAML (its newest `moe-orch train` checkpoint; OVERRIDES such as
+    serve.max_replicas=4 apply), an MLflow run id, or a checkpoint directory. The app answers
+    POST <route>/predict, GET <route>/healthz and <route>/docs on 127.0.0.1:8000 by default;
+    Ctrl-C stops it.
+    """
+    import dataclasses
+    import signal
+    import time
+
+    exp = _load(target, overrides) if target.endswith((".yaml", ".yml")) else None
+    if overrides and exp is None:
+        click.echo("overrides apply to an experiment YAML only; use --host/--port with a run id or directory", err=True)
+        sys.exit(2)
+    from serve.resolve import TargetError, resolve_target
+
+    try:
+        found = resolve_target(target, exp, tracking_uri)
+    except (TargetError, ValueError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    settings = dataclasses.replace(found.settings, **{k: v for k, v in (("host", host), ("port", port)) if v})
+    from serve import ensemble as app
+
+    if emit_path:
+        click.echo(f"Serve config for {found.description}: {app.emit_config(emit_path, found.source, settings)}")
+        return
+    from orchestrator.ray_runtime import ray_session
+
+    # SIGTERM (and SIGINT where a non-interactive shell ignores it) stop the app like Ctrl-C
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, _raise_interrupt)
+    with ray_session(address):
+        url = app.start({"checkpoint": str(found.local_dir)}, settings)
+        click.echo(f"serving {found.description}\n  POST {url}/predict  GET {url}/healthz  docs {url}/docs\n"
+                   "Ctrl-C to stop", err=False)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            click.echo("stopping")
+        finally:
+            app.shutdown()
+
+
+@main.command("evaluate")
+@click.argument("target")
+@click.argument("settings", nargs=-1)
+@click.option("--tasks", multiple=True,
+              help="Tasks to run, comma-separated or repeated: perplexity, babi, arithmetic, generation, routing "
+                   "(default: all).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write the artifacts to this folder.")
+@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True, help="The MLflow store.")
+@click.option("--experiment", default="moe-orch-evaluate", show_default=True,
+              help="MLflow experiment of the new run made for a bare checkpoint directory.")
+def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], out: str | None,
+                 tracking_uri: str, experiment: str) -> None:
+    """Evaluate a MoRE checkpoint: WikiText-2 perplexity, bAbI 2/3, arithmetic, generation, routing plots.
+
+    TARGET is an MLflow run id (its checkpoint; results are logged to that run) or a
+    checkpoint directory (results go to a new MLflow run). SETTINGS are key=value pairs of
+    the `evaluate:` section, e.g. babi_max_questions=null ppl_max_tokens=null for the full sets.
+    """
+    from orchestrator.evaluate import evaluate_target, parse_settings
+
+    task_list = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
+    try:
+        parsed = parse_settings(settings, task_list or None)
+    except ValueError as exc:
+        click.echo("evaluate: bad settings:\n  " + str(exc).replace("\n", "\n  "), err=True)
+        sys.exit(2)
+    try:
+        summary = evaluate_target(target, tracking_uri, parsed, out=out, experiment=experiment)
+    except Exception as exc:
+        click.echo(f"evaluate failed: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    for key, value in summary["metrics"].items():
+        click.echo(f"{key:24s} {value:.4g}")
+    click.echo(f"artifacts: {', '.join(summary['artifacts'])}" + (f" (copied to {out})" if out else ""))
+    click.echo(f"MLflow run: {summary['run_id']} ({summary['tracking_uri']})")
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
     main()

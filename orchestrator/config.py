@@ -18,6 +18,7 @@ from typing import Any, Literal
 from orchestrator import space as space_mod
 from orchestrator.families import FAMILIES, Family
 from orchestrator.schema import check, check_section, describe, dump_yaml, field_types, fmt, load_yaml
+from trainables.more.evaluation.suite import EvalSettings
 
 SWEEPABLE_SECTIONS = ("model", "data", "train")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -31,6 +32,10 @@ class DataSection:
     root: str | None = None  # data root; None = $MOE_ORCH_DATA, else ./data (resolved to an absolute path)
     train_split: str = "train"
     val_split: str = "validation"
+    # training mixture (trainables.data.mixture): relative weights of lm (the dataset above), babi, arithmetic;
+    # null = train on the dataset alone
+    mixture: dict[str, float] | None = None
+    arith_train_digits: int = 3  # arithmetic in the mixture: operands of 1..N digits
 
 
 @dataclass
@@ -85,12 +90,43 @@ class SweepSection:
     space: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class ServeSection:
+    """Ray Serve deployment of a trained model (``moe-orch serve``): HTTP, batching, autoscaling, input limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/ensemble"
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 16.0  # autoscaling target per replica
+    max_ongoing_requests: int | None = None  # per replica; None = 2 * max_batch_size (must be >= max_batch_size)
+    max_batch_size: int = 32  # requests per @serve.batch call
+    batch_wait_timeout_s: float = 0.01
+    max_texts_per_request: int = 64  # more gets HTTP 413
+    max_text_chars: int = 2000  # a longer text gets HTTP 413 (rejected, not truncated)
+    num_cpus_per_replica: float = 1.0
+    access_log: bool = True  # one log line per request in each replica (off for load tests)
+
+
+@dataclass
+class EvaluateSection(EvalSettings):
+    """The MoRE evaluation suite (``moe-orch evaluate``; fields: ``trainables.more.evaluation.EvalSettings``).
+
+    ``at_end: true`` evaluates the final checkpoint of every train run and sweep trial.
+    """
+
+    at_end: bool = False
+
+
 SECTIONS: dict[str, type] = {
     "data": DataSection,
     "train": TrainSection,
     "scaling": ScalingSection,
     "tracking": TrackingSection,
     "sweep": SweepSection,
+    "evaluate": EvaluateSection,
+    "serve": ServeSection,
 }
 TOP_LEVEL = ("name", "family", "model", *SECTIONS)
 
@@ -115,6 +151,8 @@ class Experiment:
     scaling: ScalingSection
     tracking: TrackingSection
     sweep: SweepSection
+    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
+    serve: ServeSection = field(default_factory=ServeSection)
     source: str | None = None  # the YAML file it came from
 
     @property
@@ -296,6 +334,8 @@ def validate(raw: dict[str, Any], source: str | None = None) -> tuple[Experiment
     errors += _check_scaling(sections["scaling"])
     errors += _check_tracking(sections["tracking"])
     errors += _check_sweep(sections["sweep"], family, model, sections)
+    errors += _check_evaluate(sections["evaluate"], sections["data"], sections["sweep"])
+    errors += check_serve(sections["serve"])
 
     if errors or model is None:
         return None, errors
@@ -354,10 +394,56 @@ def _check_scaling(scaling: ScalingSection) -> list[str]:
     return errors
 
 
+def _check_evaluate(evaluate: EvaluateSection, data: DataSection, sweep: SweepSection) -> list[str]:
+    """The evaluation settings, the training mixture they rely on, and sweeps on evaluation metrics
+    (reported once, at the end of a trial: they need evaluate.at_end, no ASHA, and Optuna's
+    multi-objective mode, since TPE reads its single metric at every report)."""
+    from trainables.data.mixture import mixture_errors
+    from trainables.more.evaluation.suite import is_eval_metric
+
+    errors = mixture_errors(data.mixture, data.arith_train_digits)
+    errors += [f"evaluate.{e}" for e in evaluate.errors()]
+    short = [d for d in evaluate.arith_long_digits if d <= data.arith_train_digits]
+    if short:
+        errors.append(f"evaluate.arith_long_digits: got {short}, expected lengths > data.arith_train_digits "
+                      f"({data.arith_train_digits})")
+    metrics = [sweep.metric] if isinstance(sweep.metric, str) else list(sweep.metric)
+    for m in [m for m in metrics if is_eval_metric(m)]:
+        if not evaluate.at_end:
+            errors.append(f"sweep.metric: got {m!r}, an evaluation metric, expected evaluate.at_end: true")
+        elif sweep.scheduler != "none":
+            errors.append(f"sweep.scheduler: got {sweep.scheduler!r} with evaluation metric {m!r}, expected none")
+        elif len(metrics) == 1 and sweep.search == "optuna":
+            errors.append(f"sweep.metric: got {m!r} alone with search optuna, expected it in a list of metrics "
+                          "(NSGA-II) or search: random")
+    return errors
+
+
 def _check_tracking(tracking: TrackingSection) -> list[str]:
     if not tracking.uri:
         return [f"tracking.uri: got {fmt(tracking.uri)}, expected a URI like sqlite:///mlflow.db"]
     return []
+
+
+def check_serve(serve: ServeSection) -> list[str]:
+    """Errors of a ``serve:`` section (also used by ``serve/`` on settings read from a checkpoint)."""
+    errors = []
+    for key in ("min_replicas", "max_batch_size", "max_texts_per_request", "max_text_chars"):
+        errors += _positive(f"serve.{key}", getattr(serve, key))
+    errors += _positive("serve.max_replicas", serve.max_replicas, max(1, serve.min_replicas))
+    if not 0 < serve.port < 65536:
+        errors.append(f"serve.port: got {fmt(serve.port)}, expected 1..65535")
+    if not serve.route_prefix.startswith("/"):
+        errors.append(f"serve.route_prefix: got {fmt(serve.route_prefix)}, expected a path starting with /")
+    if serve.max_ongoing_requests is not None and serve.max_ongoing_requests < serve.max_batch_size:
+        errors.append(f"serve.max_ongoing_requests: got {serve.max_ongoing_requests}, expected null or "
+                      f">= serve.max_batch_size ({serve.max_batch_size})")
+    for key in ("target_ongoing_requests", "num_cpus_per_replica"):
+        if not getattr(serve, key) > 0:
+            errors.append(f"serve.{key}: got {fmt(getattr(serve, key))}, expected > 0")
+    if serve.batch_wait_timeout_s < 0:
+        errors.append(f"serve.batch_wait_timeout_s: got {fmt(serve.batch_wait_timeout_s)}, expected >= 0")
+    return errors
 
 
 def _check_sweep(sweep: SweepSection, family: Family | None, model: dict[str, Any] | None,

@@ -43,13 +43,22 @@ class Family:
 
 
 def _registry() -> dict[str, Family]:
+    from trainables.ensemble.config import EnsembleConfig
     from trainables.more.config import MoREConfig
 
     lm_metrics = ("step", "train_loss", "val_loss", "val_perplexity", "lr", "tokens_per_s", "tokens_seen",
-                  "load_balance_loss", "z_loss", "train_time_s")
+                  "load_balance_loss", "z_loss", "train_time_s",
+                  # reported by the evaluation at the end of a run (evaluate.at_end, trainables.more.evaluation)
+                  "wikitext_ppl", "wikitext_bpb", "babi_qa2_acc", "babi_qa3_acc", "arith_acc_in", "arith_acc_long",
+                  "eval_load_cv", "eval_time_s")
+    ensemble_metrics = ("step", "train_loss", "expert_loss", "balance_loss", "lr", "examples_per_s", "train_time_s",
+                        "val_loss", "val_accuracy", "val_best_expert_accuracy", "val_gain_over_best", "gate_entropy")
     return {
         "more": Family("more", MoREConfig, "trainables.more.train_loop:train_loop_per_worker",
-                       metrics=lm_metrics, metric_prefixes=("routing/",)),
+                       metrics=lm_metrics, metric_prefixes=("routing/", "arith_acc_d")),
+        "ensemble": Family("ensemble", EnsembleConfig, "trainables.ensemble.train_loop:train_loop_per_worker",
+                           metrics=ensemble_metrics, metric_prefixes=("val_acc/", "gate/"),
+                           datasets=("sst2",), splits=("train", "validation")),
     }
 
 

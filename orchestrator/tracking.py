@@ -131,6 +131,14 @@ def get_run(uri: str, run_id: str) -> Any:
     return client(uri).get_run(run_id)
 
 
+def metric_history(uri: str, run_id: str, prefix: str = "", suffixes: tuple[str, ...] = ("",)
+                   ) -> dict[str, list[tuple[int, float]]]:
+    """``{metric: [(step, value), ...]}`` for the run's metrics named ``prefix...suffix``."""
+    c = client(uri)
+    keys = [k for k in c.get_run(run_id).data.metrics if k.startswith(prefix) and k.endswith(suffixes)]
+    return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k)) for k in keys}
+
+
 def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
     client(uri).log_text(run_id, text, artifact_file)
 

@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.config import ExperimentError, load_experiment
+from orchestrator.families import FAMILIES
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = EXPERIMENTS / "tiny.yaml"
@@ -18,7 +19,7 @@ TINY = EXPERIMENTS / "tiny.yaml"
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_experiment_validates(path: Path) -> None:
     exp = load_experiment(path)
-    assert exp.name and exp.family == "more"
+    assert exp.name == path.stem and exp.family in FAMILIES
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "name: " in result.stdout and "# search space" in result.stdout
@@ -46,7 +47,7 @@ BAD_CASES = {
     "unknown variant": ("model:\n  variant: more_z\n", ["model.variant: got 'more_z', expected one of base"]),
     "bad space key": ("sweep:\n  space:\n    model.nonsense: {choice: [1, 2]}\n",
                       ["sweep.space.model.nonsense: got an unknown key"]),
-    "unknown family": ("family: mixtral\n", ["family: got 'mixtral', expected one of more"]),
+    "unknown family": ("family: mixtral\n", ["family: got 'mixtral', expected one of ensemble, more"]),
 }
 
 

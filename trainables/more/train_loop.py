@@ -3,7 +3,8 @@
 ``train_loop_per_worker(config)`` receives the resolved experiment as plain data
 (``orchestrator.config.Experiment.to_dict()``; ``data.root`` absolute) and reads top to bottom:
 
-1. setup: data (random windows of the byte-encoded corpus), model, AdamW, LR schedule
+1. setup: data (random windows of the byte-encoded corpus, or with ``data.mixture`` rows
+   drawn from LM text, bAbI train and arithmetic: ``trainables.data.mixture``), model, AdamW, LR schedule
    (linear warmup, cosine decay to ``min_lr_ratio * lr``), the strategy wrapper;
 2. resume from ``ray.train.get_checkpoint()`` if Ray Train restored one;
 3. the loop: every ``eval_every`` steps (and at the last step) evaluate, then
@@ -12,8 +13,9 @@
 Reported metrics (rank 0's; validation loss is averaged over ranks): ``step``,
 ``train_loss`` (mean since the last report), ``val_loss``, ``val_perplexity``, ``lr``,
 ``tokens_per_s`` (all workers), ``tokens_seen``, ``load_balance_loss``, ``z_loss``,
-``train_time_s`` (seconds inside this loop, setup included), ``loop_started_at`` (unix
-time this loop began, so drivers can split their overhead into start-up and tear-down), and per MoE layer ``L`` and
+``train_time_s`` (seconds inside this loop, setup included), ``setup_s`` (loop start to the
+first step), ``loop_started_at`` and ``worker_started_at`` (unix times this loop began and
+this worker's process was created, so drivers can split their overhead), and per MoE layer ``L`` and
 recurrence step/branch ``S``: ``routing/L{L}/S{S}/entropy`` (normalised router entropy),
 ``routing/L{L}/S{S}/cv`` (load-balance CV) and ``routing/L{L}/S{S}/load/E{i}`` (fraction
 of routed tokens sent to expert ``i``), all measured on validation batches.
@@ -35,12 +37,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray.train
 import torch
 import torch.distributed as dist
 from ray.train import Checkpoint
 
 from trainables.data import ByteTokenizer, encode_corpus, load_text, random_batches
+from trainables.data.mixture import build_mixture, mixture_batches
 from trainables.more.checkpoint import save_checkpoint
 from trainables.more.config import MoREConfig
 from trainables.more.model import MoRELM
@@ -147,7 +151,8 @@ def save_state(directory: Path, model: torch.nn.Module, optimizer: Any, schedule
                cfg: dict[str, Any], metrics: dict[str, float]) -> None:
     """Write this rank's part of the checkpoint into ``directory`` (collective under DeepSpeed)."""
     rank = ray.train.get_context().get_world_rank()
-    metadata = {"step": step, "experiment": cfg["name"], "val_loss": metrics.get("val_loss")}
+    metadata = {"step": step, "experiment": cfg["name"], "val_loss": metrics.get("val_loss"),
+                "mixture": cfg["data"].get("mixture"), "arith_train_digits": cfg["data"].get("arith_train_digits")}
     if cfg["scaling"]["strategy"] == "deepspeed":
         model.save_checkpoint(str(directory / "deepspeed"), tag=DS_TAG, client_state={"step": step})
         module = unwrap(model)
@@ -198,6 +203,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # 1. setup: identical init on every rank, different data order per rank
     tokenizer = ByteTokenizer()
     train_tokens, val_tokens = load_tokens(cfg, tokenizer)
+    mixture = None  # data.mixture: rows drawn from LM text / bAbI train / arithmetic (trainables.data.mixture)
+    if cfg["data"].get("mixture"):
+        mixture = build_mixture(train_tokens, cfg["data"]["mixture"], cfg["data"].get("arith_train_digits", 3),
+                                tokenizer)
     torch.manual_seed(train["seed"])
     model: Any = MoRELM(MoREConfig.from_dict(cfg["model"]))
     optimizer = build_optimizer(model, train["lr"], train["weight_decay"])
@@ -221,12 +230,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     gen = torch.Generator().manual_seed(train["seed"] * 1000 + rank + step)
 
     # 3. train
+    setup_s = time.time() - started
     model.train()
     window_loss, window_steps, window_start = 0.0, 0, time.time()
     lb_loss = z_loss = 0.0
     tokens_per_step = world * train["batch_size"] * cfg["model"]["block_size"]
     while step < train["max_steps"]:
-        x, y = random_batches(train_tokens, train["batch_size"], cfg["model"]["block_size"], gen)
+        if mixture is not None:
+            x, y = mixture_batches(mixture, train["batch_size"], cfg["model"]["block_size"], gen)
+        else:
+            x, y = random_batches(train_tokens, train["batch_size"], cfg["model"]["block_size"], gen)
         out = model(x.to(device), y.to(device))
         if scaling["strategy"] == "deepspeed":
             model.backward(out.loss)
@@ -256,7 +269,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
             metrics.update(evaluate(unwrap(model), val_tokens, cfg, device))
             metrics["train_time_s"] = time.time() - started
-            metrics["loop_started_at"] = started  # unix time; lets the driver split its overhead
+            metrics["setup_s"] = setup_s
+            metrics["loop_started_at"] = started  # unix times; let the driver split its overhead
+            metrics["worker_started_at"] = psutil.Process().create_time()
             with tempfile.TemporaryDirectory() as tmp:
                 save_state(Path(tmp), model, optimizer, scheduler, step, cfg, metrics)
                 ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),

@@ -1,0 +1,254 @@
+"""Load test over loopback: the Ray Serve ensemble app vs a minimal Flask server (one forward per request).
+
+    python benchmarks/serve_ensemble.py --json bench.json [--checkpoint DIR] [--requests 256]
+
+Both servers load the same Ensemble MoE checkpoint: ``--checkpoint`` (e.g. a trained one), or
+else a small from-config ensemble (BERT + WordPiece and RoBERTa + BPE experts, hidden 256,
+4 layers) built here in a temporary folder. The Flask server is the spec's deployment
+(``app.run``, threaded, ``model.predict`` on each request's texts); the Serve app is
+``serve.ensemble`` with one replica and ``@serve.batch`` dynamic batching. Each server gets
+the same torch thread count.
+
+Load: ``--requests`` requests (one SST-2 dev sentence each) at each concurrency (1, 8, 32),
+from an asyncio/aiohttp client in this process, after a short warm-up; every level is bounded
+by ``--level-timeout-s``. Output: JSON records ``{"server", "concurrency", "rps", "p50_ms",
+"p99_ms"}`` (plus ``requests``, ``errors``, ``wall_s``) and a printed table. Only 127.0.0.1 is used;
+every process started here is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+# Ray Serve settings for a CPU-starved box (each can be overridden from the environment): no per-request
+# log lines to stderr, and user code on the replica's own event loop (one thread hop less per request).
+SERVE_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+sys.path.insert(0, str(REPO))
+HOST = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MOE_ORCH_DATA") or REPO / ".." / "shared" / "data").resolve()
+
+
+def request_texts(n: int) -> list[str]:
+    """SST-2 dev sentences if the data is there, else synthetic ones."""
+    from trainables.ensemble.data import load_sst2
+
+    try:
+        texts = [t for t, _ in load_sst2("validation", data_root())]
+    except FileNotFoundError:
+        texts = [f"a {w} film with {v} acting" for w in ("great", "dull", "warm", "tedious") for v in ("fine", "bad")]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def build_small_checkpoint(directory: Path) -> Path:
+    """A from-config ensemble (random weights; speed does not depend on them) saved under ``directory``."""
+    import torch
+
+    from trainables.ensemble.checkpoint import save_checkpoint
+    from trainables.ensemble.config import EnsembleConfig
+    from trainables.ensemble.experts import export_experts, small_expert_specs
+    from trainables.ensemble.model import EnsembleMoE
+
+    texts = request_texts(872) * 2
+    specs = small_expert_specs(hidden_size=256, num_layers=4, vocab_size=4000)
+    experts = export_experts(specs, directory / "experts", texts)
+    torch.manual_seed(0)
+    model = EnsembleMoE.build(EnsembleConfig(experts=experts, max_length=64)).eval()
+    return save_checkpoint(model, directory / "model", {"note": "benchmark: small from-config ensemble"})
+
+
+# -- the Flask baseline (runs in a subprocess) ----------------------------------------------
+
+
+def flask_main(checkpoint: str, port: int, threads: int) -> None:
+    """The spec's deployment: a Flask app that runs one forward pass per request."""
+    import torch
+    from flask import Flask, jsonify, request
+
+    from trainables.ensemble.checkpoint import load_checkpoint
+
+    torch.set_num_threads(threads)
+    model = load_checkpoint(checkpoint)
+    app = Flask(__name__)
+
+    @app.post("/predict")
+    def predict() -> Any:
+        texts = (request.get_json(silent=True) or {}).get("texts")
+        if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+            return jsonify({"detail": "texts: expected a non-empty list of strings"}), 422
+        return jsonify(model.predict(texts))
+
+    @app.get("/healthz")
+    def healthz() -> Any:
+        return jsonify({"status": "ok"})
+
+    app.run(host=HOST, port=port, threaded=True)
+
+
+# -- load generation ---------------------------------------------------------------------------
+
+
+async def _load(url: str, texts: list[str], concurrency: int, timeout_s: float) -> dict[str, Any]:
+    import aiohttp
+
+    latencies: list[float] = []
+    errors = 0
+    queue = list(texts)
+    deadline = time.perf_counter() + timeout_s
+
+    async def worker(session: aiohttp.ClientSession) -> None:
+        nonlocal errors
+        while queue and time.perf_counter() < deadline:
+            text = queue.pop()
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json={"texts": [text]}) as reply:
+                    await reply.read()
+                    ok = reply.status == 200
+            except (TimeoutError, aiohttp.ClientError):
+                ok = False
+            if ok:
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    timeout = aiohttp.ClientTimeout(total=60)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - start
+    lat = sorted(latencies)
+    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    return {"rps": len(lat) / wall, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
+            "errors": errors, "wall_s": wall}
+
+
+def run_levels(server: str, url: str, texts: list[str], levels: list[int], timeout_s: float) -> list[dict[str, Any]]:
+    """Warm up, then load ``url`` at each concurrency level; one record per level."""
+    asyncio.run(_load(url, texts[:16], 4, timeout_s))
+    records = []
+    for c in levels:
+        stats = asyncio.run(_load(url, texts, c, timeout_s))
+        records.append({"server": server, "concurrency": c, **stats})
+        print(f"  {server:6s} c={c:3d}: {stats['rps']:7.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  "
+              f"p99 {stats['p99_ms']:7.1f} ms  ({stats['requests']} ok, {stats['errors']} errors)", flush=True)
+    return records
+
+
+def wait_healthy(url: str, timeout_s: float = 120) -> None:
+    import requests
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
+
+
+def table(records: list[dict[str, Any]]) -> str:
+    """Rows per concurrency: both servers side by side, and Serve's throughput ratio."""
+    lines = [f"{'concurrency':>11} | {'serve rps':>9} {'p50 ms':>8} {'p99 ms':>8} | {'flask rps':>9} {'p50 ms':>8} "
+             f"{'p99 ms':>8} | {'serve/flask':>11}"]
+    by = {(r["server"], r["concurrency"]): r for r in records}
+    for c in sorted({r["concurrency"] for r in records}):
+        s, f = by.get(("serve", c)), by.get(("flask", c))
+        if not (s and f):
+            continue
+        lines.append(f"{c:>11} | {s['rps']:9.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} | {f['rps']:9.1f} "
+                     f"{f['p50_ms']:8.1f} {f['p99_ms']:8.1f} | {s['rps'] / max(f['rps'], 1e-9):10.2f}x")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", required=True, help="where to write the JSON records")
+    parser.add_argument("--checkpoint", help="an Ensemble MoE checkpoint dir (default: a small from-config one)")
+    parser.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per server")
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    parser.add_argument("--level-timeout-s", type=float, default=120.0, help="bound on each load level")
+    parser.add_argument("--flask-server", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.flask_server:
+        flask_main(args.checkpoint, args.port, args.threads)
+        return
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    levels = [int(c) for c in args.concurrency.split(",")]
+    texts = request_texts(args.requests)
+    with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else build_small_checkpoint(Path(tmp))
+        print(f"model: {checkpoint}; {args.requests} requests per level; concurrency {levels}; "
+              f"torch threads {args.threads}; {os.cpu_count()} CPUs", flush=True)
+        records = bench_flask(checkpoint, args, texts, levels) + bench_serve(checkpoint, args, texts, levels)
+    Path(args.json).write_text(json.dumps(records, indent=2))
+    print(table(records))
+    print(f"wrote {args.json}")
+
+
+def bench_flask(checkpoint: Path, args: argparse.Namespace, texts: list[str], levels: list[int]) -> list[dict]:
+    port = free_port()
+    cmd = [sys.executable, __file__, "--json", "-", "--flask-server", "--checkpoint", str(checkpoint),
+           "--port", str(port), "--threads", str(args.threads)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_healthy(f"http://{HOST}:{port}/healthz")
+        return run_levels("flask", f"http://{HOST}:{port}/predict", texts, levels, args.level_timeout_s)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def bench_serve(checkpoint: Path, args: argparse.Namespace, texts: list[str], levels: list[int]) -> list[dict]:
+    import ray
+
+    from orchestrator.config import ServeSection
+    from serve import ensemble
+
+    settings = ServeSection(port=free_port(), min_replicas=1, max_replicas=1, num_cpus_per_replica=args.threads,
+                            max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
+                            max_ongoing_requests=2 * args.max_batch_size, access_log=False)
+    for key, value in SERVE_ENV.items():  # inherited by the Serve controller, proxy and replicas
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=max(args.threads, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
+    try:
+        url = ensemble.start({"checkpoint": str(checkpoint)}, settings)
+        wait_healthy(f"{url}/healthz")
+        return run_levels("serve", f"{url}/predict", texts, levels, args.level_timeout_s)
+    finally:
+        ensemble.shutdown()
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""A tiny Ensemble MoE checkpoint logged to a temp MLflow store, and a local Ray for the Serve tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SHARED_DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+
+
+@pytest.fixture(scope="module")
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved ensemble of two tiny from-config experts (random weights: serving does not need accuracy)."""
+    import torch
+
+    from trainables.ensemble.checkpoint import save_checkpoint
+    from trainables.ensemble.config import EnsembleConfig
+    from trainables.ensemble.data import load_sst2, subset
+    from trainables.ensemble.experts import export_experts, small_expert_specs
+    from trainables.ensemble.model import EnsembleMoE
+
+    root = tmp_path_factory.mktemp("serve_ckpt")
+    texts = [t for t, _ in subset(load_sst2("train", SHARED_DATA), 1000, 0)]
+    experts = export_experts(small_expert_specs(vocab_size=1000), root / "experts", texts)
+    torch.manual_seed(0)
+    model = EnsembleMoE.build(EnsembleConfig(experts=experts, max_length=32)).eval()
+    return save_checkpoint(model, root / "model", {"step": 0, "serve": {"max_texts_per_request": 4}})
+
+
+@pytest.fixture(scope="session")
+def logged_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """``{"run_id", "tracking_uri"}`` of an MLflow run whose ``checkpoint`` artifact is the tiny checkpoint."""
+    from orchestrator import tracking
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    run_id = tracking.start_run(uri, tracking.get_or_create_experiment(uri, "serve-test"), "serve-test/run")
+    tracking.log_artifacts(uri, run_id, tiny_checkpoint, "checkpoint")
+    tracking.end_run(uri, run_id)
+    return {"run_id": run_id, "tracking_uri": uri}
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    import ray
+
+    os.environ.setdefault("MOE_ORCH_DATA", str(SHARED_DATA))
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()

@@ -1,0 +1,111 @@
+"""The Ensemble MoE Serve app end to end over real HTTP on 127.0.0.1 (real Ray, real MLflow store)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from orchestrator.config import ServeSection
+
+pytestmark = pytest.mark.slow
+TEXTS = ["a charming and often affecting journey .", "unflinchingly bleak and desperate"]
+LIMITS = dict(max_texts_per_request=4, max_text_chars=200, max_batch_size=8, batch_wait_timeout_s=0.05,
+              min_replicas=1, max_replicas=1, num_cpus_per_replica=0.5)
+
+
+@pytest.fixture(scope="module")
+def app_url(local_ray: None, logged_run: dict[str, Any], free_port: int) -> Iterator[str]:
+    """The app deployed from an MLflow run id (each replica downloads the checkpoint artifact)."""
+    from serve import ensemble
+
+    settings = ServeSection(port=free_port, **LIMITS)
+    url = ensemble.start(logged_run, settings)
+    yield url
+    ensemble.shutdown()
+
+
+def test_health_and_docs(app_url: str) -> None:
+    health = requests.get(f"{app_url}/healthz", timeout=10)
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok" and health.json()["experts"] == ["bert_wp", "roberta_bpe"]
+    assert requests.get(f"{app_url}/docs", timeout=10).status_code == 200
+    assert "/predict" in requests.get(f"{app_url}/openapi.json", timeout=10).json()["paths"]
+
+
+def test_predict_matches_the_checkpoint(app_url: str, tiny_checkpoint: Path) -> None:
+    from trainables.ensemble.checkpoint import load_checkpoint
+
+    reply = requests.post(f"{app_url}/predict", json={"texts": TEXTS}, timeout=30)
+    assert reply.status_code == 200, reply.text
+    body = reply.json()
+    assert body["experts"] == ["bert_wp", "roberta_bpe"] and len(body["labels"]) == 2
+    assert set(body["labels"]) <= {"negative", "positive"}
+    local = load_checkpoint(tiny_checkpoint).predict(TEXTS)
+    assert body["label_ids"] == local["labels"]
+    for got, want in zip(body["probabilities"], local["probabilities"], strict=True):
+        assert got == pytest.approx(want, abs=1e-5) and sum(got) == pytest.approx(1, abs=1e-5)
+    for got, want in zip(body["gate_weights"], local["gate_weights"], strict=True):
+        assert list(got.values()) == pytest.approx(want, abs=1e-5)
+
+
+def test_batching_under_concurrent_load(app_url: str) -> None:
+    def one(i: int) -> int:
+        reply = requests.post(f"{app_url}/predict", json={"texts": [f"{TEXTS[i % 2]} {i}"]}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["batch_size"]
+
+    with ThreadPoolExecutor(16) as pool:  # bounded: 48 requests
+        sizes = list(pool.map(one, range(48)))
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= LIMITS["max_batch_size"]
+
+
+BAD_INPUTS = [
+    ("malformed JSON", {"data": '{"texts": ["unterminated', "headers": {"content-type": "application/json"}}, 422),
+    ("not an object", {"json": ["a", "b"]}, 422),
+    ("missing texts", {"json": {"text": ["a"]}}, 422),
+    ("empty texts", {"json": {"texts": []}}, 422),
+    ("texts not a list", {"json": {"texts": "a"}}, 422),
+    ("non-string item", {"json": {"texts": ["fine", 3]}}, 422),
+    ("null item", {"json": {"texts": [None]}}, 422),
+    ("too many texts", {"json": {"texts": ["a"] * 5}}, 413),
+    ("text too long", {"json": {"texts": ["x" * 201]}}, 413),
+]
+
+
+@pytest.mark.parametrize(("case", "request_kwargs", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_4xx_and_app_survives(app_url: str, case: str, request_kwargs: dict[str, Any],
+                                             status: int) -> None:
+    replica = requests.get(f"{app_url}/healthz", timeout=10).json()["replica"]
+    reply = requests.post(f"{app_url}/predict", timeout=30, **request_kwargs)
+    assert reply.status_code == status, (case, reply.status_code, reply.text)
+    assert reply.json()["detail"], case  # a message says what is wrong
+    ok = requests.post(f"{app_url}/predict", json={"texts": TEXTS}, timeout=30)
+    assert ok.status_code == 200
+    assert requests.get(f"{app_url}/healthz", timeout=10).json()["replica"] == replica  # same replica, not restarted
+
+
+def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[str, Any]) -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from serve import ensemble
+
+    settings = ServeSection(**LIMITS)
+    path = ensemble.emit_config(tmp_path / "serve.yaml", logged_run, settings)
+    doc = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
+    app = doc.applications[0]
+    assert app.import_path == "serve.ensemble:app_builder" and app.route_prefix == "/ensemble"
+    assert app.args["run_id"] == logged_run["run_id"] and app.args["serve"]["max_batch_size"] == 8
+    deployment = app.deployments[0]
+    assert deployment.max_ongoing_requests >= settings.max_batch_size
+    assert deployment.autoscaling_config["min_replicas"] == 1
+    assert doc.http_options.host == "127.0.0.1"
+    built = ensemble.app_builder(app.args)  # the builder Serve calls accepts these args
+    assert built is not None and dataclasses.asdict(settings)["max_batch_size"] == 8

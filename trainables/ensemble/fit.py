@@ -1,0 +1,113 @@
+"""Ray-free training pieces of the Ensemble MoE: optimizer, LR schedule, one step, evaluation.
+
+The Ray Train worker loop (``train_loop.py``) strings these together; tests call them directly.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from trainables.ensemble.model import EnsembleMoE, EnsembleOutput
+
+
+def lr_multiplier(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
+    """LambdaLR factor (a multiplier of each group's base LR): linear warmup, then cosine to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: EnsembleMoE, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with one parameter group per part: the gate (``cfg.gate_lr``) and each expert
+    (its spec's ``lr``, else ``lr``). Frozen parameters are left out; no decay on 1-D params."""
+    cfg = model.cfg
+    parts = [("gate", model.gate, cfg.gate_lr or lr)]
+    parts += [(name, expert, float(spec.get("lr", lr)))
+              for name, expert, spec in zip(cfg.expert_names, model.experts, cfg.experts, strict=True)]
+    groups = []
+    for name, module, group_lr in parts:
+        params = [p for p in module.parameters() if p.requires_grad]
+        for decay in (True, False):
+            chosen = [p for p in params if (p.dim() >= 2) == decay]
+            if chosen:
+                groups.append({"params": chosen, "lr": group_lr, "weight_decay": weight_decay if decay else 0.0,
+                               "name": f"{name}/{'decay' if decay else 'no_decay'}"})
+    return torch.optim.AdamW(groups, lr=lr)
+
+
+def total_loss(out: EnsembleOutput, cfg: Any) -> torch.Tensor:
+    """Mixture NLL + ``expert_loss_coef`` * mean expert CE + ``balance_coef`` * load balance."""
+    return out.nll + cfg.expert_loss_coef * out.expert_loss + cfg.balance_coef * out.balance_loss
+
+
+def train_step(model: torch.nn.Module, texts: list[str], labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+               scheduler: Any = None, grad_clip: float | None = 1.0) -> EnsembleOutput:
+    """One optimisation step on a batch; ``model`` may be DDP-wrapped. Returns the forward's output."""
+    inner = model.module if hasattr(model, "module") else model
+    out = model(texts, labels)
+    optimizer.zero_grad(set_to_none=True)
+    total_loss(out, inner.cfg).backward()
+    if grad_clip is not None:
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return out
+
+
+@torch.no_grad()
+def evaluate(model: EnsembleMoE, examples: list[tuple[str, int]], batch_size: int = 64) -> dict[str, float]:
+    """Dev metrics over ``examples`` (every expert runs on every input).
+
+    ``val_loss`` (mixture NLL), ``val_accuracy`` (ensemble), ``val_acc/<expert>`` (each expert
+    alone), ``val_best_expert_accuracy``, ``val_gain_over_best`` (ensemble minus best expert),
+    ``gate_entropy`` (mean, normalised by log E) and per expert the distribution of its gate
+    weight: ``gate/<expert>/mean``, ``/std``, ``/p10``, ``/p50``, ``/p90`` and ``/top1_frac``
+    (share of inputs where it has the largest weight).
+    """
+    was_training = model.training
+    model.eval()
+    names = model.expert_names
+    nll, correct = 0.0, 0
+    expert_correct = torch.zeros(len(names))
+    weights = []
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        labels = torch.tensor([y for _, y in chunk])
+        out = model([t for t, _ in chunk], labels, all_experts=True)
+        nll += out.nll.item() * len(chunk)
+        correct += (out.log_probs.argmax(-1).cpu() == labels).sum().item()
+        expert_correct += (out.expert_log_probs.argmax(-1).cpu() == labels[:, None]).sum(0).float()  # (E,)
+        weights.append(out.gate_weights.cpu())
+    model.train(was_training)
+    n = len(examples)
+    w = torch.cat(weights)  # (N, E)
+    acc = correct / n
+    expert_acc = (expert_correct / n).tolist()
+    metrics = {"val_loss": nll / n, "val_accuracy": acc, "val_best_expert_accuracy": max(expert_acc),
+               "val_gain_over_best": acc - max(expert_acc)}
+    entropy = -(w.clamp_min(1e-12).log() * w).sum(-1).mean().item()
+    metrics["gate_entropy"] = entropy / math.log(len(names)) if len(names) > 1 else 0.0
+    top1 = torch.nn.functional.one_hot(w.argmax(-1), len(names)).float().mean(0)
+    q = torch.quantile(w, torch.tensor([0.1, 0.5, 0.9]), dim=0)  # (3, E)
+    for e, name in enumerate(names):
+        metrics[f"val_acc/{name}"] = expert_acc[e]
+        metrics[f"gate/{name}/mean"] = w[:, e].mean().item()
+        metrics[f"gate/{name}/std"] = w[:, e].std().item() if n > 1 else 0.0
+        metrics[f"gate/{name}/p10"], metrics[f"gate/{name}/p50"], metrics[f"gate/{name}/p90"] = q[:, e].tolist()
+        metrics[f"gate/{name}/top1_frac"] = top1[e].item()
+    return metrics
+
+
+def batches(examples: list[tuple[str, int]], batch_size: int, generator: torch.Generator
+            ) -> Any:  # Iterator[tuple[list[str], torch.Tensor]]
+    """Endless shuffled batches ``(texts, labels (B,))``, reshuffled every epoch."""
+    while True:
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        for i in range(0, len(order) - batch_size + 1, batch_size):
+            chunk = [examples[j] for j in order[i:i + batch_size]]
+            yield [t for t, _ in chunk], torch.tensor([y for _, y in chunk])
