@@ -237,7 +237,6 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
             tune_config=tune.TuneConfig(
                 num_samples=exp.sweep.num_samples, search_alg=search_alg, scheduler=scheduler,
                 max_concurrent_trials=concurrency, trial_name_creator=namer, trial_dirname_creator=namer,
-                reuse_actors=True,  # one trial actor process per slot, not per trial: seconds per trial on a laptop
                 **metric_kwargs),
             run_config=tune.RunConfig(name="sweep", storage_path=str(base), callbacks=[_InterruptAfter(), progress],
                                       verbose=0),
