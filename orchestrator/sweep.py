@@ -60,14 +60,10 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any
     trial_dir.mkdir(parents=True, exist_ok=True)
     uri = ctx["uri"]
 
-    id_file = trial_dir / CHILD_ID_FILE
-    if id_file.exists():  # a resumed trial keeps its nested run
-        run_id = id_file.read_text().strip()
-        tracking.set_running(uri, run_id)
-    else:
-        run_id = tracking.start_run(uri, ctx["experiment_id"], run_name=trial_name, parent_run_id=ctx["parent_run_id"],
-                                    tags={"moe_orch.command": "sweep-trial", "moe_orch.trial": trial_name})
-        id_file.write_text(run_id)
+    run_id, created = tracking.resume_or_start_run(  # a resumed trial keeps its nested run
+        uri, ctx["experiment_id"], trial_dir / CHILD_ID_FILE, run_name=trial_name, parent_run_id=ctx["parent_run_id"],
+        tags={"moe_orch.command": "sweep-trial", "moe_orch.trial": trial_name})
+    if created:
         tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
 
     callbacks = [tracking.MlflowReportCallback(uri, run_id), TuneReportCallback()]
@@ -204,14 +200,10 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
 
     uri = tracking.resolve_uri(exp.tracking.uri)
     experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
-    parent_file = sweep_dir / PARENT_ID_FILE
-    if parent_file.exists():
-        parent_run_id = parent_file.read_text().strip()
-        tracking.set_running(uri, parent_run_id)
-    else:
-        parent_run_id = tracking.start_run(uri, experiment_id, run_name=f"{exp.name}/sweep",
-                                           tags={"moe_orch.command": "sweep", "moe_orch.family": exp.family})
-        parent_file.write_text(parent_run_id)
+    parent_run_id, created = tracking.resume_or_start_run(
+        uri, experiment_id, sweep_dir / PARENT_ID_FILE, run_name=f"{exp.name}/sweep",
+        tags={"moe_orch.command": "sweep", "moe_orch.family": exp.family})
+    if created:
         tracking.log_params(uri, parent_run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
         sweep_params = {k: v for k, v in exp.to_dict()["sweep"].items() if k != "space"}
         tracking.log_params(uri, parent_run_id, {"sweep": sweep_params})

@@ -66,6 +66,22 @@ def start_run(uri: str, experiment_id: str, run_name: str, parent_run_id: str | 
     return run.info.run_id
 
 
+def resume_or_start_run(uri: str, experiment_id: str, id_file: Path, run_name: str,
+                        tags: dict[str, str], parent_run_id: str | None = None) -> tuple[str, bool]:
+    """The run whose id ``id_file`` holds (marked RUNNING again), else a new one whose id is written there.
+
+    Returns ``(run_id, created)``; a command that resumes (``--resume``, a restored trial)
+    keeps logging into the same run.
+    """
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+        set_running(uri, run_id)
+        return run_id, False
+    run_id = start_run(uri, experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
+    id_file.write_text(run_id)
+    return run_id, True
+
+
 def end_run(uri: str, run_id: str, ok: bool = True) -> None:
     """Mark a run FINISHED (or FAILED)."""
     client(uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")

@@ -76,14 +76,10 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
 
     uri = tracking.resolve_uri(exp.tracking.uri)
     experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
-    id_file = run_dir / RUN_ID_FILE
-    if id_file.exists():
-        run_id = id_file.read_text().strip()
-        tracking.set_running(uri, run_id)
-    else:
-        run_id = tracking.start_run(uri, experiment_id, run_name=f"{exp.name}/{run_dir.name}",
-                                    tags={"moe_orch.command": "train", "moe_orch.family": exp.family})
-        id_file.write_text(run_id)
+    run_id, created = tracking.resume_or_start_run(
+        uri, experiment_id, run_dir / RUN_ID_FILE, run_name=f"{exp.name}/{run_dir.name}",
+        tags={"moe_orch.command": "train", "moe_orch.family": exp.family})
+    if created:
         tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
         tracking.log_text(uri, run_id, exp.to_yaml(), "experiment.yaml")
     print(f"MLflow: run {run_id} in {uri}")
