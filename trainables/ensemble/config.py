@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+from trainables.config_base import FamilyConfig
 
 EXPERT_TRAINING = ("all", "heads", "frozen")
 TOKENIZER_KINDS = ("wordpiece", "bpe")
@@ -26,7 +27,7 @@ def default_experts() -> list[dict[str, Any]]:
 
 
 @dataclass
-class EnsembleConfig:
+class EnsembleConfig(FamilyConfig):
     """Every knob of an Ensemble MoE. Plain data: serialises to YAML, JSON and flat params.
 
     ``experts`` is a list of mappings, one per expert (names must be unique):
@@ -88,28 +89,10 @@ class EnsembleConfig:
                 errs.append(f"{name}: got {value!r}, expected null or an integer >= 1")
         return errs
 
-    def validate(self) -> EnsembleConfig:
-        """Raise ValueError listing every error; return self when valid."""
-        errs = self.errors()
-        if errs:
-            raise ValueError("invalid EnsembleConfig:\n  " + "\n  ".join(errs))
-        return self
 
     @property
     def expert_names(self) -> list[str]:
         return [str(e["name"]) for e in self.experts]
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EnsembleConfig:
-        """Build from a dict; unknown keys raise ValueError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown EnsembleConfig keys: {', '.join(unknown)}")
-        return cls(**data)
 
 
 def _expert_errors(experts: Any) -> list[str]:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainables.config_base import FamilyConfig
 from trainables.moe import ACTIVATIONS
 
 VARIANTS = ("base", "more_a", "more_b", "more_c", "more_d")
@@ -13,7 +13,7 @@ POS_ENCODINGS = ("rope", "learned")
 
 
 @dataclass
-class MoREConfig:
+class MoREConfig(FamilyConfig):
     """Every knob of a MoRE model. Plain data: serialises to YAML, JSON and flat params.
 
     The defaults are the "default size" quoted in the README: small enough to train
@@ -82,22 +82,3 @@ class MoREConfig:
         if not 0.0 <= self.dropout < 1.0:
             errs.append(f"dropout: got {self.dropout}, expected 0 <= dropout < 1")
         return errs
-
-    def validate(self) -> MoREConfig:
-        """Raise ValueError listing every error; return self when valid."""
-        errs = self.errors()
-        if errs:
-            raise ValueError("invalid MoREConfig:\n  " + "\n  ".join(errs))
-        return self
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> MoREConfig:
-        """Build from a dict; unknown keys raise ValueError naming them."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MoREConfig keys: {', '.join(unknown)}")
-        return cls(**data)
