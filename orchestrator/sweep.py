@@ -42,7 +42,7 @@ from orchestrator import tracking
 from orchestrator.config import Experiment, experiment_from_dict
 from orchestrator.progress import SweepProgress, overhead_split
 from orchestrator.ray_runtime import RaySession, default_concurrency
-from orchestrator.trainer import build_trainer, results_root
+from orchestrator.trainer import build_trainer, open_run, results_root
 
 STOP_AFTER_ENV = "MOE_ORCH_STOP_AFTER_TRIALS"
 PARENT_ID_FILE, CHILD_ID_FILE, TIMING_FILE = "mlflow_parent_run_id", "mlflow_run_id", "timing.json"
@@ -198,16 +198,10 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
         print(f"moved the previous sweep to {aside}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
-    uri = tracking.resolve_uri(exp.tracking.uri)
-    experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
-    parent_run_id, created = tracking.resume_or_start_run(
-        uri, experiment_id, sweep_dir / PARENT_ID_FILE, run_name=f"{exp.name}/sweep",
-        tags={"moe_orch.command": "sweep", "moe_orch.family": exp.family})
+    uri, experiment_id, parent_run_id, created = open_run(exp, sweep_dir / PARENT_ID_FILE, f"{exp.name}/sweep", "sweep")
     if created:
-        tracking.log_params(uri, parent_run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
         sweep_params = {k: v for k, v in exp.to_dict()["sweep"].items() if k != "space"}
         tracking.log_params(uri, parent_run_id, {"sweep": sweep_params})
-        tracking.log_text(uri, parent_run_id, exp.to_yaml(), "experiment.yaml")
     print(f"MLflow: parent run {parent_run_id} in {uri}")
 
     ctx = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "sweep_dir": str(sweep_dir)}

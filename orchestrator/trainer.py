@@ -56,6 +56,23 @@ def results_root(exp: Experiment, root: str | Path = "ray_results") -> Path:
     return (Path(root) / exp.name).absolute()
 
 
+def open_run(exp: Experiment, id_file: Path, run_name: str, command: str) -> tuple[str, str, str, bool]:
+    """The top-level MLflow run of a ``train`` or ``sweep`` command: ``(uri, experiment_id, run_id, created)``.
+
+    Resumes the run whose id ``id_file`` holds, else starts one and logs the config (all
+    but ``sweep``) as params and the resolved YAML as ``experiment.yaml``.
+    """
+    uri = tracking.resolve_uri(exp.tracking.uri)
+    experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
+    run_id, created = tracking.resume_or_start_run(
+        uri, experiment_id, id_file, run_name=run_name,
+        tags={"moe_orch.command": command, "moe_orch.family": exp.family})
+    if created:
+        tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
+        tracking.log_text(uri, run_id, exp.to_yaml(), "experiment.yaml")
+    return uri, experiment_id, run_id, created
+
+
 def _latest_train_dir(base: Path) -> Path | None:
     runs = sorted(p for p in base.glob("train-*") if p.is_dir())
     return runs[-1] if runs else None
@@ -74,14 +91,7 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
         run_dir = base / time.strftime("train-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    uri = tracking.resolve_uri(exp.tracking.uri)
-    experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
-    run_id, created = tracking.resume_or_start_run(
-        uri, experiment_id, run_dir / RUN_ID_FILE, run_name=f"{exp.name}/{run_dir.name}",
-        tags={"moe_orch.command": "train", "moe_orch.family": exp.family})
-    if created:
-        tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
-        tracking.log_text(uri, run_id, exp.to_yaml(), "experiment.yaml")
+    uri, _, run_id, _ = open_run(exp, run_dir / RUN_ID_FILE, f"{exp.name}/{run_dir.name}", "train")
     print(f"MLflow: run {run_id} in {uri}")
 
     callbacks = [tracking.MlflowReportCallback(uri, run_id), TrainProgress(exp.name, exp.train.max_steps)]

@@ -23,12 +23,22 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import PathPatch, Rectangle  # noqa: E402
 from matplotlib.path import Path as MplPath  # noqa: E402
 
 from trainables.more.evaluation.routing import RoutingTrace  # noqa: E402
 
 PALETTE = plt.get_cmap("tab10").colors
+
+
+def _save(fig: Figure, path: str | Path, dpi: int) -> Path:
+    """Lay out ``fig``, write it as PNG to ``path`` and free it."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
 
 
 def _rgba(i: int, alpha: float) -> str:
@@ -143,11 +153,7 @@ def sankey_png(trace: RoutingTrace, path: str | Path, sample: str = "first evalu
     ax.legend(handles, [f"expert E{e}" for e in range(E)], loc="upper center", bbox_to_anchor=(0.5, -0.12),
               ncol=min(E, 8), frameon=False)
     ax.set_title(_title(trace, sample), fontsize=10, wrap=True)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=120)
 
 
 def load_bars_png(load: Mapping[tuple[int, int], torch.Tensor], path: str | Path, variant: str,
@@ -174,11 +180,7 @@ def load_bars_png(load: Mapping[tuple[int, int], torch.Tensor], path: str | Path
             if j == 0:
                 ax.set_ylabel("share of tokens", fontsize=8)
     fig.suptitle(f"Expert load per MoE layer, {variant}\n({what}; dashed = uniform 1/E)", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def curves_png(history: Mapping[str, Sequence[tuple[int, float]]], path: str | Path, variant: str) -> Path | None:
@@ -203,8 +205,4 @@ def curves_png(history: Mapping[str, Sequence[tuple[int, float]]], path: str | P
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     fig.suptitle(f"Routing over training, {variant} (validation batches at each evaluation)", fontsize=11)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
