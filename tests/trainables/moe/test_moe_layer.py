@@ -80,6 +80,10 @@ def test_grouped_ffn_backward_matches_numerical_gradients(activation: str) -> No
     assert torch.autograd.gradcheck(
         lambda x, w_in, w_out: GroupedFFN.apply(x, w_in, w_out, counts, activation), (x, bank.w_in, bank.w_out)
     )
+    # the weight-gradient buffers are not zero-filled up front: the idle expert's slice must still be zeros
+    GroupedFFN.apply(x, bank.w_in, bank.w_out, counts, activation).sum().backward()
+    assert torch.count_nonzero(bank.w_in.grad[1]) == 0 and torch.count_nonzero(bank.w_out.grad[1]) == 0
+    assert torch.count_nonzero(bank.w_in.grad[0]) > 0
 
 
 def test_top_k_equal_to_num_experts_is_the_dense_softmax_mixture() -> None:
