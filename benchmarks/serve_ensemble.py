@@ -6,13 +6,16 @@ Both servers load the same Ensemble MoE checkpoint: ``--checkpoint`` (e.g. a tra
 else a small from-config ensemble (BERT + WordPiece and RoBERTa + BPE experts, hidden 256,
 4 layers) built here in a temporary folder. The Flask server is the spec's deployment
 (``app.run``, threaded, ``model.predict`` on each request's texts); the Serve app is
-``serve.ensemble`` with one replica and ``@serve.batch`` dynamic batching. Each server gets
-the same torch thread count.
+``serve.ensemble`` with ``--replicas`` replicas and ``@serve.batch`` dynamic batching, run once
+per ``--ingress`` mode: ``direct`` (the replica's own HTTP server, no proxy; one replica) and
+``proxy`` (Ray's HTTP proxy in front, as autoscaling needs). Each server gets the same torch
+thread count.
 
 Load: ``--requests`` requests (one SST-2 dev sentence each) at each concurrency (1, 8, 32),
 from an asyncio/aiohttp client in this process, after a short warm-up; every level is bounded
 by ``--level-timeout-s``. Output: JSON records ``{"server", "concurrency", "rps", "p50_ms",
-"p99_ms"}`` (plus ``requests``, ``errors``, ``wall_s``) and a printed table. Only 127.0.0.1 is used;
+"p99_ms"}`` (plus ``ingress`` for Serve, ``requests``, ``errors``, ``wall_s`` and ``mean_batch``, the
+mean number of requests that shared a forward pass) and a printed table. Only 127.0.0.1 is used;
 every process started here is stopped at the end.
 """
 
@@ -42,6 +45,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def free_port_pair() -> int:
+    """A port p with p and p + 1 both free (direct ingress: the replica takes p, Ray's proxy p + 1)."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind((HOST, port + 1))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
 
 
 def data_root() -> Path:
@@ -111,6 +127,7 @@ async def _load(url: str, texts: list[str], concurrency: int, timeout_s: float) 
     import aiohttp
 
     latencies: list[float] = []
+    batch_sizes: list[int] = []  # Serve's answers say how many requests shared their forward pass
     errors = 0
     queue = list(texts)
     deadline = time.perf_counter() + timeout_s
@@ -122,12 +139,14 @@ async def _load(url: str, texts: list[str], concurrency: int, timeout_s: float) 
             t0 = time.perf_counter()
             try:
                 async with session.post(url, json={"texts": [text]}) as reply:
-                    await reply.read()
+                    body = await reply.json(content_type=None)
                     ok = reply.status == 200
             except (TimeoutError, aiohttp.ClientError):
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - t0)
+                if isinstance(body, dict) and "batch_size" in body:
+                    batch_sizes.append(body["batch_size"])
             else:
                 errors += 1
 
@@ -140,18 +159,21 @@ async def _load(url: str, texts: list[str], concurrency: int, timeout_s: float) 
     lat = sorted(latencies)
     pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
     return {"rps": len(lat) / wall, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
-            "errors": errors, "wall_s": wall}
+            "errors": errors, "wall_s": wall,
+            "mean_batch": sum(batch_sizes) / len(batch_sizes) if batch_sizes else 1.0}
 
 
-def run_levels(server: str, url: str, texts: list[str], levels: list[int], timeout_s: float) -> list[dict[str, Any]]:
-    """Warm up, then load ``url`` at each concurrency level; one record per level."""
+def run_levels(server: str, url: str, texts: list[str], levels: list[int], timeout_s: float,
+               **extra: Any) -> list[dict[str, Any]]:
+    """Warm up, then load ``url`` at each concurrency level; one record per level (``extra`` added to each)."""
     asyncio.run(_load(url, texts[:16], 4, timeout_s))
     records = []
     for c in levels:
         stats = asyncio.run(_load(url, texts, c, timeout_s))
-        records.append({"server": server, "concurrency": c, **stats})
-        print(f"  {server:6s} c={c:3d}: {stats['rps']:7.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  "
-              f"p99 {stats['p99_ms']:7.1f} ms  ({stats['requests']} ok, {stats['errors']} errors)", flush=True)
+        records.append({"server": server, **extra, "concurrency": c, **stats})
+        print(f"  {label(records[-1]):12s} c={c:3d}: {stats['rps']:7.1f} req/s  p50 {stats['p50_ms']:7.1f} ms  "
+              f"p99 {stats['p99_ms']:7.1f} ms  mean batch {stats['mean_batch']:4.1f}  "
+              f"({stats['requests']} ok, {stats['errors']} errors)", flush=True)
     return records
 
 
@@ -169,29 +191,41 @@ def wait_healthy(url: str, timeout_s: float = 120) -> None:
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
+def label(record: dict[str, Any]) -> str:
+    """``flask``, or ``serve/direct`` / ``serve/proxy``."""
+    return f"{record['server']}/{record['ingress']}" if "ingress" in record else record["server"]
+
+
 def table(records: list[dict[str, Any]]) -> str:
-    """Rows per concurrency: both servers side by side, and Serve's throughput ratio."""
-    lines = [f"{'concurrency':>11} | {'serve rps':>9} {'p50 ms':>8} {'p99 ms':>8} | {'flask rps':>9} {'p50 ms':>8} "
-             f"{'p99 ms':>8} | {'serve/flask':>11}"]
-    by = {(r["server"], r["concurrency"]): r for r in records}
-    for c in sorted({r["concurrency"] for r in records}):
-        s, f = by.get(("serve", c)), by.get(("flask", c))
-        if not (s and f):
-            continue
-        lines.append(f"{c:>11} | {s['rps']:9.1f} {s['p50_ms']:8.1f} {s['p99_ms']:8.1f} | {f['rps']:9.1f} "
-                     f"{f['p50_ms']:8.1f} {f['p99_ms']:8.1f} | {s['rps'] / max(f['rps'], 1e-9):10.2f}x")
+    """One row per server and concurrency, with throughput and p99 relative to Flask at that concurrency."""
+    lines = [f"{'server':<13} {'conc.':>5} | {'rps':>7} {'p50 ms':>8} {'p99 ms':>8} {'batch':>5} | "
+             f"{'rps / flask':>11} {'p99 / flask':>11}"]
+    flask = {r["concurrency"]: r for r in records if r["server"] == "flask"}
+    for r in sorted(records, key=lambda r: (r["concurrency"], label(r) != "flask", label(r))):
+        f = flask.get(r["concurrency"])
+        rel = (f"{r['rps'] / max(f['rps'], 1e-9):10.2f}x {r['p99_ms'] / max(f['p99_ms'], 1e-9):10.2f}x"
+               if f else f"{'':>11} {'':>11}")
+        lines.append(f"{label(r):<13} {r['concurrency']:>5} | {r['rps']:7.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
+                     f"{r['mean_batch']:5.1f} | {rel}")
     return "\n".join(lines)
 
 
 def main() -> None:
+    from orchestrator.config import ServeSection
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="where to write the JSON records")
     parser.add_argument("--checkpoint", help="an Ensemble MoE checkpoint dir (default: a small from-config one)")
     parser.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--servers", default="flask,serve", help="which servers to load, comma-separated")
+    parser.add_argument("--ingress", default="direct,proxy",
+                        help="Serve ingress modes to run, comma-separated (direct needs --replicas 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per server")
-    parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=0.005)
+    parser.add_argument("--replicas", type=int, default=1, help="Serve replicas (each with --threads torch threads)")
+    parser.add_argument("--max-batch-size", type=int, default=ServeSection.max_batch_size)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=ServeSection.batch_wait_timeout_s,
+                        help="@serve.batch wait (default: the serve section's)")
     parser.add_argument("--level-timeout-s", type=float, default=120.0, help="bound on each load level")
     parser.add_argument("--flask-server", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
@@ -207,7 +241,8 @@ def main() -> None:
         checkpoint = Path(args.checkpoint) if args.checkpoint else build_small_checkpoint(Path(tmp))
         print(f"model: {checkpoint}; {args.requests} requests per level; concurrency {levels}; "
               f"torch threads {args.threads}; {os.cpu_count()} CPUs", flush=True)
-        records = bench_flask(checkpoint, args, texts, levels) + bench_serve(checkpoint, args, texts, levels)
+        benches = {"flask": bench_flask, "serve": bench_serve}
+        records = [r for name in args.servers.split(",") for r in benches[name](checkpoint, args, texts, levels)]
     Path(args.json).write_text(json.dumps(records, indent=2))
     print(table(records))
     print(f"wrote {args.json}")
@@ -230,24 +265,29 @@ def bench_flask(checkpoint: Path, args: argparse.Namespace, texts: list[str], le
 
 
 def bench_serve(checkpoint: Path, args: argparse.Namespace, texts: list[str], levels: list[int]) -> list[dict]:
-    import ray
+    """The Serve app under load, once per ingress mode, each on a fresh local Ray (Ray reads the mode at start)."""
+    modes = args.ingress.split(",")
+    return [r for ingress in modes for r in bench_serve_ingress(checkpoint, args, texts, levels, ingress)]
 
+
+def bench_serve_ingress(checkpoint: Path, args: argparse.Namespace, texts: list[str], levels: list[int],
+                        ingress: str) -> list[dict]:
     from orchestrator.config import ServeSection
+    from orchestrator.ray_runtime import ray_session
     from serve import ensemble
 
-    settings = ServeSection(port=free_port(), min_replicas=1, max_replicas=1, num_cpus_per_replica=args.threads,
+    port = free_port() if ingress != "direct" else free_port_pair()
+    settings = ServeSection(port=port, min_replicas=args.replicas, max_replicas=args.replicas,
+                            num_cpus_per_replica=args.threads,
                             max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
-                            max_ongoing_requests=2 * args.max_batch_size, access_log=False)
-    for key, value in SERVE_ENV.items():  # inherited by the Serve controller, proxy and replicas
-        os.environ.setdefault(key, value)
-    ray.init(num_cpus=max(args.threads, os.cpu_count() or 1), include_dashboard=False, log_to_driver=False)
-    try:
-        url = ensemble.start({"checkpoint": str(checkpoint)}, settings)
-        wait_healthy(f"{url}/healthz")
-        return run_levels("serve", f"{url}/predict", texts, levels, args.level_timeout_s)
-    finally:
-        ensemble.shutdown()
-        ray.shutdown()
+                            max_ongoing_requests=2 * args.max_batch_size, access_log=False, ingress=ingress)
+    env = {**SERVE_ENV, **ensemble.ray_env(settings)}  # set for this Ray only: the next mode starts its own
+    with ray_session(num_cpus=max(args.replicas * args.threads, os.cpu_count() or 1), dashboard=False, env=env):
+        try:
+            url = ensemble.start({"checkpoint": str(checkpoint)}, settings)
+            return run_levels("serve", f"{url}/predict", texts, levels, args.level_timeout_s, ingress=ingress)
+        finally:
+            ensemble.shutdown()
 
 
 if __name__ == "__main__":

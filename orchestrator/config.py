@@ -90,6 +90,9 @@ class SweepSection:
     space: dict[str, Any] = field(default_factory=dict)
 
 
+INGRESS_MODES = ("proxy", "direct")
+
+
 @dataclass
 class ServeSection:
     """Ray Serve deployment of a trained model (``moe-orch serve``): HTTP, batching, autoscaling, input limits."""
@@ -107,6 +110,11 @@ class ServeSection:
     max_text_chars: int = 2000  # a longer text gets HTTP 413 (rejected, not truncated)
     num_cpus_per_replica: float = 1.0
     access_log: bool = True  # one log line per request in each replica (off for load tests)
+    # "proxy": Ray's HTTP proxy routes every request to the replicas (autoscaling behind one port).
+    # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
+    # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
+    # Ray's own proxy then takes port + 1).
+    ingress: str = "proxy"
 
 
 @dataclass
@@ -296,6 +304,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return errors
 
 
+def serve_with_overrides(settings: ServeSection,
+                         overrides: list[str] | tuple[str, ...]) -> tuple[ServeSection, list[str]]:
+    """``settings`` with ``serve.<key>=value`` overrides applied and checked; ``(settings, errors)``."""
+    raw: dict[str, Any] = {"serve": dataclasses.asdict(settings)}
+    errors = [f"{item}: got a key outside serve, expected serve.<key>=value (the other sections belong to "
+              "an experiment YAML)" for item in overrides if not item.strip().startswith("serve.")]
+    errors += apply_overrides(raw, [item for item in overrides if item.strip().startswith("serve.")])
+    values, section_errors = check_section("serve", raw["serve"], ServeSection)
+    updated = ServeSection(**values)  # the well-typed values, so every problem is reported at once
+    errors += section_errors + check_serve(updated)
+    return (settings, errors) if errors else (updated, [])
+
+
 # -- validation --------------------------------------------------------------------------
 
 
@@ -431,8 +452,9 @@ def check_serve(serve: ServeSection) -> list[str]:
     for key in ("min_replicas", "max_batch_size", "max_texts_per_request", "max_text_chars"):
         errors += _positive(f"serve.{key}", getattr(serve, key))
     errors += _positive("serve.max_replicas", serve.max_replicas, max(1, serve.min_replicas))
-    if not 0 < serve.port < 65536:
-        errors.append(f"serve.port: got {fmt(serve.port)}, expected 1..65535")
+    top_port = 65534 if serve.ingress == "direct" else 65535  # direct: Ray's proxy takes port + 1
+    if not 0 < serve.port <= top_port:
+        errors.append(f"serve.port: got {fmt(serve.port)}, expected 1..{top_port}")
     if not serve.route_prefix.startswith("/"):
         errors.append(f"serve.route_prefix: got {fmt(serve.route_prefix)}, expected a path starting with /")
     if serve.max_ongoing_requests is not None and serve.max_ongoing_requests < serve.max_batch_size:
@@ -443,6 +465,13 @@ def check_serve(serve: ServeSection) -> list[str]:
             errors.append(f"serve.{key}: got {fmt(getattr(serve, key))}, expected > 0")
     if serve.batch_wait_timeout_s < 0:
         errors.append(f"serve.batch_wait_timeout_s: got {fmt(serve.batch_wait_timeout_s)}, expected >= 0")
+    if serve.ingress not in INGRESS_MODES:
+        errors.append(f"serve.ingress: got {fmt(serve.ingress)}, expected one of {', '.join(INGRESS_MODES)}")
+    elif serve.ingress == "direct":
+        for key in ("min_replicas", "max_replicas"):
+            if getattr(serve, key) != 1:
+                errors.append(f"serve.{key}: got {fmt(getattr(serve, key))}, expected 1 with serve.ingress 'direct' "
+                              "(one replica answers on serve.port; use ingress 'proxy' to autoscale)")
     return errors
 
 

@@ -46,12 +46,21 @@ class RaySession:
 
 @contextmanager
 def ray_session(address: str | None = None, num_cpus: int | None = None,
-                dashboard: bool = True) -> Iterator[RaySession]:
-    """Start (or join) Ray for the duration of the block, then shut down what we started."""
+                dashboard: bool = True, env: dict[str, str] | None = None) -> Iterator[RaySession]:
+    """Start (or join) Ray for the duration of the block, then shut down what we started.
+
+    ``env``: variables that Ray's own processes must see (e.g. Serve's ingress switches). They are
+    set before a local Ray starts and restored when the block ends; a joined cluster or an already
+    running Ray keeps its own.
+    """
     import ray
 
     for key, value in TRAIN_ENV_DEFAULTS.items():  # inherited by Tune trial actors, Train controllers and workers
         os.environ.setdefault(key, value)
+    saved_env: dict[str, str | None] = {}
+    if not ray.is_initialized() and not (address or os.environ.get("RAY_ADDRESS")):
+        saved_env = {key: os.environ.get(key) for key in env or {}}
+        os.environ.update(env or {})
     owned = not ray.is_initialized()  # a Ray started by the caller (a notebook, a test) is reused, not stopped
     address = address or os.environ.get("RAY_ADDRESS") or None
     if not owned:
@@ -87,6 +96,11 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
     finally:
         if owned:
             ray.shutdown()
+        for key, previous in saved_env.items():
+            if previous is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = previous
 
 
 def default_concurrency(session: RaySession, num_workers: int, cpus_per_worker: float) -> int:

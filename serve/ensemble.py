@@ -5,7 +5,7 @@ Endpoints (under the route prefix, ``/ensemble`` by default):
 - ``POST /predict`` ``{"texts": ["...", ...]}`` -> ``{"labels", "label_ids", "probabilities",
   "gate_weights" (one {expert: weight} per text), "experts", "batch_size"}``; ``batch_size`` is
   the number of requests the replica answered in the same ``@serve.batch`` call.
-- ``GET /healthz`` -> ``{"status": "ok", "experts", "replica"}``.
+- ``GET /healthz`` -> ``{"status": "ok", "experts", "replica", "ingress"}``.
 - ``GET /docs`` (Swagger UI) and ``GET /openapi.json``.
 
 Bad input is answered with a 4xx and a message; the replica keeps serving:
@@ -21,6 +21,15 @@ Scaling: requests are grouped by ``@serve.batch`` (``max_batch_size`` requests, 
 size; ``autoscaling_config`` (min/max replicas, target ongoing requests) comes from the
 experiment's ``serve:`` section (``orchestrator.config.ServeSection``), which every checkpoint
 written by ``moe-orch train`` also carries in its metadata.
+
+Ingress (``serve.ingress``): ``proxy`` (default) puts Ray's HTTP proxy in front of the replicas,
+so autoscaling works behind one port. ``direct`` uses Ray Serve's direct ingress: the one replica
+runs its own HTTP server on ``host:port``, which saves the proxy hop and the replica's call back
+to the proxy for each request body (Ray still starts its proxy on the head node; it gets
+``port + 1``). Ray reads that switch from the
+environment of its controller and replicas, so it must be set before Ray starts (``ray_env``;
+``moe-orch serve`` does it for the local Ray it starts, a cluster sets it in ``ray start``'s
+environment), and ``start`` checks that the replica really answers directly.
 
 The model is read from a checkpoint directory, or downloaded by each replica from an MLflow
 run's ``checkpoint`` artifact (``{"run_id", "tracking_uri"}``), so the same application works
@@ -69,6 +78,34 @@ class PredictResponse(BaseModel):
     batch_size: int  # requests answered by the same batched forward pass
 
 
+def ray_env(settings: ServeSection) -> dict[str, str]:
+    """Environment Ray's processes need for ``settings.ingress`` (set it before Ray starts).
+
+    ``direct``: turn on Ray Serve's direct ingress and pin its HTTP port range to ``settings.port``,
+    so the single replica listens where a proxy would have. The replica's shutdown drain (Ray's
+    default 30 s, for load balancers to deregister it) becomes 1 s: no balancer sits in front
+    here; in-flight requests are still finished. Set that variable yourself to keep a longer one.
+    """
+    if settings.ingress != "direct":
+        return {}
+    drain = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),  # range end is exclusive
+            drain: os.environ.get(drain, "1")}
+
+
+def proxy_port(settings: ServeSection) -> int:
+    """Where Ray's HTTP proxy listens: ``settings.port``, or ``port + 1`` under direct ingress, where
+    the replica itself takes ``port`` (Ray still starts a proxy on the head node in that mode)."""
+    return settings.port + 1 if settings.ingress == "direct" else settings.port
+
+
+def replica_ingress() -> str:
+    """The ingress this process (a replica) runs under: ``direct`` or ``proxy``."""
+    return "direct" if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" else "proxy"
+
+
 def settings_from(data: dict[str, Any] | None) -> ServeSection:
     """A validated ``ServeSection`` from plain data (unknown keys ignored); ValueError listing problems."""
     names = {f.name for f in dataclasses.fields(ServeSection)}
@@ -114,7 +151,8 @@ class EnsembleClassifier:
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:
         """Liveness: the replica is up and its model is loaded."""
-        return {"status": "ok", "experts": self.model.expert_names, "replica": self.replica}
+        return {"status": "ok", "experts": self.model.expert_names, "replica": self.replica,
+                "ingress": replica_ingress()}
 
     @api.post("/predict", response_model=PredictResponse)
     async def predict(self, request: PredictRequest) -> PredictResponse:
@@ -190,18 +228,52 @@ def emit_config(path: str | Path, source: dict[str, Any], settings: ServeSection
     import yaml
 
     path = Path(path)
-    path.write_text(yaml.safe_dump(serve_config(source, settings), sort_keys=False))
+    header = ""
+    if settings.ingress == "direct":
+        env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
+        header = f"# serve.ingress is 'direct': start Ray with {env} in its environment\n"
+    path.write_text(header + yaml.safe_dump(serve_config(source, settings), sort_keys=False))
     return path
 
 
-def start(source: dict[str, Any], settings: ServeSection) -> str:
-    """Start Serve's HTTP proxy on ``settings.host:port`` and deploy the app; returns its base URL.
+def start(source: dict[str, Any], settings: ServeSection, ready_timeout_s: float = 120.0) -> str:
+    """Deploy the app answering on ``settings.host:port`` and return its base URL once ``/healthz`` answers.
 
-    Must run inside a Ray session; waits until the application is running.
+    Must run inside a Ray session. With ``settings.ingress == "direct"`` that session's Ray must have
+    been started with ``ray_env(settings)``; a RuntimeError says so if the replica runs behind a proxy.
     """
-    serve.start(http_options={"host": settings.host, "port": settings.port})
+    serve.start(http_options={"host": settings.host, "port": proxy_port(settings)})
     serve.run(build_app(source, settings), name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
-    return f"http://{settings.host}:{settings.port}{settings.route_prefix}"
+    url = f"http://{settings.host}:{settings.port}{settings.route_prefix}"
+    try:
+        health = _wait_healthy(f"{url}/healthz", ready_timeout_s)
+    except TimeoutError:
+        shutdown()
+        raise
+    if health.get("ingress", "proxy") != settings.ingress:
+        shutdown()
+        env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
+        raise RuntimeError(f"serve.ingress: got 'direct' but the replica runs behind Ray's proxy; "
+                           f"start Ray with {env} in its environment")
+    return url
+
+
+def _wait_healthy(url: str, timeout_s: float) -> dict[str, Any]:
+    """The JSON of the first 200 answer of ``url``; TimeoutError after ``timeout_s``."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.get(url, timeout=2)
+            if reply.status_code == 200:
+                return reply.json()
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
 def shutdown() -> None:

@@ -15,6 +15,7 @@ Serve deployment, a local copy of the checkpoint and the ``serve:`` settings to 
 from __future__ import annotations
 
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,13 @@ class Target:
     local_dir: Path  # the checkpoint, readable here
     settings: ServeSection
     description: str
+    download_dir: Path | None = None  # a temporary folder holding a downloaded run's checkpoint
+
+    def cleanup(self) -> None:
+        """Delete the temporary download, if any (call once the app that reads ``local_dir`` has stopped)."""
+        if self.download_dir is not None:
+            shutil.rmtree(self.download_dir, ignore_errors=True)
+            self.download_dir = None
 
 
 def newest_checkpoint(folder: Path) -> Path | None:
@@ -85,10 +93,12 @@ def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str
         from orchestrator import tracking
 
         uri = tracking.resolve_uri(tracking_uri)
+        download = Path(tempfile.mkdtemp(prefix="moe-orch-serve-"))
         try:
-            local = tracking.download_artifacts(uri, target, "checkpoint", tempfile.mkdtemp(prefix="moe-orch-serve-"))
+            local = tracking.download_artifacts(uri, target, "checkpoint", download)
         except Exception as exc:  # unknown run, no artifact, unreachable store
+            shutil.rmtree(download, ignore_errors=True)
             raise TargetError(f"{target}: could not download the run's checkpoint artifact from {uri}: {exc}") from exc
         return Target({"run_id": target, "tracking_uri": uri}, local, settings_for(local, None),
-                      f"MLflow run {target} ({uri})")
+                      f"MLflow run {target} ({uri})", download_dir=download)
     raise TargetError(f"{target}: got neither an experiment YAML, an MLflow run id (32 hex digits) nor a directory")

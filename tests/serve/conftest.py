@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 SHARED_DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
 
@@ -60,3 +62,21 @@ def local_ray() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def load_batch_sizes() -> Callable[[str, list[str], int, int], list[int]]:
+    """``batch_sizes_under_load`` below, for tests."""
+    return batch_sizes_under_load
+
+
+def batch_sizes_under_load(predict_url: str, texts: list[str], requests_total: int, workers: int) -> list[int]:
+    """``batch_size`` of each of ``requests_total`` one-text requests sent by ``workers`` threads at once."""
+
+    def one(i: int) -> int:
+        reply = requests.post(predict_url, json={"texts": [f"{texts[i % len(texts)]} {i}"]}, timeout=30)
+        assert reply.status_code == 200, reply.text
+        return reply.json()["batch_size"]
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(one, range(requests_total)))

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +53,8 @@ def test_predict_matches_the_checkpoint(app_url: str, tiny_checkpoint: Path) -> 
         assert list(got.values()) == pytest.approx(want, abs=1e-5)
 
 
-def test_batching_under_concurrent_load(app_url: str) -> None:
-    def one(i: int) -> int:
-        reply = requests.post(f"{app_url}/predict", json={"texts": [f"{TEXTS[i % 2]} {i}"]}, timeout=30)
-        assert reply.status_code == 200, reply.text
-        return reply.json()["batch_size"]
-
-    with ThreadPoolExecutor(16) as pool:  # bounded: 48 requests
-        sizes = list(pool.map(one, range(48)))
+def test_batching_under_concurrent_load(app_url: str, load_batch_sizes: Callable) -> None:
+    sizes = load_batch_sizes(f"{app_url}/predict", TEXTS, 48, 16)  # bounded: 48 requests
     assert max(sizes) > 1, sizes
     assert max(sizes) <= LIMITS["max_batch_size"]
 
