@@ -216,7 +216,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="where to write the JSON records")
     parser.add_argument("--checkpoint", help="an Ensemble MoE checkpoint dir (default: a small from-config one)")
-    parser.add_argument("--requests", type=int, default=256, help="requests per concurrency level")
+    parser.add_argument("--requests", type=int, default=512, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--servers", default="flask,serve", help="which servers to load, comma-separated")
     parser.add_argument("--ingress", default="direct,proxy",

@@ -41,6 +41,7 @@ with ``serve deploy`` on a cluster (``emit_config`` writes that file).
 import asyncio
 import dataclasses
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -116,16 +117,17 @@ def settings_from(data: dict[str, Any] | None) -> ServeSection:
     return settings
 
 
-def fetch_checkpoint(source: dict[str, Any]) -> Path:
-    """The local checkpoint directory of ``source``: ``{"checkpoint": dir}`` or ``{"run_id", "tracking_uri"}``
-    (the run's ``checkpoint`` artifact is downloaded into a fresh temporary folder)."""
+def fetch_checkpoint(source: dict[str, Any]) -> tuple[Path, Path | None]:
+    """``(checkpoint dir, temporary folder or None)`` for ``source``: ``{"checkpoint": dir}``, or
+    ``{"run_id", "tracking_uri"}``, whose ``checkpoint`` artifact is downloaded into a fresh temporary
+    folder that the caller deletes when done."""
     if source.get("checkpoint"):
-        return Path(source["checkpoint"])
+        return Path(source["checkpoint"]), None
     from orchestrator import tracking
 
-    dst = tempfile.mkdtemp(prefix=f"moe-orch-{source['run_id'][:8]}-")
-    return tracking.download_artifacts(tracking.resolve_uri(source.get("tracking_uri") or "sqlite:///mlflow.db"),
-                                       source["run_id"], "checkpoint", dst)
+    dst = Path(tempfile.mkdtemp(prefix=f"moe-orch-{source['run_id'][:8]}-"))
+    uri = tracking.resolve_uri(source.get("tracking_uri") or "sqlite:///mlflow.db")
+    return tracking.download_artifacts(uri, source["run_id"], "checkpoint", dst), dst
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)
@@ -141,12 +143,17 @@ class EnsembleClassifier:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         self.settings = settings_from(settings)
         torch.set_num_threads(max(1, int(self.settings.num_cpus_per_replica)))
-        path = fetch_checkpoint(source)
+        path, self.download_dir = fetch_checkpoint(source)  # a download is deleted in __del__
         self.model = load_checkpoint(path)
         self.label_names = read_checkpoint_config(path)["label_names"]
         self.batched_predict.set_max_batch_size(self.settings.max_batch_size)
         self.batched_predict.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: remove the checkpoint this replica downloaded."""
+        if getattr(self, "download_dir", None) is not None:
+            shutil.rmtree(self.download_dir, ignore_errors=True)
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, Any]:

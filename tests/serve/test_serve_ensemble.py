@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,8 +26,11 @@ def app_url(local_ray: None, logged_run: dict[str, Any], free_port: int) -> Iter
 
     settings = ServeSection(port=free_port, **LIMITS)
     url = ensemble.start(logged_run, settings)
+    downloads = f"moe-orch-{logged_run['run_id'][:8]}-*"
+    assert list(Path(tempfile.gettempdir()).glob(downloads))  # the replica's copy of the run's checkpoint
     yield url
     ensemble.shutdown()
+    assert not list(Path(tempfile.gettempdir()).glob(downloads))  # deleted when Serve stopped the replica
 
 
 def test_health_and_docs(app_url: str) -> None:
