@@ -177,20 +177,6 @@ def run_levels(server: str, url: str, texts: list[str], levels: list[int], timeo
     return records
 
 
-def wait_healthy(url: str, timeout_s: float = 120) -> None:
-    import requests
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout_s}s")
-
-
 def label(record: dict[str, Any]) -> str:
     """``flask``, or ``serve/direct`` / ``serve/proxy``."""
     return f"{record['server']}/{record['ingress']}" if "ingress" in record else record["server"]
@@ -254,6 +240,8 @@ def bench_flask(checkpoint: Path, args: argparse.Namespace, texts: list[str], le
            "--port", str(port), "--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
+        from serve.ensemble import wait_healthy
+
         wait_healthy(f"http://{HOST}:{port}/healthz")
         return run_levels("flask", f"http://{HOST}:{port}/predict", texts, levels, args.level_timeout_s)
     finally:

@@ -128,7 +128,7 @@ def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, ho
     GET <route>/healthz and <route>/docs on 127.0.0.1:8000 by default; Ctrl-C stops it.
 
     serve.ingress=direct serve.max_replicas=1 skips Ray's HTTP proxy: the one replica answers
-    on the port itself (about 2-4x the throughput on a small machine; no autoscaling).
+    on the port itself (about 2x the proxy's throughput on a 2-core machine; no autoscaling).
     """
     import dataclasses
     import signal

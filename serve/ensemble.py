@@ -26,10 +26,10 @@ Ingress (``serve.ingress``): ``proxy`` (default) puts Ray's HTTP proxy in front 
 so autoscaling works behind one port. ``direct`` uses Ray Serve's direct ingress: the one replica
 runs its own HTTP server on ``host:port``, which saves the proxy hop and the replica's call back
 to the proxy for each request body (Ray still starts its proxy on the head node; it gets
-``port + 1``). Ray reads that switch from the
-environment of its controller and replicas, so it must be set before Ray starts (``ray_env``;
-``moe-orch serve`` does it for the local Ray it starts, a cluster sets it in ``ray start``'s
-environment), and ``start`` checks that the replica really answers directly.
+``port + 1``). Ray reads that switch from the environment of its controller and replicas, so it
+must be set before Ray starts (``ray_env``; ``moe-orch serve`` does it for the local Ray it
+starts, a cluster sets it in ``ray start``'s environment), and ``start`` checks that the replica
+really answers directly.
 
 The model is read from a checkpoint directory, or downloaded by each replica from an MLflow
 run's ``checkpoint`` artifact (``{"run_id", "tracking_uri"}``), so the same application works
@@ -253,7 +253,7 @@ def start(source: dict[str, Any], settings: ServeSection, ready_timeout_s: float
     serve.run(build_app(source, settings), name=APP_NAME, route_prefix=settings.route_prefix, blocking=False)
     url = f"http://{settings.host}:{settings.port}{settings.route_prefix}"
     try:
-        health = _wait_healthy(f"{url}/healthz", ready_timeout_s)
+        health = wait_healthy(f"{url}/healthz", ready_timeout_s)
     except TimeoutError:
         shutdown()
         raise
@@ -265,7 +265,7 @@ def start(source: dict[str, Any], settings: ServeSection, ready_timeout_s: float
     return url
 
 
-def _wait_healthy(url: str, timeout_s: float) -> dict[str, Any]:
+def wait_healthy(url: str, timeout_s: float = 120.0) -> dict[str, Any]:
     """The JSON of the first 200 answer of ``url``; TimeoutError after ``timeout_s``."""
     import time
 
