@@ -68,11 +68,8 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any
 
     callbacks = [tracking.MlflowReportCallback(uri, run_id), TuneReportCallback()]
     trainer = build_trainer(exp, "train", trial_dir, callbacks)
-    try:
+    with tracking.failed_on_error(uri, run_id):
         result = trainer.fit()
-    except Exception:
-        tracking.end_run(uri, run_id, ok=False)
-        raise
     wall = time.time() - started
     metrics = dict(result.metrics or {})
     import psutil  # a Ray dependency
@@ -85,11 +82,8 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any
     if exp.evaluate.at_end and result.checkpoint is not None and result.error is None:
         from orchestrator.evaluate import evaluate_at_end
 
-        try:  # the evaluation suite on the final checkpoint, logged into the trial's run
+        with tracking.failed_on_error(uri, run_id):  # the evaluation suite, logged into the trial's run
             evaluation = evaluate_at_end(exp, uri, run_id, result.checkpoint.path)
-        except Exception:
-            tracking.end_run(uri, run_id, ok=False)
-            raise
     tracking.log_metrics(uri, run_id, {"trial_wall_time_s": wall,
                                        "overhead_s": wall - metrics.get("train_time_s", wall)},
                          step=int(metrics.get("step", 0)))

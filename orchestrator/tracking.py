@@ -10,6 +10,8 @@ driver, and new experiments put their artifacts in ``mlartifacts/`` next to the 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +87,16 @@ def resume_or_start_run(uri: str, experiment_id: str, id_file: Path, run_name: s
 def end_run(uri: str, run_id: str, ok: bool = True) -> None:
     """Mark a run FINISHED (or FAILED)."""
     client(uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
+
+
+@contextmanager
+def failed_on_error(uri: str, run_id: str) -> Iterator[None]:
+    """Mark the run FAILED if the block raises an Exception, then re-raise it."""
+    try:
+        yield
+    except Exception:
+        end_run(uri, run_id, ok=False)
+        raise
 
 
 def set_running(uri: str, run_id: str) -> None:

@@ -97,11 +97,8 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
     callbacks = [tracking.MlflowReportCallback(uri, run_id), TrainProgress(exp.name, exp.train.max_steps)]
     trainer = build_trainer(exp, run_dir.name, base, callbacks)
     started = time.time()
-    try:
+    with tracking.failed_on_error(uri, run_id):
         result = trainer.fit()
-    except Exception:
-        tracking.end_run(uri, run_id, ok=False)
-        raise
     wall = time.time() - started
     metrics = dict(result.metrics or {})
     if result.error is not None:
@@ -114,11 +111,8 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
         if exp.evaluate.at_end:  # the evaluation suite on the final checkpoint, logged into this run
             from orchestrator.evaluate import evaluate_at_end
 
-            try:
+            with tracking.failed_on_error(uri, run_id):
                 metrics.update(evaluate_at_end(exp, uri, run_id, model_dir))
-            except Exception:
-                tracking.end_run(uri, run_id, ok=False)
-                raise
     timing = {k: v for k, v in overhead_split(started, started + wall, metrics).items() if v is not None}
     timing["overhead_s"] = wall - metrics.get("train_time_s", wall)
     tracking.log_metrics(uri, run_id, timing, step=int(metrics.get("step", 0)))
