@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import NoReturn
 
 import click
 
@@ -13,6 +14,9 @@ ADDRESS_HELP = (
     "Ray with its dashboard on 127.0.0.1. Joining sets RAY_AUTH_MODE=token for this client unless set "
     "(the token comes from $RAY_AUTH_TOKEN or ~/.ray/auth_token)."
 )
+
+TRACKING_HELP = ("MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current "
+                 "folder).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -74,8 +78,7 @@ def train(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
         with ray_session(address):
             summary = run_train(exp, resume=resume)
     except Exception as exc:  # the traceback is already in the Ray output above
-        click.echo(f"train failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", err=True)
-        sys.exit(1)
+        _fail("train", exc)
     m = summary["metrics"]
     click.echo(f"done in {summary['wall_time_s']:.1f}s: step {m.get('step')} "
                f"val_loss {m.get('val_loss', float('nan')):.4f} "
@@ -100,8 +103,11 @@ def sweep(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
     from orchestrator.ray_runtime import ray_session
     from orchestrator.sweep import run_sweep
 
-    with ray_session(address) as session:
-        summary = run_sweep(exp, session, resume=resume)
+    try:
+        with ray_session(address) as session:
+            summary = run_sweep(exp, session, resume=resume)
+    except Exception as exc:  # the traceback is already in the Ray output above
+        _fail("sweep", exc)
     click.echo(summary["table"])
     click.echo(f"sweep wall time {summary['wall_time_s']:.1f}s; MLflow parent run {summary['parent_run_id']}")
     if summary["interrupted"]:
@@ -115,113 +121,72 @@ def sweep(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
               help="Write a Serve config file for `serve deploy` instead of starting the app.")
 @click.option("--host", default=None, help="HTTP host (default: serve.host, 127.0.0.1).")
 @click.option("--port", type=int, default=None, help="HTTP port (default: serve.port, 8000).")
-@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True,
-              help="MLflow store holding RUN's checkpoint artifact.")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 @click.option("--address", default=None, help=ADDRESS_HELP)
 def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, host: str | None, port: int | None,
-              tracking_uri: str, address: str | None) -> None:
-    """Serve a trained Ensemble MoE over HTTP with Ray Serve (FastAPI, batching, autoscaling).
+              tracking_uri: str | None, address: str | None) -> None:
+    """Serve a trained model over HTTP with Ray Serve (FastAPI, batching, autoscaling).
 
     TARGET is an experiment YAML (its newest `moe-orch train` checkpoint), an MLflow run id, or
-    a checkpoint directory. OVERRIDES such as serve.max_replicas=4 apply to the serve settings
-    (for a run id or directory, only serve.* keys). The app answers POST <route>/predict,
-    GET <route>/healthz and <route>/docs on 127.0.0.1:8000 by default; Ctrl-C stops it.
+    a checkpoint directory of any family with a serve app (the Ensemble MoE: POST <route>/predict).
+    OVERRIDES such as serve.max_replicas=4 apply to the serve settings (for a run id or directory,
+    only serve.* keys). The app answers GET <route>/healthz and <route>/docs on 127.0.0.1:8000 by
+    default; Ctrl-C or SIGTERM stops it.
 
     serve.ingress=direct serve.max_replicas=1 skips Ray's HTTP proxy: the one replica answers
     on the port itself (about 2x the proxy's throughput on a 2-core machine; no autoscaling).
     """
-    import dataclasses
-    import signal
-    import time
-
     exp = _load(target, overrides) if target.endswith((".yaml", ".yml")) else None
-    from orchestrator.config import serve_with_overrides
-    from serve.resolve import TargetError, resolve_target
+    from serve.run import ServeError, serve_target
 
     try:
-        found = resolve_target(target, exp, tracking_uri)
-    except (TargetError, ValueError) as exc:
+        serve_target(target, exp, overrides, emit_path, host, port, tracking_uri, address, echo=click.echo)
+    except ServeError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(2)
-    settings = dataclasses.replace(found.settings, **{k: v for k, v in (("host", host), ("port", port)) if v})
-    if exp is None and overrides:  # a run id or directory: serve.* overrides apply to its checkpoint's settings
-        settings, errors = serve_with_overrides(settings, overrides)
-        if errors:
-            found.cleanup()
-            click.echo("invalid overrides:\n  " + "\n  ".join(errors), err=True)
-            sys.exit(2)
-    from serve import ensemble as app
-
-    if emit_path:
-        click.echo(f"Serve config for {found.description}: {app.emit_config(emit_path, found.source, settings)}")
-        found.cleanup()
-        return
-    from orchestrator.ray_runtime import ray_session
-
-    try:
-        with ray_session(address, env=app.ray_env(settings)):
-            # SIGTERM (and SIGINT where a non-interactive shell ignores it) stop the app like Ctrl-C; set
-            # after ray.init, whose core worker installs its own SIGTERM handler (which aborts the process)
-            signal.signal(signal.SIGTERM, _raise_interrupt)
-            if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-                signal.signal(signal.SIGINT, _raise_interrupt)
-            try:  # a stop signal while the app is still starting stops it the same way
-                try:
-                    url = app.start({"checkpoint": str(found.local_dir)}, settings)
-                except (RuntimeError, TimeoutError) as exc:
-                    click.echo(str(exc), err=True)
-                    sys.exit(1)
-                click.echo(f"serving {found.description} ({settings.ingress} ingress)\n"
-                           f"  POST {url}/predict  GET {url}/healthz  docs {url}/docs\nCtrl-C to stop")
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                click.echo("stopping")
-            finally:
-                app.shutdown()
-    finally:
-        found.cleanup()
+        sys.exit(exc.exit_code)
 
 
 @main.command("evaluate")
 @click.argument("target")
 @click.argument("settings", nargs=-1)
 @click.option("--tasks", multiple=True,
-              help="Tasks to run, comma-separated or repeated: perplexity, babi, arithmetic, generation, routing "
-                   "(default: all).")
+              help="Shorthand for the tasks=[...] setting, comma-separated or repeated (MoRE: perplexity, babi, "
+                   "arithmetic, generation, routing; default: all).")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write the artifacts to this folder.")
-@click.option("--tracking-uri", default="sqlite:///mlflow.db", show_default=True, help="The MLflow store.")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 @click.option("--experiment", default="moe-orch-evaluate", show_default=True,
               help="MLflow experiment of the new run made for a bare checkpoint directory.")
 def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], out: str | None,
-                 tracking_uri: str, experiment: str) -> None:
-    """Evaluate a MoRE checkpoint: WikiText-2 perplexity, bAbI 2/3, arithmetic, generation, routing plots.
+                 tracking_uri: str | None, experiment: str) -> None:
+    """Evaluate a checkpoint with its family's evaluator (MoRE: WikiText-2 perplexity, bAbI 2/3,
+    arithmetic, generation, routing plots).
 
     TARGET is an MLflow run id (its checkpoint; results are logged to that run) or a
-    checkpoint directory (results go to a new MLflow run). SETTINGS are key=value pairs of
-    the `evaluate:` section, e.g. babi_max_questions=null ppl_max_tokens=null for the full sets.
+    checkpoint directory of any family (results go to a new MLflow run). SETTINGS are key=value
+    pairs of the family's `evaluate:` section, e.g. babi_max_questions=null ppl_max_tokens=null.
     """
-    from orchestrator.evaluate import evaluate_target, parse_settings
+    from orchestrator.evaluate import EvaluateError, evaluate_target
 
     task_list = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
+    overrides = settings + ((f"tasks=[{', '.join(task_list)}]",) if task_list else ())
     try:
-        parsed = parse_settings(settings, task_list or None)
-    except ValueError as exc:
-        click.echo("evaluate: bad settings:\n  " + str(exc).replace("\n", "\n  "), err=True)
+        summary = evaluate_target(target, tracking_uri, overrides, out=out, experiment=experiment)
+    except EvaluateError as exc:
+        click.echo("evaluate: " + str(exc).replace("\n", "\n  "), err=True)
         sys.exit(2)
-    try:
-        summary = evaluate_target(target, tracking_uri, parsed, out=out, experiment=experiment)
     except Exception as exc:
-        click.echo(f"evaluate failed: {type(exc).__name__}: {exc}", err=True)
-        sys.exit(1)
+        _fail("evaluate", exc)
     for key, value in summary["metrics"].items():
         click.echo(f"{key:24s} {value:.4g}")
     click.echo(f"artifacts: {', '.join(summary['artifacts'])}" + (f" (copied to {out})" if out else ""))
     click.echo(f"MLflow run: {summary['run_id']} ({summary['tracking_uri']})")
 
 
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _fail(command: str, exc: BaseException) -> NoReturn:
+    """One line on stderr naming the error (the traceback is already in Ray's output above), exit 1."""
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    click.echo(f"{command} failed: {type(exc).__name__}: {first}", err=True)
+    sys.exit(1)
 
 
 if __name__ == "__main__":

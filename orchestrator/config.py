@@ -1,10 +1,13 @@
 """Experiment files: schema, loading, ``key=value`` overrides and validation (all errors at once).
 
-An experiment YAML has the top-level keys ``name``, ``family`` and the sections below.
-``model`` holds the family's config fields (for ``more``: ``trainables.more.MoREConfig``).
-``load_experiment(path, overrides)`` returns an ``Experiment`` or raises
-``ExperimentError`` whose ``errors`` lists every problem as ``path: got X, expected Y``;
-nothing here starts Ray.
+An experiment YAML has ``name``, ``family`` and sections. ``train``, ``scaling``,
+``tracking`` and ``sweep`` are the same for every family (below); ``model``, ``data`` and,
+where the family has them, ``evaluate`` and ``serve`` are the family's own dataclasses
+(``orchestrator.contract.Family``). ``load_experiment(path, overrides)`` returns a typed
+``Experiment`` or raises ``ExperimentError`` whose ``errors`` lists every problem as
+``path: got X, expected Y``. The experiment is validated once, here, in the driver: a sweep
+trial applies its sampled values with ``Experiment.with_values`` (``dataclasses.replace``),
+and Ray Train workers receive the typed ``Experiment``. Nothing here starts Ray.
 """
 
 from __future__ import annotations
@@ -16,30 +19,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from orchestrator import space as space_mod
-from orchestrator.families import FAMILIES, Family
+from orchestrator.contract import STRATEGIES, DataSection, EvaluateSection, Family, Section, ServeSection
+from orchestrator.registry import family_names, get_family
 from orchestrator.schema import check, check_section, describe, dump_yaml, field_types, fmt, load_yaml
-from trainables.more.evaluation.suite import EvalSettings
 
 SWEEPABLE_SECTIONS = ("model", "data", "train")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 @dataclass
-class DataSection:
-    """Which corpus to train on (``trainables.data.load_text`` name) and where it lives."""
-
-    dataset: str = "tinyshakespeare"
-    root: str | None = None  # data root; None = $MOE_ORCH_DATA, else ./data (resolved to an absolute path)
-    train_split: str = "train"
-    val_split: str = "validation"
-    # training mixture (trainables.data.mixture): relative weights of lm (the dataset above), babi, arithmetic;
-    # null = train on the dataset alone
-    mixture: dict[str, float] | None = None
-    arith_train_digits: int = 3  # arithmetic in the mixture: operands of 1..N digits
-
-
-@dataclass
-class TrainSection:
+class TrainSection(Section):
     """Optimisation: AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
 
     max_steps: int = 200
@@ -54,9 +43,23 @@ class TrainSection:
     seed: int = 0
     keep_checkpoints: int = 2  # newest checkpoints kept by Ray Train
 
+    def errors(self) -> list[str]:
+        errors = []
+        for key in ("max_steps", "batch_size", "eval_every", "eval_batches", "keep_checkpoints"):
+            errors += _at_least(key, getattr(self, key), 1)
+        errors += _at_least("warmup_steps", self.warmup_steps, 0)
+        errors += _at_least("weight_decay", self.weight_decay, 0)
+        if not self.lr > 0:
+            errors.append(f"lr: got {fmt(self.lr)}, expected > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            errors.append(f"min_lr_ratio: got {fmt(self.min_lr_ratio)}, expected 0 <= x <= 1")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            errors.append(f"grad_clip: got {fmt(self.grad_clip)}, expected null or > 0")
+        return errors
+
 
 @dataclass
-class ScalingSection:
+class ScalingSection(Section):
     """Ray Train scaling: worker count, devices and the distributed strategy."""
 
     num_workers: int = 1
@@ -65,17 +68,36 @@ class ScalingSection:
     zero_stage: int = 0  # DeepSpeed ZeRO stage 0-3 (deepspeed only)
     cpus_per_worker: float = 1.0
 
+    def errors(self) -> list[str]:
+        errors = _at_least("num_workers", self.num_workers, 1)
+        if not self.cpus_per_worker > 0:
+            errors.append(f"cpus_per_worker: got {fmt(self.cpus_per_worker)}, expected > 0")
+        if self.zero_stage not in (0, 1, 2, 3):
+            errors.append(f"zero_stage: got {fmt(self.zero_stage)}, expected one of 0, 1, 2, 3")
+        elif self.zero_stage and self.strategy != "deepspeed":
+            errors.append(f"zero_stage: got {self.zero_stage}, expected 0 unless scaling.strategy is deepspeed")
+        return errors
+
 
 @dataclass
-class TrackingSection:
-    """MLflow: tracking URI (a relative sqlite path is made absolute) and experiment name."""
+class TrackingSection(Section):
+    """MLflow: tracking URI and experiment name.
 
-    uri: str = "sqlite:///mlflow.db"
+    ``uri``: null = MLflow's convention, ``$MLFLOW_TRACKING_URI`` if set, else
+    ``sqlite:///mlflow.db`` (a relative sqlite path is made absolute in the driver).
+    """
+
+    uri: str | None = None
     experiment: str | None = None  # None = the experiment's name
 
+    def errors(self) -> list[str]:
+        if self.uri is not None and not self.uri.strip():
+            return [f"uri: got {fmt(self.uri)}, expected null or a URI like sqlite:///mlflow.db"]
+        return []
+
 
 @dataclass
-class SweepSection:
+class SweepSection(Section):
     """Ray Tune + Optuna: objective(s), sample count, scheduler and the search space."""
 
     metric: str | list[str] = "val_loss"
@@ -89,54 +111,40 @@ class SweepSection:
     seed: int | None = 0
     space: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def metrics(self) -> list[str]:
+        return [self.metric] if isinstance(self.metric, str) else list(self.metric)
 
-INGRESS_MODES = ("proxy", "direct")
+    @property
+    def modes(self) -> list[str]:
+        return [self.mode] * len(self.metrics) if isinstance(self.mode, str) else list(self.mode)
 
-
-@dataclass
-class ServeSection:
-    """Ray Serve deployment of a trained model (``moe-orch serve``): HTTP, batching, autoscaling, input limits."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    route_prefix: str = "/ensemble"
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 16.0  # autoscaling target per replica
-    max_ongoing_requests: int | None = None  # per replica; None = 2 * max_batch_size (must be >= max_batch_size)
-    max_batch_size: int = 32  # requests per @serve.batch call
-    batch_wait_timeout_s: float = 0.01
-    max_texts_per_request: int = 64  # more gets HTTP 413
-    max_text_chars: int = 2000  # a longer text gets HTTP 413 (rejected, not truncated)
-    num_cpus_per_replica: float = 1.0
-    access_log: bool = True  # one log line per request in each replica (off for load tests)
-    # "proxy": Ray's HTTP proxy routes every request to the replicas (autoscaling behind one port).
-    # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
-    # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
-    # Ray's own proxy then takes port + 1).
-    ingress: str = "proxy"
-
-
-@dataclass
-class EvaluateSection(EvalSettings):
-    """The MoRE evaluation suite (``moe-orch evaluate``; fields: ``trainables.more.evaluation.EvalSettings``).
-
-    ``at_end: true`` evaluates the final checkpoint of every train run and sweep trial.
-    """
-
-    at_end: bool = False
+    def errors(self) -> list[str]:
+        errors = []
+        metrics, modes = self.metrics, self.modes
+        if not metrics:
+            errors.append("metric: got [], expected a metric name or a list of them")
+        if len(modes) != len(metrics):
+            errors.append(f"mode: got {len(modes)} modes, expected one per metric ({len(metrics)})")
+        errors += [f"mode: got {fmt(m)}, expected min or max" for m in modes if m not in ("min", "max")]
+        if self.scheduler == "asha" and len(metrics) > 1:
+            errors.append(f"scheduler: got 'asha' with {len(metrics)} metrics, expected none (ASHA needs one metric)")
+        if self.search == "random" and len(metrics) > 1:
+            errors.append("search: got 'random' with several metrics, expected optuna (NSGA-II)")
+        errors += _at_least("num_samples", self.num_samples, 1)
+        if self.max_concurrent_trials is not None:
+            errors += _at_least("max_concurrent_trials", self.max_concurrent_trials, 1)
+        errors += _at_least("grace_period", self.grace_period, 1)
+        if not self.reduction_factor > 1:
+            errors.append(f"reduction_factor: got {fmt(self.reduction_factor)}, expected > 1")
+        return errors
 
 
-SECTIONS: dict[str, type] = {
-    "data": DataSection,
-    "train": TrainSection,
-    "scaling": ScalingSection,
-    "tracking": TrackingSection,
-    "sweep": SweepSection,
-    "evaluate": EvaluateSection,
-    "serve": ServeSection,
+GENERIC_SECTIONS: dict[str, type] = {
+    "train": TrainSection, "scaling": ScalingSection, "tracking": TrackingSection, "sweep": SweepSection,
 }
-TOP_LEVEL = ("name", "family", "model", *SECTIONS)
+FAMILY_SECTIONS = ("model", "data", "evaluate", "serve")
+TOP_LEVEL = ("name", "family", "model", "data", *GENERIC_SECTIONS, "evaluate", "serve")
 
 
 class ExperimentError(ValueError):
@@ -149,56 +157,64 @@ class ExperimentError(ValueError):
 
 @dataclass
 class Experiment:
-    """A validated experiment. ``model`` is the family config as a complete dict."""
+    """A validated experiment: typed sections, the family's own for model/data/evaluate/serve."""
 
     name: str
     family: str
-    model: dict[str, Any]
-    data: DataSection
+    model: Any  # the family's model config dataclass
+    data: DataSection  # the family's DataSection subclass; ``root`` absolute
     train: TrainSection
     scaling: ScalingSection
     tracking: TrackingSection
     sweep: SweepSection
-    evaluate: EvaluateSection = field(default_factory=EvaluateSection)
-    serve: ServeSection = field(default_factory=ServeSection)
+    evaluate: EvaluateSection | None = None  # None: the family has no evaluator
+    serve: ServeSection | None = None  # None: the family has no serve app
     source: str | None = None  # the YAML file it came from
 
     @property
     def family_spec(self) -> Family:
-        return FAMILIES[self.family]
+        return get_family(self.family)
 
     @property
     def metrics(self) -> list[str]:
         """``sweep.metric`` as a list."""
-        return [self.sweep.metric] if isinstance(self.sweep.metric, str) else list(self.sweep.metric)
+        return self.sweep.metrics
 
     @property
     def modes(self) -> list[str]:
         """``sweep.mode`` as a list, one per metric."""
-        return [self.sweep.mode] * len(self.metrics) if isinstance(self.sweep.mode, str) else list(self.sweep.mode)
+        return self.sweep.modes
 
     @property
     def dims(self) -> list[space_mod.Dim]:
         """The parsed ``sweep.space``."""
         return [space_mod.parse_dim(k, v)[0] for k, v in self.sweep.space.items()]
 
+    @property
+    def evaluates_at_end(self) -> bool:
+        return self.evaluate is not None and self.evaluate.at_end
+
     def to_dict(self) -> dict[str, Any]:
-        """The resolved experiment as plain nested data (what the worker loop receives)."""
-        out: dict[str, Any] = {"name": self.name, "family": self.family, "model": dict(self.model)}
-        for section in SECTIONS:
-            out[section] = dataclasses.asdict(getattr(self, section))
+        """The resolved experiment as plain nested data (YAML, MLflow params)."""
+        out: dict[str, Any] = {"name": self.name, "family": self.family, "model": self.model.to_dict()}
+        for section in ("data", *GENERIC_SECTIONS, "evaluate", "serve"):
+            value = getattr(self, section)
+            if value is not None:
+                out[section] = dataclasses.asdict(value)
         return out
 
     def to_yaml(self) -> str:
         return dump_yaml(self.to_dict())
 
     def with_values(self, values: dict[str, Any]) -> Experiment:
-        """A copy with dotted-path values set (a trial's sampled config); not re-validated."""
-        data = self.to_dict()
+        """A copy with dotted-path values set (a trial's sampled config). Not re-validated: the
+        driver checked every value of the search space, alone and in combination."""
+        changes: dict[str, dict[str, Any]] = {}
         for key, value in values.items():
             section, _, name = key.partition(".")
-            data[section][name] = value
-        return experiment_from_dict(data, source=self.source)
+            changes.setdefault(section, {})[name] = value
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **fields)
+                                            for section, fields in changes.items()})
 
 
 # -- loading -----------------------------------------------------------------------------
@@ -210,7 +226,6 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     Raises ``ExperimentError`` listing every problem (file, override and schema errors together).
     """
     path = Path(path)
-    errors: list[str] = []
     try:
         raw = load_yaml(path.read_text())
     except OSError as exc:
@@ -222,7 +237,7 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
         raw = {}
     if not isinstance(raw, dict):
         raise ExperimentError([f"{path}: got {fmt(raw)}, expected a mapping of {', '.join(TOP_LEVEL)}"])
-    errors += apply_overrides(raw, overrides)
+    errors = apply_overrides(raw, overrides)
     experiment, more = validate(raw, source=str(path))
     errors += more
     if errors:
@@ -231,26 +246,27 @@ def load_experiment(path: str | Path, overrides: list[str] | tuple[str, ...] = (
     return experiment
 
 
-def experiment_from_dict(data: dict[str, Any], source: str | None = None) -> Experiment:
-    """Validate plain data (e.g. ``Experiment.to_dict()``); raises ``ExperimentError``."""
-    experiment, errors = validate(dict(data), source=source)
-    if errors:
-        raise ExperimentError(errors)
-    assert experiment is not None
-    return experiment
+def _family_of(name: Any) -> Family | None:
+    try:
+        return get_family(name) if isinstance(name, str) else None
+    except KeyError:
+        return None
 
 
-def expected_type(dotted: str, family: str | None) -> Any:
+def section_class(section: str, family: Family | None) -> type | None:
+    """The dataclass of ``section`` (None if the family has no such section)."""
+    if section in GENERIC_SECTIONS:
+        return GENERIC_SECTIONS[section]
+    return family.sections.get(section) if family is not None else None
+
+
+def expected_type(dotted: str, family: Family | None) -> Any:
     """The type hint at ``section.field`` (None if the path does not exist)."""
     section, _, name = dotted.partition(".")
-    if section == "model":
-        cls = FAMILIES[family].config_cls if family in FAMILIES else None
-        return field_types(cls).get(name) if cls and name else None
-    if section in SECTIONS and name:
-        return field_types(SECTIONS[section]).get(name)
     if section in ("name", "family") and not name:
         return str
-    return None
+    cls = section_class(section, family)
+    return field_types(cls).get(name) if cls is not None and name else None
 
 
 def parse_override_value(text: str, tp: Any) -> Any:
@@ -271,7 +287,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     clears the space. Unknown keys are left for the schema check to report.
     """
     errors = []
-    family = raw.get("family") if isinstance(raw.get("family"), str) else None
+    family = _family_of(raw.get("family"))
     for item in overrides:
         key, sep, text = item.partition("=")
         key = key.strip()
@@ -279,14 +295,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             errors.append(f"{item}: got a malformed override, expected key=value (e.g. train.lr=3e-4)")
             continue
         if key == "family":
-            family = text.strip()
+            family = _family_of(text.strip())
         if key.startswith("sweep.space."):
-            sweep = raw.setdefault("sweep", {}) or {}
+            try:
+                spec = load_yaml(text)
+            except Exception as exc:
+                errors.append(f"{key}: got invalid YAML ({type(exc).__name__}), expected a distribution like "
+                              "{choice: [1, 2]}")
+                continue
+            sweep = raw.get("sweep") if isinstance(raw.get("sweep"), dict) else {}
             raw["sweep"] = sweep
-            sweep.setdefault("space", {})
-            if not isinstance(sweep["space"], dict):
+            if not isinstance(sweep.get("space"), dict):
                 sweep["space"] = {}
-            sweep["space"][key.removeprefix("sweep.space.")] = load_yaml(text)
+            sweep["space"][key.removeprefix("sweep.space.")] = spec
             continue
         value = parse_override_value(text, expected_type(key, family))
         parts = key.split(".")
@@ -304,16 +325,25 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     return errors
 
 
-def serve_with_overrides(settings: ServeSection,
-                         overrides: list[str] | tuple[str, ...]) -> tuple[ServeSection, list[str]]:
-    """``settings`` with ``serve.<key>=value`` overrides applied and checked; ``(settings, errors)``."""
-    raw: dict[str, Any] = {"serve": dataclasses.asdict(settings)}
-    errors = [f"{item}: got a key outside serve, expected serve.<key>=value (the other sections belong to "
-              "an experiment YAML)" for item in overrides if not item.strip().startswith("serve.")]
-    errors += apply_overrides(raw, [item for item in overrides if item.strip().startswith("serve.")])
-    values, section_errors = check_section("serve", raw["serve"], ServeSection)
-    updated = ServeSection(**values)  # the well-typed values, so every problem is reported at once
-    errors += section_errors + check_serve(updated)
+def section_with_overrides(section: str, settings: Any,
+                           overrides: list[str] | tuple[str, ...]) -> tuple[Any, list[str]]:
+    """``settings`` (a section dataclass) with ``<section>.<key>=value`` overrides applied and checked;
+    returns ``(settings, errors)`` (the unchanged settings when there are errors)."""
+    cls = type(settings)
+    types = field_types(cls)
+    raw = dataclasses.asdict(settings)
+    errors = []
+    for item in overrides:
+        key, sep, text = item.strip().partition("=")
+        if not sep or not key.startswith(f"{section}."):
+            errors.append(f"{item}: got a key outside {section}, expected {section}.<key>=value (the other "
+                          "sections belong to an experiment YAML)")
+            continue
+        name = key.removeprefix(f"{section}.")
+        raw[name] = parse_override_value(text, types.get(name))
+    values, section_errors = check_section(section, raw, cls)
+    updated = cls(**values)  # the well-typed values, so every problem is reported at once
+    errors += section_errors + [f"{section}.{e}" for e in updated.errors()]
     return (settings, errors) if errors else (updated, [])
 
 
@@ -330,35 +360,24 @@ def validate(raw: dict[str, Any], source: str | None = None) -> tuple[Experiment
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_RE.match(name):
         errors.append(f"name: got {fmt(name)}, expected a string of letters, digits, '_', '-', '.'")
-    family_name = raw.get("family")
-    family = FAMILIES.get(family_name) if isinstance(family_name, str) else None
+    family = _family_of(raw.get("family"))
     if family is None:
-        errors.append(f"family: got {fmt(family_name)}, expected one of {', '.join(sorted(FAMILIES))}")
+        errors.append(f"family: got {fmt(raw.get('family'))}, expected one of {', '.join(family_names())}")
 
     sections: dict[str, Any] = {}
-    for section, cls in SECTIONS.items():
-        values, errs = check_section(section, raw.get(section), cls)
-        errors += errs
-        sections[section] = cls(**values)
-
-    model: dict[str, Any] | None = None
+    for section, cls in GENERIC_SECTIONS.items():
+        sections[section] = _section(section, raw.get(section), cls, errors)
     if family is not None:
-        values, errs = check_section("model", raw.get("model"), family.config_cls)
-        errors += errs
-        model_cfg = family.config_cls(**values)
-        if not errs:
-            errors += [f"model.{e}" for e in model_cfg.errors()]
-        model = model_cfg.to_dict()
+        for section in FAMILY_SECTIONS:
+            cls = family.sections.get(section)
+            if cls is not None:
+                sections[section] = _section(section, raw.get(section), cls, errors)
+            elif raw.get(section) is not None:
+                what = "evaluator" if section == "evaluate" else "serve app"
+                errors.append(f"{section}: got a section, expected none (family {family.name} has no {what})")
+        errors += _family_errors(family, sections)
 
-    errors += _check_data(sections["data"], family)
-    errors += _check_train(sections["train"])
-    errors += _check_scaling(sections["scaling"])
-    errors += _check_tracking(sections["tracking"])
-    errors += _check_sweep(sections["sweep"], family, model, sections)
-    errors += _check_evaluate(sections["evaluate"], sections["data"], sections["sweep"])
-    errors += check_serve(sections["serve"])
-
-    if errors or model is None:
+    if errors or family is None:
         return None, errors
     data = sections["data"]
     if data.root is None:  # resolved here, in the driver: Ray workers run in another cwd/env
@@ -366,160 +385,78 @@ def validate(raw: dict[str, Any], source: str | None = None) -> tuple[Experiment
 
         data.root = str(data_root())
     data.root = str(Path(data.root).expanduser().absolute())
-    return Experiment(name=name, family=family_name, model=model, source=source, **sections), []
+    return Experiment(name=name, family=family.name, source=source, **sections), []
 
 
-def _positive(path: str, value: Any, minimum: float = 1) -> list[str]:
+def _section(section: str, raw: Any, cls: type, errors: list[str]) -> Any:
+    """The section dataclass from ``raw`` (badly typed fields dropped, so they keep their defaults);
+    its type errors and its own ``errors()`` appended. The model's own checks relate fields to each
+    other, so they run only once every model field is well typed."""
+    values, errs = check_section(section, raw, cls)
+    errors += errs
+    obj = cls(**values)
+    if not (errs and section == "model"):
+        errors += [f"{section}.{e}" for e in obj.errors()]
+    return obj
+
+
+def _at_least(path: str, value: Any, minimum: float) -> list[str]:
     if isinstance(value, (int, float)) and not value >= minimum:
         return [f"{path}: got {fmt(value)}, expected >= {minimum}"]
     return []
 
 
-def _check_data(data: DataSection, family: Family | None) -> list[str]:
-    from trainables.data import dataset_splits, list_datasets
-
-    known = list(family.datasets) if family is not None and family.datasets else list_datasets()
-    if data.dataset not in known:
-        return [f"data.dataset: got {fmt(data.dataset)}, expected one of {', '.join(known)}"]
+def _family_errors(family: Family, sections: dict[str, Any]) -> list[str]:
+    """What the family must support: the strategy, the sweep metrics, and its cross-section checks."""
     errors = []
-    splits = family.splits if family is not None and family.datasets else dataset_splits(data.dataset)
-    for key in ("train_split", "val_split"):
-        if getattr(data, key) not in splits:
-            errors.append(f"data.{key}: got {fmt(getattr(data, key))}, expected one of {', '.join(splits)}")
-    return errors
-
-
-def _check_train(train: TrainSection) -> list[str]:
-    errors = []
-    for key in ("max_steps", "batch_size", "eval_every", "eval_batches", "keep_checkpoints"):
-        errors += _positive(f"train.{key}", getattr(train, key))
-    errors += _positive("train.warmup_steps", train.warmup_steps, 0)
-    errors += _positive("train.weight_decay", train.weight_decay, 0)
-    if not train.lr > 0:
-        errors.append(f"train.lr: got {fmt(train.lr)}, expected > 0")
-    if not 0 <= train.min_lr_ratio <= 1:
-        errors.append(f"train.min_lr_ratio: got {fmt(train.min_lr_ratio)}, expected 0 <= x <= 1")
-    if train.grad_clip is not None and not train.grad_clip > 0:
-        errors.append(f"train.grad_clip: got {fmt(train.grad_clip)}, expected null or > 0")
-    return errors
-
-
-def _check_scaling(scaling: ScalingSection) -> list[str]:
-    errors = _positive("scaling.num_workers", scaling.num_workers)
-    if not scaling.cpus_per_worker > 0:
-        errors.append(f"scaling.cpus_per_worker: got {fmt(scaling.cpus_per_worker)}, expected > 0")
-    if scaling.zero_stage not in (0, 1, 2, 3):
-        errors.append(f"scaling.zero_stage: got {fmt(scaling.zero_stage)}, expected one of 0, 1, 2, 3")
-    elif scaling.zero_stage and scaling.strategy != "deepspeed":
-        errors.append(f"scaling.zero_stage: got {scaling.zero_stage}, expected 0 unless scaling.strategy is deepspeed")
-    return errors
-
-
-def _check_evaluate(evaluate: EvaluateSection, data: DataSection, sweep: SweepSection) -> list[str]:
-    """The evaluation settings, the training mixture they rely on, and sweeps on evaluation metrics
-    (reported once, at the end of a trial: they need evaluate.at_end, no ASHA, and Optuna's
-    multi-objective mode, since TPE reads its single metric at every report)."""
-    from trainables.data.mixture import mixture_errors
-    from trainables.more.evaluation.suite import is_eval_metric
-
-    errors = mixture_errors(data.mixture, data.arith_train_digits)
-    errors += [f"evaluate.{e}" for e in evaluate.errors()]
-    short = [d for d in evaluate.arith_long_digits if d <= data.arith_train_digits]
-    if short:
-        errors.append(f"evaluate.arith_long_digits: got {short}, expected lengths > data.arith_train_digits "
-                      f"({data.arith_train_digits})")
-    metrics = [sweep.metric] if isinstance(sweep.metric, str) else list(sweep.metric)
-    for m in [m for m in metrics if is_eval_metric(m)]:
-        if not evaluate.at_end:
-            errors.append(f"sweep.metric: got {m!r}, an evaluation metric, expected evaluate.at_end: true")
-        elif sweep.scheduler != "none":
-            errors.append(f"sweep.scheduler: got {sweep.scheduler!r} with evaluation metric {m!r}, expected none")
-        elif len(metrics) == 1 and sweep.search == "optuna":
-            errors.append(f"sweep.metric: got {m!r} alone with search optuna, expected it in a list of metrics "
-                          "(NSGA-II) or search: random")
-    return errors
-
-
-def _check_tracking(tracking: TrackingSection) -> list[str]:
-    if not tracking.uri:
-        return [f"tracking.uri: got {fmt(tracking.uri)}, expected a URI like sqlite:///mlflow.db"]
-    return []
-
-
-def check_serve(serve: ServeSection) -> list[str]:
-    """Errors of a ``serve:`` section (also used by ``serve/`` on settings read from a checkpoint)."""
-    errors = []
-    for key in ("min_replicas", "max_batch_size", "max_texts_per_request", "max_text_chars"):
-        errors += _positive(f"serve.{key}", getattr(serve, key))
-    errors += _positive("serve.max_replicas", serve.max_replicas, max(1, serve.min_replicas))
-    top_port = 65534 if serve.ingress == "direct" else 65535  # direct: Ray's proxy takes port + 1
-    if not 0 < serve.port <= top_port:
-        errors.append(f"serve.port: got {fmt(serve.port)}, expected 1..{top_port}")
-    if not serve.route_prefix.startswith("/"):
-        errors.append(f"serve.route_prefix: got {fmt(serve.route_prefix)}, expected a path starting with /")
-    if serve.max_ongoing_requests is not None and serve.max_ongoing_requests < serve.max_batch_size:
-        errors.append(f"serve.max_ongoing_requests: got {serve.max_ongoing_requests}, expected null or "
-                      f">= serve.max_batch_size ({serve.max_batch_size})")
-    for key in ("target_ongoing_requests", "num_cpus_per_replica"):
-        if not getattr(serve, key) > 0:
-            errors.append(f"serve.{key}: got {fmt(getattr(serve, key))}, expected > 0")
-    if serve.batch_wait_timeout_s < 0:
-        errors.append(f"serve.batch_wait_timeout_s: got {fmt(serve.batch_wait_timeout_s)}, expected >= 0")
-    if serve.ingress not in INGRESS_MODES:
-        errors.append(f"serve.ingress: got {fmt(serve.ingress)}, expected one of {', '.join(INGRESS_MODES)}")
-    elif serve.ingress == "direct":
-        for key in ("min_replicas", "max_replicas"):
-            if getattr(serve, key) != 1:
-                errors.append(f"serve.{key}: got {fmt(getattr(serve, key))}, expected 1 with serve.ingress 'direct' "
-                              "(one replica answers on serve.port; use ingress 'proxy' to autoscale)")
-    return errors
-
-
-def _check_sweep(sweep: SweepSection, family: Family | None, model: dict[str, Any] | None,
-                 sections: dict[str, Any]) -> list[str]:
-    errors = []
-    metrics = [sweep.metric] if isinstance(sweep.metric, str) else list(sweep.metric)
-    modes = [sweep.mode] * len(metrics) if isinstance(sweep.mode, str) else list(sweep.mode)
-    if not metrics:
-        errors.append("sweep.metric: got [], expected a metric name or a list of them")
+    scaling, sweep = sections["scaling"], sections["sweep"]
+    if scaling.strategy in STRATEGIES and scaling.strategy not in family.strategies:
+        errors.append(f"scaling.strategy: got {fmt(scaling.strategy)}, expected one of "
+                      f"{', '.join(family.strategies)} (what family {family.name} supports)")
+    metrics = sweep.metrics
     for m in metrics:
-        if family is not None and not family.reports(m):
-            known = ", ".join(family.metrics) + "".join(f" or {p}..." for p in family.metric_prefixes)
+        if not family.reports(m):
+            known = ", ".join([*family.metrics, *family.eval_metrics])
+            known += "".join(f" or {p}..." for p in (*family.metric_prefixes, *family.eval_metric_prefixes))
             errors.append(f"sweep.metric: got {fmt(m)}, expected one of {known}")
-    if len(modes) != len(metrics):
-        errors.append(f"sweep.mode: got {len(modes)} modes, expected one per metric ({len(metrics)})")
-    for m in modes:
-        if m not in ("min", "max"):
-            errors.append(f"sweep.mode: got {fmt(m)}, expected min or max")
-    if sweep.scheduler == "asha" and len(metrics) > 1:
-        errors.append(f"sweep.scheduler: got 'asha' with {len(metrics)} metrics, expected none (ASHA needs one metric)")
-    if sweep.search == "random" and len(metrics) > 1:
-        errors.append("sweep.search: got 'random' with several metrics, expected optuna (NSGA-II)")
-    errors += _positive("sweep.num_samples", sweep.num_samples)
-    if sweep.max_concurrent_trials is not None:
-        errors += _positive("sweep.max_concurrent_trials", sweep.max_concurrent_trials)
-    errors += _positive("sweep.grace_period", sweep.grace_period)
-    if not sweep.reduction_factor > 1:
-        errors.append(f"sweep.reduction_factor: got {fmt(sweep.reduction_factor)}, expected > 1")
-    errors += _check_space(sweep, family, model, sections)
+        elif family.is_eval_metric(m):
+            # reported once, at the end of a trial: it needs evaluate.at_end, no ASHA, and Optuna's
+            # multi-objective mode (TPE reads its single metric at every report)
+            evaluate = sections.get("evaluate")
+            if evaluate is None or not evaluate.at_end:
+                errors.append(f"sweep.metric: got {m!r}, an evaluation metric, expected evaluate.at_end: true")
+            elif sweep.scheduler != "none":
+                errors.append(f"sweep.scheduler: got {sweep.scheduler!r} with evaluation metric {m!r}, "
+                              "expected none")
+            elif len(metrics) == 1 and sweep.search == "optuna":
+                errors.append(f"sweep.metric: got {m!r} alone with search optuna, expected it in a list of "
+                              "metrics (NSGA-II) or search: random")
+    errors += _check_space(sweep, family, sections)
+    if family.checks is not None:
+        errors += family.checks(_Parts(sections))
     return errors
 
 
-def _check_space(sweep: SweepSection, family: Family | None, model: dict[str, Any] | None,
-                 sections: dict[str, Any]) -> list[str]:
+class _Parts:
+    """Attribute access to the sections being validated (what ``Family.checks`` receives)."""
+
+    def __init__(self, sections: dict[str, Any]) -> None:
+        self.__dict__.update(sections)
+        self.evaluate = sections.get("evaluate")
+        self.serve = sections.get("serve")
+
+
+def _check_space(sweep: SweepSection, family: Family, sections: dict[str, Any]) -> list[str]:
     """Each key must name a model/data/train field; each value must fit it, alone and in combination."""
     errors: list[str] = []
     dims: list[space_mod.Dim] = []
     for key, spec in sweep.space.items():
-        section, _, name = str(key).partition(".")
-        tp = expected_type(str(key), family.name if family else None)
+        section = str(key).partition(".")[0]
+        tp = expected_type(str(key), family)
         if section not in SWEEPABLE_SECTIONS or tp is None:
-            fields = [f"model.{f}" for f in field_types(family.config_cls)] if family else []
-            for s in ("data", "train"):
-                fields += [f"{s}.{f}" for f in field_types(SECTIONS[s])]
-            hint = "a field of " + ", ".join(SWEEPABLE_SECTIONS)
-            hint += f" (e.g. {', '.join(fields[:4])}, ...)" if fields else ""
-            errors.append(f"sweep.space.{key}: got an unknown key, expected {hint}")
+            fields = [f"{s}.{f}" for s in SWEEPABLE_SECTIONS for f in field_types(section_class(s, family))]
+            errors.append(f"sweep.space.{key}: got an unknown key, expected a field of "
+                          f"{', '.join(SWEEPABLE_SECTIONS)} (e.g. {', '.join(fields[:4])}, ...)")
             continue
         dim, errs = space_mod.parse_dim(key, spec)
         errors += errs
@@ -535,13 +472,11 @@ def _check_space(sweep: SweepSection, family: Family | None, model: dict[str, An
         errors += bad
         if not bad:
             dims.append(dim)
-    if model is None or family is None:
-        return errors
 
-    # Each value alone, then every combination: the family's own checks (e.g. top_k <= num_experts).
+    # Each value alone, then every combination: the sections' own checks (e.g. top_k <= num_experts).
     # Errors the base config already has are reported once, elsewhere.
-    base = set(_config_errors({}, family, model, sections))
-    new_errors = lambda values: [e for e in _config_errors(values, family, model, sections) if e not in base]
+    base = set(_trial_errors({}, family, sections))
+    new_errors = lambda values: [e for e in _trial_errors(values, family, sections) if e not in base]
     single_fail: set[tuple[str, Any]] = set()
     for dim in dims:
         for value in dim.probes():
@@ -571,20 +506,16 @@ def _check_space(sweep: SweepSection, family: Family | None, model: dict[str, An
     return errors
 
 
-def _config_errors(values: dict[str, Any], family: Family, model: dict[str, Any],
-                   sections: dict[str, Any]) -> list[str]:
-    """Errors of the model/train/data config with dotted ``values`` substituted."""
-    model_values = dict(model)
-    errors: list[str] = []
-    patched: dict[str, dict[str, Any]] = {}
+def _trial_errors(values: dict[str, Any], family: Family, sections: dict[str, Any]) -> list[str]:
+    """The model/data/train errors (and the family's cross checks) with dotted ``values`` substituted."""
+    patched = dict(sections)
+    changes: dict[str, dict[str, Any]] = {}
     for key, value in values.items():
         section, _, name = key.partition(".")
-        if section == "model":
-            model_values[name] = value
-        else:
-            patched.setdefault(section, {})[name] = value
-    errors += [f"model.{e}" for e in family.config_cls.from_dict(model_values).errors()]
-    for section, changes in patched.items():
-        obj = dataclasses.replace(sections[section], **changes)
-        errors += _check_data(obj, family) if section == "data" else _check_train(obj)
+        changes.setdefault(section, {})[name] = value
+    for section, fields in changes.items():
+        patched[section] = dataclasses.replace(sections[section], **fields)
+    errors = [f"{s}.{e}" for s in SWEEPABLE_SECTIONS for e in patched[s].errors()]
+    if family.checks is not None:
+        errors += family.checks(_Parts(patched))
     return errors

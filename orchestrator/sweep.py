@@ -38,10 +38,10 @@ from ray.tune import Callback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from orchestrator import space as space_mod
-from orchestrator import tracking
-from orchestrator.config import Experiment, experiment_from_dict
-from orchestrator.progress import SweepProgress, overhead_split
+from orchestrator.callbacks import MlflowReportCallback, SweepProgress, overhead_split
+from orchestrator.config import Experiment
 from orchestrator.ray_runtime import RaySession, default_concurrency
+from orchestrator.tracking import Run, Store
 from orchestrator.trainer import build_trainer, open_run, results_root
 
 STOP_AFTER_ENV = "MOE_ORCH_STOP_AFTER_TRIALS"
@@ -51,24 +51,24 @@ PARENT_ID_FILE, CHILD_ID_FILE, TIMING_FILE = "mlflow_parent_run_id", "mlflow_run
 # -- the per-trial driver function ----------------------------------------------------------
 
 
-def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any]) -> None:
-    """One trial: apply the sampled ``config`` (dotted keys) to ``base`` and fit a TorchTrainer."""
+def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -> None:
+    """One trial: apply the sampled ``config`` (dotted keys) to the validated ``base`` and fit a TorchTrainer."""
     started = time.time()
-    exp = experiment_from_dict(base).with_values(config)
+    exp = base.with_values(config)
     trial_name = tune.get_context().get_trial_name()
     trial_dir = Path(ctx["sweep_dir"]) / trial_name
     trial_dir.mkdir(parents=True, exist_ok=True)
-    uri = ctx["uri"]
+    parent: Run = ctx["parent"]
 
-    run_id, created = tracking.resume_or_start_run(  # a resumed trial keeps its nested run
-        uri, ctx["experiment_id"], trial_dir / CHILD_ID_FILE, run_name=trial_name, parent_run_id=ctx["parent_run_id"],
-        tags={"moe_orch.command": "sweep-trial", "moe_orch.trial": trial_name})
+    run, created = Store(parent.uri).resume_or_start_run(  # a resumed trial keeps its nested run
+        ctx["experiment_id"], trial_dir / CHILD_ID_FILE, run_name=trial_name, parent=parent,
+        tags={"moe_orch.command": "sweep-trial", "moe_orch.trial": trial_name, "moe_orch.family": exp.family})
     if created:
-        tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
+        run.log_params({k: v for k, v in exp.to_dict().items() if k != "sweep"})
 
-    callbacks = [tracking.MlflowReportCallback(uri, run_id), TuneReportCallback()]
+    callbacks = [MlflowReportCallback(run), TuneReportCallback()]
     trainer = build_trainer(exp, "train", trial_dir, callbacks)
-    with tracking.failed_on_error(uri, run_id):
+    with run.failed_on_error():
         result = trainer.fit()
     wall = time.time() - started
     metrics = dict(result.metrics or {})
@@ -77,17 +77,16 @@ def sweep_trial(config: dict[str, Any], base: dict[str, Any], ctx: dict[str, Any
     timing = overhead_split(started, time.time(), metrics, process_started=psutil.Process().create_time())
     (trial_dir / TIMING_FILE).write_text(json.dumps(timing))
     if result.checkpoint is not None:
-        tracking.log_artifacts(uri, run_id, Path(result.checkpoint.path) / "model", "checkpoint")
+        run.log_artifacts(Path(result.checkpoint.path) / "model", "checkpoint")
     evaluation: dict[str, float] = {}
-    if exp.evaluate.at_end and result.checkpoint is not None and result.error is None:
+    if exp.evaluates_at_end and result.checkpoint is not None and result.error is None:
         from orchestrator.evaluate import evaluate_at_end
 
-        with tracking.failed_on_error(uri, run_id):  # the evaluation suite, logged into the trial's run
-            evaluation = evaluate_at_end(exp, uri, run_id, result.checkpoint.path)
-    tracking.log_metrics(uri, run_id, {"trial_wall_time_s": wall,
-                                       "overhead_s": wall - metrics.get("train_time_s", wall)},
-                         step=int(metrics.get("step", 0)))
-    tracking.end_run(uri, run_id, ok=result.error is None)
+        with run.failed_on_error():  # the family's evaluator, logged into the trial's run
+            evaluation = evaluate_at_end(exp, run, Path(result.checkpoint.path) / "model")
+    run.log_metrics({"trial_wall_time_s": wall, "overhead_s": wall - metrics.get("train_time_s", wall)},
+                    step=int(metrics.get("step", 0)))
+    run.end(ok=result.error is None)
     if result.error is not None:
         raise RuntimeError(f"trial {trial_name} failed: {result.error}")
     if evaluation:  # one last Tune result with the evaluation, so sweep.metric may name e.g. babi_qa2_acc
@@ -142,7 +141,7 @@ def build_search(exp: Experiment) -> tuple[Any, Any, dict[str, Any]]:
     from ray.tune.schedulers import ASHAScheduler
 
     metrics, modes, dims = exp.metrics, exp.modes, exp.dims
-    if exp.evaluate.at_end:  # evaluation metrics come in the last result only: Tune must not demand them earlier
+    if exp.evaluates_at_end:  # evaluation metrics come in the last result only: Tune must not demand them earlier
         os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     multi = len(metrics) > 1
     metric_kwargs = {} if multi else {"metric": metrics[0], "mode": modes[0]}
@@ -171,7 +170,7 @@ def expected_reports(exp: Experiment) -> int:
 
 
 def _trainable(exp: Experiment, session: RaySession, ctx: dict[str, Any]) -> Any:
-    fn = tune.with_parameters(sweep_trial, base=exp.to_dict(), ctx=ctx)
+    fn = tune.with_parameters(sweep_trial, base=exp, ctx=ctx)
     return tune.with_resources(fn, session.trial_resources())
 
 
@@ -192,19 +191,18 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
         print(f"moved the previous sweep to {aside}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
 
-    uri, experiment_id, parent_run_id, created = open_run(exp, sweep_dir / PARENT_ID_FILE, f"{exp.name}/sweep", "sweep")
+    parent, experiment_id, created = open_run(exp, sweep_dir / PARENT_ID_FILE, f"{exp.name}/sweep", "sweep")
     if created:
-        sweep_params = {k: v for k, v in exp.to_dict()["sweep"].items() if k != "space"}
-        tracking.log_params(uri, parent_run_id, {"sweep": sweep_params})
-    print(f"MLflow: parent run {parent_run_id} in {uri}")
+        parent.log_params({"sweep": {k: v for k, v in exp.to_dict()["sweep"].items() if k != "space"}})
+    print(f"MLflow: parent run {parent.run_id} in {parent.uri}")
 
-    ctx = {"uri": uri, "experiment_id": experiment_id, "parent_run_id": parent_run_id, "sweep_dir": str(sweep_dir)}
+    ctx = {"parent": parent, "experiment_id": experiment_id, "sweep_dir": str(sweep_dir)}
     trainable = _trainable(exp, session, ctx)
     concurrency = exp.sweep.max_concurrent_trials or default_concurrency(
         session, exp.scaling.num_workers, exp.scaling.cpus_per_worker)
     started = time.time()
     expected = exp.sweep.num_samples * (space_mod.num_grid_points(exp.dims) if exp.sweep.search == "random" else 1)
-    progress = SweepProgress(exp.metrics[0], exp.modes[0], exp.train.max_steps, expected)
+    progress = SweepProgress(exp.metrics[0], exp.modes[0], exp.train.max_steps, expected, exp.family_spec.progress)
     if can_restore:
         print(f"resuming the sweep at {sweep_dir}")
         tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
@@ -228,45 +226,57 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
     if done < max(expected, len(grid)):  # interrupted (Ctrl-C): Tune saved its state; leave the parent run open
         message = (f"sweep interrupted after {done}/{expected} trials; finish it with "
                    f"`moe-orch sweep {exp.source or '<experiment>'} --resume` (same overrides)")
-        return {"interrupted": True, "table": message, "parent_run_id": parent_run_id, "wall_time_s": wall}
-    return finish_sweep(exp, grid, sweep_dir, uri, parent_run_id, wall)
+        return {"interrupted": True, "table": message, "parent_run_id": parent.run_id, "wall_time_s": wall}
+    return finish_sweep(exp, grid, sweep_dir, parent, wall)
 
 
 # -- the end of a sweep: summary CSV, Optuna plots, MLflow parent -------------------------
 
 
+def trial_status(error: bool, reports: int, expected: int, finished: bool) -> str:
+    """``ERROR`` (it raised), ``STOPPED`` (cut short by ASHA or an interruption: fewer reports than a
+    full run and no ``timing.json``, which only a driver that returned writes) or ``TERMINATED``."""
+    if error:
+        return "ERROR"
+    if reports < expected and not finished:
+        return "STOPPED"
+    return "TERMINATED"
+
+
+def trial_row(exp: Experiment, name: str, config: dict[str, Any], metrics: dict[str, Any], error: bool,
+              timing: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    """One summary row: name, swept values, metric(s), status, wall/train/overhead seconds, run id.
+
+    ``metrics`` is the trial's last Tune result, ``timing`` its ``timing.json`` (empty if the
+    driver did not return).
+    """
+    train_time = metrics.get("train_time_s")
+    wall = timing.get("wall_time_s") or metrics.get("time_total_s")
+    reports = int(metrics.get("training_iteration", 0) or 0)
+    row = {"trial": name}
+    row.update({key: config.get(key) for key in exp.sweep.space})
+    row.update({m: metrics.get(m) for m in exp.metrics})
+    row.update({
+        "status": trial_status(error, reports, expected_reports(exp), bool(timing)),
+        "reports": reports, "step": metrics.get("step"),
+        "wall_time_s": _round(wall), "train_time_s": _round(train_time),
+        "overhead_s": round(wall - train_time, 2) if wall is not None and train_time is not None else None,
+        "startup_s": _round(timing.get("startup_s")), "teardown_s": _round(timing.get("teardown_s")),
+        "run_id": run_id,
+    })
+    return row
+
+
 def trial_rows(exp: Experiment, grid: Any, sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per trial: name, swept values, metric(s), status, wall/train/overhead seconds, run id."""
+    """``trial_row`` for every trial of Tune's ``ResultGrid``, sorted by name."""
     rows = []
     for result in grid:
-        trial_dir = Path(result.path)
-        name = trial_dir.name
-        metrics = dict(result.metrics or {})
-        config = dict(result.config or {})
-        timing_file = sweep_dir / name / TIMING_FILE
-        timing = json.loads(timing_file.read_text()) if timing_file.exists() else {}
-        train_time = metrics.get("train_time_s")
-        wall = timing.get("wall_time_s") or metrics.get("time_total_s")
-        iters = int(metrics.get("training_iteration", 0) or 0)
-        if result.error is not None:
-            status = "ERROR"
-        elif iters < expected_reports(exp) and not timing:
-            status = "STOPPED"  # by ASHA (or an interruption)
-        else:
-            status = "TERMINATED"
-        run_file = sweep_dir / name / CHILD_ID_FILE
-        row = {"trial": name}
-        row.update({key: config.get(key) for key in exp.sweep.space})
-        row.update({m: metrics.get(m) for m in exp.metrics})
-        row.update({
-            "status": status, "reports": iters, "step": metrics.get("step"),
-            "wall_time_s": round(wall, 2) if wall is not None else None,
-            "train_time_s": round(train_time, 2) if train_time is not None else None,
-            "overhead_s": round(wall - train_time, 2) if wall is not None and train_time is not None else None,
-            "startup_s": _round(timing.get("startup_s")), "teardown_s": _round(timing.get("teardown_s")),
-            "run_id": run_file.read_text().strip() if run_file.exists() else None,
-        })
-        rows.append(row)
+        name = Path(result.path).name
+        timing_file, run_file = sweep_dir / name / TIMING_FILE, sweep_dir / name / CHILD_ID_FILE
+        rows.append(trial_row(
+            exp, name, dict(result.config or {}), dict(result.metrics or {}), result.error is not None,
+            json.loads(timing_file.read_text()) if timing_file.exists() else {},
+            run_file.read_text().strip() if run_file.exists() else None))
     return sorted(rows, key=lambda r: r["trial"])
 
 
@@ -350,16 +360,16 @@ def write_plots(exp: Experiment, study: Any, out: Path) -> list[Path]:
     return written
 
 
-def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, uri: str, parent_run_id: str,
-                 wall: float) -> dict[str, Any]:
+def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, parent: Run, wall: float) -> dict[str, Any]:
     """Summarise the sweep: CSV + plots + best trial into the MLflow parent; close child runs."""
     rows = trial_rows(exp, grid, sweep_dir)
     for row in rows:  # trials stopped by ASHA are cut off mid-fit: their runs end here, FINISHED (early)
         if row["run_id"]:
-            tracking.set_tags(uri, row["run_id"], {"moe_orch.status": row["status"]})
-            tracking.end_run(uri, row["run_id"], ok=row["status"] != "ERROR")
+            child = Run(parent.uri, row["run_id"])
+            child.set_tags({"moe_orch.status": row["status"]})
+            child.end(ok=row["status"] != "ERROR")
     csv_path = write_csv(rows, sweep_dir / "summary.csv")
-    tracking.log_artifact(uri, parent_run_id, csv_path)
+    parent.log_artifact(csv_path)
     plots: list[Path] = []
     if rows:
         try:
@@ -367,26 +377,25 @@ def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, uri: str, parent_r
         except Exception as exc:
             print(f"plots skipped: {exc}")
     for plot in plots:
-        tracking.log_artifact(uri, parent_run_id, plot, "plots")
+        parent.log_artifact(plot, "plots")
 
     metric, mode = exp.metrics[0], exp.modes[0]
     scored = [r for r in rows if r.get(metric) is not None and r["status"] != "ERROR"]
     best = (min if mode == "min" else max)(scored, key=lambda r: r[metric]) if scored else None
     if best is not None:
-        best_params = {"trial": best["trial"], **{k: best[k] for k in exp.sweep.space}}
-        tracking.log_params(uri, parent_run_id, {"best": best_params})
+        parent.log_params({"best": {"trial": best["trial"], **{k: best[k] for k in exp.sweep.space}}})
         best_result = next((r for r in grid if Path(r.path).name == best["trial"]), None)
         best_metrics = dict(best_result.metrics or {}) if best_result is not None else {}
         family = exp.family_spec  # the family's own scalars, not Tune's bookkeeping or per-layer keys
-        tracking.log_metrics(uri, parent_run_id, {f"best_{k}": v for k, v in best_metrics.items()
-                                                  if k in family.metrics}, step=0)
+        parent.log_metrics({f"best_{k}": v for k, v in best_metrics.items()
+                            if k in family.metrics or k in family.eval_metrics}, step=0)
     finished = sum(r["status"] != "ERROR" for r in rows)
-    tracking.log_metrics(uri, parent_run_id, {"sweep_wall_time_s": wall, "trials": len(rows), "trials_ok": finished})
-    tracking.end_run(uri, parent_run_id, ok=True)
+    parent.log_metrics({"sweep_wall_time_s": wall, "trials": len(rows), "trials_ok": finished})
+    parent.end(ok=True)
 
     columns = ["trial", *exp.sweep.space, *exp.metrics, "status", "step", "wall_time_s", "train_time_s", "overhead_s"]
     table = format_table(rows, columns)
     if best is not None:
         table += f"\nbest: {best['trial']} {metric}={best[metric]:.4f}"
-    return {"interrupted": False, "rows": rows, "table": table, "best": best, "parent_run_id": parent_run_id,
+    return {"interrupted": False, "rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id,
             "csv": str(csv_path), "plots": [str(p) for p in plots], "wall_time_s": wall}

@@ -1,29 +1,36 @@
-"""MLflow tracking: the only module that imports mlflow.
+"""MLflow tracking: the only module that imports mlflow (and it imports no Ray).
 
-Everything goes through ``MlflowClient`` with an explicit tracking URI and run id (no
-fluent global state), so the driver, Tune trial actors and Ray Train controllers can all
-write to the same run. A relative ``sqlite:///mlflow.db`` URI is made absolute in the
-driver, and new experiments put their artifacts in ``mlartifacts/`` next to the db file
-(absolute), so every process writes to the same store and artifact folder.
+- ``resolve_uri(uri)``: MLflow's convention. No URI given: ``$MLFLOW_TRACKING_URI``, else
+  ``sqlite:///mlflow.db``; a relative sqlite path is made absolute (in the driver), so every
+  process writes to the same store. New experiments put their artifacts in ``mlartifacts/``
+  next to the db file (absolute).
+- ``Store(uri)``: experiments and runs of one tracking store.
+- ``Run(uri, run_id)``: one run handle; every write goes through ``MlflowClient`` with an
+  explicit URI and run id (no fluent global state), so the driver, Tune trial actors and Ray
+  Train controllers can all write to the same run. The handle pickles as two strings; its
+  client is cached per process and URI.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ray.train import Checkpoint
-from ray.train.v2.api.callback import UserCallback
-
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
+DEFAULT_URI = "sqlite:///mlflow.db"
+URI_ENV = "MLFLOW_TRACKING_URI"
 
 
-def resolve_uri(uri: str) -> str:
-    """Absolute form of a ``sqlite:///relative.db`` URI (other URIs unchanged)."""
+def resolve_uri(uri: str | None = None) -> str:
+    """``uri``, else ``$MLFLOW_TRACKING_URI``, else ``sqlite:///mlflow.db``; a relative sqlite path made absolute."""
+    uri = uri or os.environ.get(URI_ENV) or DEFAULT_URI
     prefix = "sqlite:///"
     if uri.startswith(prefix):
         path = uri[len(prefix):]
@@ -40,68 +47,12 @@ def default_artifact_root(uri: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=8)
 def client(uri: str) -> Any:
-    """An ``MlflowClient`` bound to ``uri``."""
+    """The process's ``MlflowClient`` for ``uri`` (cached)."""
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=uri)
-
-
-def get_or_create_experiment(uri: str, name: str) -> str:
-    """The id of MLflow experiment ``name``, created (with an absolute artifact root) if missing."""
-    c = client(uri)
-    found = c.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    root = default_artifact_root(uri)
-    location = f"{Path(root) / name}" if root else None
-    return c.create_experiment(name, artifact_location=location)
-
-
-def start_run(uri: str, experiment_id: str, run_name: str, parent_run_id: str | None = None,
-              tags: dict[str, str] | None = None) -> str:
-    """Create a run (nested under ``parent_run_id`` if given); returns its id."""
-    all_tags = dict(tags or {})
-    if parent_run_id:
-        all_tags[PARENT_TAG] = parent_run_id
-    run = client(uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
-    return run.info.run_id
-
-
-def resume_or_start_run(uri: str, experiment_id: str, id_file: Path, run_name: str,
-                        tags: dict[str, str], parent_run_id: str | None = None) -> tuple[str, bool]:
-    """The run whose id ``id_file`` holds (marked RUNNING again), else a new one whose id is written there.
-
-    Returns ``(run_id, created)``; a command that resumes (``--resume``, a restored trial)
-    keeps logging into the same run.
-    """
-    if id_file.exists():
-        run_id = id_file.read_text().strip()
-        set_running(uri, run_id)
-        return run_id, False
-    run_id = start_run(uri, experiment_id, run_name=run_name, parent_run_id=parent_run_id, tags=tags)
-    id_file.write_text(run_id)
-    return run_id, True
-
-
-def end_run(uri: str, run_id: str, ok: bool = True) -> None:
-    """Mark a run FINISHED (or FAILED)."""
-    client(uri).set_terminated(run_id, status="FINISHED" if ok else "FAILED")
-
-
-@contextmanager
-def failed_on_error(uri: str, run_id: str) -> Iterator[None]:
-    """Mark the run FAILED if the block raises an Exception, then re-raise it."""
-    try:
-        yield
-    except Exception:
-        end_run(uri, run_id, ok=False)
-        raise
-
-
-def set_running(uri: str, run_id: str) -> None:
-    """Mark a resumed run RUNNING again."""
-    client(uri).update_run(run_id, status="RUNNING")
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -116,73 +67,132 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
-    """Log flattened params (values stringified and truncated to MLflow's limit)."""
-    from mlflow.entities import Param
+@dataclass(frozen=True)
+class Run:
+    """A handle on one MLflow run."""
 
-    items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in flatten(params).items()]
-    c = client(uri)
-    for i in range(0, len(items), 100):
-        c.log_batch(run_id, params=items[i:i + 100])
+    uri: str
+    run_id: str
+
+    @property
+    def client(self) -> Any:
+        return client(self.uri)
+
+    def end(self, ok: bool = True) -> None:
+        """Mark the run FINISHED (or FAILED)."""
+        self.client.set_terminated(self.run_id, status="FINISHED" if ok else "FAILED")
+
+    def set_running(self) -> None:
+        """Mark a resumed run RUNNING again."""
+        self.client.update_run(self.run_id, status="RUNNING")
+
+    @contextmanager
+    def failed_on_error(self) -> Iterator[None]:
+        """Mark the run FAILED if the block raises an Exception, then re-raise it."""
+        try:
+            yield
+        except Exception:
+            self.end(ok=False)
+            raise
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        """Log flattened params (values stringified and truncated to MLflow's limit)."""
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:MAX_PARAM_LEN]) for k, v in flatten(params).items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i:i + 100])
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        """Log every numeric metric at ``step``, in batches of 1000."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        for i in range(0, len(items), 1000):
+            self.client.log_batch(self.run_id, metrics=items[i:i + 1000])
+
+    def log_artifacts(self, local_dir: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, local_path: str | Path, artifact_path: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        self.client.log_text(self.run_id, text, artifact_file)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def download(self, artifact_path: str, dst: str | Path) -> Path:
+        """Download ``artifact_path`` (e.g. ``checkpoint``) into ``dst``; returns the local path."""
+        Path(dst).mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(self.run_id, artifact_path, str(dst)))
+
+    def params(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.params)
+
+    def tags(self) -> dict[str, str]:
+        return dict(self.client.get_run(self.run_id).data.tags)
+
+    def metric_history(self, prefix: str = "", suffixes: tuple[str, ...] = ("",)) -> dict[str, list[tuple[int, float]]]:
+        """``{metric: [(step, value), ...]}`` for the run's metrics named ``prefix...suffix``."""
+        keys = [k for k in self.client.get_run(self.run_id).data.metrics
+                if k.startswith(prefix) and k.endswith(suffixes)]
+        return {k: sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
 
 
-def log_metrics(uri: str, run_id: str, metrics: dict[str, Any], step: int | None = None) -> None:
-    """Log every numeric metric at ``step`` in one batch per 1000."""
-    import time
+@dataclass(frozen=True)
+class Store:
+    """A tracking store: experiments and the runs in them."""
 
-    from mlflow.entities import Metric
+    uri: str
 
-    now = int(time.time() * 1000)
-    items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-             if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    c = client(uri)
-    for i in range(0, len(items), 1000):
-        c.log_batch(run_id, metrics=items[i:i + 1000])
+    @classmethod
+    def at(cls, uri: str | None = None) -> Store:
+        """The store at ``resolve_uri(uri)``."""
+        return cls(resolve_uri(uri))
 
+    def experiment_id(self, name: str) -> str:
+        """The id of MLflow experiment ``name``, created (with an absolute artifact root) if missing."""
+        c = client(self.uri)
+        found = c.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        root = default_artifact_root(self.uri)
+        return c.create_experiment(name, artifact_location=f"{Path(root) / name}" if root else None)
 
-def log_artifacts(uri: str, run_id: str, local_dir: str | Path, artifact_path: str | None = None) -> None:
-    client(uri).log_artifacts(run_id, str(local_dir), artifact_path)
+    def run(self, run_id: str) -> Run:
+        """A handle on an existing run; LookupError if the store has no such run."""
+        try:
+            client(self.uri).get_run(run_id)
+        except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+            raise LookupError(f"run {run_id} not found in {self.uri} (set MLFLOW_TRACKING_URI or pass "
+                              "--tracking-uri to look elsewhere)") from exc
+        return Run(self.uri, run_id)
 
+    def start_run(self, experiment_id: str, run_name: str, parent: Run | None = None,
+                  tags: dict[str, str] | None = None) -> Run:
+        """Create a run (nested under ``parent`` if given)."""
+        all_tags = dict(tags or {})
+        if parent is not None:
+            all_tags[PARENT_TAG] = parent.run_id
+        created = client(self.uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
+        return Run(self.uri, created.info.run_id)
 
-def log_artifact(uri: str, run_id: str, local_path: str | Path, artifact_path: str | None = None) -> None:
-    client(uri).log_artifact(run_id, str(local_path), artifact_path)
+    def resume_or_start_run(self, experiment_id: str, id_file: Path, run_name: str, tags: dict[str, str],
+                            parent: Run | None = None) -> tuple[Run, bool]:
+        """The run whose id ``id_file`` holds (marked RUNNING again), else a new one whose id is written there.
 
-
-def download_artifacts(uri: str, run_id: str, artifact_path: str, dst: str | Path) -> Path:
-    """Download ``artifact_path`` of a run (e.g. ``checkpoint``) into ``dst``; returns the local path."""
-    Path(dst).mkdir(parents=True, exist_ok=True)
-    return Path(client(uri).download_artifacts(run_id, artifact_path, str(dst)))
-
-
-def get_run(uri: str, run_id: str) -> Any:
-    """The MLflow run ``run_id`` (``mlflow.entities.Run``)."""
-    return client(uri).get_run(run_id)
-
-
-def metric_history(uri: str, run_id: str, prefix: str = "", suffixes: tuple[str, ...] = ("",)
-                   ) -> dict[str, list[tuple[int, float]]]:
-    """``{metric: [(step, value), ...]}`` for the run's metrics named ``prefix...suffix``."""
-    c = client(uri)
-    keys = [k for k in c.get_run(run_id).data.metrics if k.startswith(prefix) and k.endswith(suffixes)]
-    return {k: sorted((m.step, m.value) for m in c.get_metric_history(run_id, k)) for k in keys}
-
-
-def log_text(uri: str, run_id: str, text: str, artifact_file: str) -> None:
-    client(uri).log_text(run_id, text, artifact_file)
-
-
-def set_tags(uri: str, run_id: str, tags: dict[str, Any]) -> None:
-    c = client(uri)
-    for k, v in tags.items():
-        c.set_tag(run_id, k, str(v))
-
-
-class MlflowReportCallback(UserCallback):
-    """Ray Train callback (runs in the Train controller): logs rank 0's reports to an MLflow run."""
-
-    def __init__(self, uri: str, run_id: str) -> None:
-        self.uri, self.run_id = uri, run_id
-
-    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Checkpoint | None) -> None:
-        if metrics:
-            log_metrics(self.uri, self.run_id, metrics[0], step=int(metrics[0].get("step", 0)))
+        Returns ``(run, created)``; a command that resumes (``--resume``, a restored trial)
+        keeps logging into the same run.
+        """
+        if id_file.exists():
+            run = Run(self.uri, id_file.read_text().strip())
+            run.set_running()
+            return run, False
+        run = self.start_run(experiment_id, run_name, parent=parent, tags=tags)
+        id_file.write_text(run.run_id)
+        return run, True

@@ -18,20 +18,23 @@ from typing import Any
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from orchestrator import tracking
+from orchestrator.callbacks import MlflowReportCallback, TrainProgress, overhead_split
 from orchestrator.config import Experiment
-from orchestrator.progress import TrainProgress, overhead_split
-from orchestrator.worker import worker_entry
+from orchestrator.registry import family_ref
+from orchestrator.tracking import Run, Store
 
 RUN_ID_FILE = "mlflow_run_id"
 
 
 def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callbacks: list[Any]) -> TorchTrainer:
     """The TorchTrainer for ``exp``; ``name``/``storage_path`` make it restorable."""
+    from trainables.training.loop import train_loop_per_worker
+
     scaling = exp.scaling
     return TorchTrainer(
-        worker_entry,
-        train_loop_config=exp.to_dict(),
+        train_loop_per_worker,
+        # the typed experiment itself, and where the workers import its family from
+        train_loop_config={"experiment": exp, "family": family_ref(exp.family)},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
@@ -56,21 +59,20 @@ def results_root(exp: Experiment, root: str | Path = "ray_results") -> Path:
     return (Path(root) / exp.name).absolute()
 
 
-def open_run(exp: Experiment, id_file: Path, run_name: str, command: str) -> tuple[str, str, str, bool]:
-    """The top-level MLflow run of a ``train`` or ``sweep`` command: ``(uri, experiment_id, run_id, created)``.
+def open_run(exp: Experiment, id_file: Path, run_name: str, command: str) -> tuple[Run, str, bool]:
+    """The top-level MLflow run of a ``train`` or ``sweep`` command: ``(run, experiment_id, created)``.
 
     Resumes the run whose id ``id_file`` holds, else starts one and logs the config (all
     but ``sweep``) as params and the resolved YAML as ``experiment.yaml``.
     """
-    uri = tracking.resolve_uri(exp.tracking.uri)
-    experiment_id = tracking.get_or_create_experiment(uri, exp.tracking.experiment or exp.name)
-    run_id, created = tracking.resume_or_start_run(
-        uri, experiment_id, id_file, run_name=run_name,
-        tags={"moe_orch.command": command, "moe_orch.family": exp.family})
+    store = Store.at(exp.tracking.uri)
+    experiment_id = store.experiment_id(exp.tracking.experiment or exp.name)
+    run, created = store.resume_or_start_run(experiment_id, id_file, run_name=run_name,
+                                             tags={"moe_orch.command": command, "moe_orch.family": exp.family})
     if created:
-        tracking.log_params(uri, run_id, {k: v for k, v in exp.to_dict().items() if k != "sweep"})
-        tracking.log_text(uri, run_id, exp.to_yaml(), "experiment.yaml")
-    return uri, experiment_id, run_id, created
+        run.log_params({k: v for k, v in exp.to_dict().items() if k != "sweep"})
+        run.log_text(exp.to_yaml(), "experiment.yaml")
+    return run, experiment_id, created
 
 
 def _latest_train_dir(base: Path) -> Path | None:
@@ -91,31 +93,31 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
         run_dir = base / time.strftime("train-%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
 
-    uri, _, run_id, _ = open_run(exp, run_dir / RUN_ID_FILE, f"{exp.name}/{run_dir.name}", "train")
-    print(f"MLflow: run {run_id} in {uri}")
+    run, _, _ = open_run(exp, run_dir / RUN_ID_FILE, f"{exp.name}/{run_dir.name}", "train")
+    print(f"MLflow: run {run.run_id} in {run.uri}")
 
-    callbacks = [tracking.MlflowReportCallback(uri, run_id), TrainProgress(exp.name, exp.train.max_steps)]
+    callbacks = [MlflowReportCallback(run), TrainProgress(exp.name, exp.train.max_steps, exp.family_spec.progress)]
     trainer = build_trainer(exp, run_dir.name, base, callbacks)
     started = time.time()
-    with tracking.failed_on_error(uri, run_id):
+    with run.failed_on_error():
         result = trainer.fit()
     wall = time.time() - started
     metrics = dict(result.metrics or {})
     if result.error is not None:
-        tracking.end_run(uri, run_id, ok=False)
+        run.end(ok=False)
         raise RuntimeError(f"training failed: {result.error}")
     checkpoint = result.checkpoint
     if checkpoint is not None:
         model_dir = Path(checkpoint.path) / "model"
-        tracking.log_artifacts(uri, run_id, model_dir, "checkpoint")
-        if exp.evaluate.at_end:  # the evaluation suite on the final checkpoint, logged into this run
+        run.log_artifacts(model_dir, "checkpoint")
+        if exp.evaluates_at_end:  # the family's evaluator on the final checkpoint, logged into this run
             from orchestrator.evaluate import evaluate_at_end
 
-            with tracking.failed_on_error(uri, run_id):
-                metrics.update(evaluate_at_end(exp, uri, run_id, model_dir))
+            with run.failed_on_error():
+                metrics.update(evaluate_at_end(exp, run, model_dir))
     timing = {k: v for k, v in overhead_split(started, started + wall, metrics).items() if v is not None}
     timing["overhead_s"] = wall - metrics.get("train_time_s", wall)
-    tracking.log_metrics(uri, run_id, timing, step=int(metrics.get("step", 0)))
-    tracking.end_run(uri, run_id, ok=True)
-    return {"run_id": run_id, "run_dir": str(run_dir), "checkpoint": checkpoint.path if checkpoint else None,
-            "metrics": metrics, "wall_time_s": wall, "tracking_uri": uri}
+    run.log_metrics(timing, step=int(metrics.get("step", 0)))
+    run.end(ok=True)
+    return {"run_id": run.run_id, "run_dir": str(run_dir), "checkpoint": checkpoint.path if checkpoint else None,
+            "metrics": metrics, "wall_time_s": wall, "tracking_uri": run.uri}

@@ -1,15 +1,17 @@
 """What ``moe-orch serve TARGET`` serves: an experiment's newest checkpoint, an MLflow run, or a directory.
 
 ``resolve_target`` turns TARGET into a ``Target``: the checkpoint ``source`` handed to the
-Serve deployment, a local copy of the checkpoint and the ``serve:`` settings to use
-(experiment file > checkpoint metadata > defaults).
+Serve deployment, a local copy of the checkpoint, its family and the ``serve:`` settings to
+use (experiment file > checkpoint metadata > the family's defaults).
 
 - an experiment YAML: the newest ``ray_results/<name>/train-*/checkpoint_*/model`` written by
   ``moe-orch train`` (run from the same folder);
 - an MLflow run id (32 hex digits): the run's ``checkpoint`` artifact, downloaded once here;
   Serve config files keep ``{run_id, tracking_uri}`` so each replica downloads it itself;
-- a directory: a checkpoint (``config.json``), a Ray checkpoint (``model/config.json``), or a
+- a directory: a checkpoint (a ``config.json`` manifest), a Ray checkpoint (``model/``), or a
   ``train-*`` run folder (its newest checkpoint).
+
+A family without a serve endpoint is refused with a message naming it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.config import Experiment, ServeSection
+from orchestrator.checkpoints import find_checkpoint_dir, newest_checkpoint
+from orchestrator.config import Experiment
+from orchestrator.contract import Family, ServeSection, section_from
+from orchestrator.registry import family_ref, get_family
+from trainables.training.manifest import read_manifest
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
@@ -34,9 +40,14 @@ class TargetError(ValueError):
 class Target:
     source: dict[str, Any]  # for the deployment: {"checkpoint": dir} or {"run_id", "tracking_uri"}
     local_dir: Path  # the checkpoint, readable here
+    family: Family
     settings: ServeSection
     description: str
     download_dir: Path | None = None  # a temporary folder holding a downloaded run's checkpoint
+
+    @property
+    def family_ref(self) -> str:
+        return family_ref(self.family.name)
 
     def cleanup(self) -> None:
         """Delete the temporary download, if any (call once the app that reads ``local_dir`` has stopped)."""
@@ -45,60 +56,64 @@ class Target:
             self.download_dir = None
 
 
-def newest_checkpoint(folder: Path) -> Path | None:
-    """The ``model/`` of the newest ``checkpoint_*`` under ``folder`` (a ``train-*`` run), if any."""
-    found = sorted(folder.glob("checkpoint_*/model/config.json"))
-    return found[-1].parent if found else None
+def servable_family(name: str, what: str) -> Family:
+    """The family ``name``, or TargetError if it has no serve endpoint."""
+    try:
+        family = get_family(name)
+    except KeyError as exc:
+        raise TargetError(f"{what}: {exc.args[0]}") from exc
+    if family.serve is None:
+        raise TargetError(f"{what}: family {name!r} has no serve app (its declaration has no serve endpoint)")
+    return family
 
 
-def checkpoint_in(folder: Path) -> Path | None:
-    """The checkpoint directory that ``folder`` is, contains, or (as a run folder) last wrote."""
-    if (folder / "config.json").is_file() and (folder / "gate.safetensors").is_file():
-        return folder
-    if (folder / "model" / "config.json").is_file():
-        return folder / "model"
-    return newest_checkpoint(folder)
+def checkpoint_settings(checkpoint: Path, description: str) -> tuple[Family, ServeSection]:
+    """The checkpoint's family and its serve settings (``metadata.serve``, else the family's defaults)."""
+    manifest = read_manifest(checkpoint)
+    family = servable_family(manifest.family, description)
+    try:
+        return family, section_from(family.serve, manifest.metadata.get("serve"))
+    except ValueError as exc:
+        raise TargetError(f"{description}: {exc}") from exc
 
 
-def settings_for(checkpoint: Path, base: ServeSection | None) -> ServeSection:
-    """``base`` if given (an experiment's section), else the checkpoint's ``metadata.serve``, else defaults."""
-    if base is not None:
-        return base
-    from serve.ensemble import settings_from
-    from trainables.ensemble.checkpoint import read_checkpoint_config
-
-    return settings_from(read_checkpoint_config(checkpoint).get("metadata", {}).get("serve"))
-
-
-def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str,
+def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str | None,
                    results: str | Path = "ray_results") -> Target:
     """See the module docstring; ``experiment`` is the loaded YAML when TARGET is one."""
     if experiment is not None:
+        family = servable_family(experiment.family, target)
         base = Path(results).absolute() / experiment.name
         runs = sorted(p for p in base.glob("train-*") if newest_checkpoint(p))
         if not runs:
             raise TargetError(f"{target}: no trained checkpoint under {base}/train-*/checkpoint_*; "
                               f"run `moe-orch train {target}` first (from this folder), or pass a run id or directory")
         ckpt = newest_checkpoint(runs[-1])
-        assert ckpt is not None
-        return Target({"checkpoint": str(ckpt)}, ckpt, experiment.serve, f"{target} -> {ckpt}")
+        assert ckpt is not None and experiment.serve is not None
+        return Target({"checkpoint": str(ckpt)}, ckpt, family, experiment.serve, f"{target} -> {ckpt}")
     path = Path(target).expanduser()
     if path.is_dir():
-        ckpt = checkpoint_in(path.absolute())
+        ckpt = find_checkpoint_dir(path.absolute())
         if ckpt is None:
-            raise TargetError(f"{target}: not an Ensemble MoE checkpoint (no config.json + gate.safetensors), "
-                              "Ray checkpoint (model/) or train-* run folder")
-        return Target({"checkpoint": str(ckpt)}, ckpt, settings_for(ckpt, None), str(ckpt))
+            raise TargetError(f"{target}: not a checkpoint (no config.json manifest), Ray checkpoint (model/) "
+                              "or train-* run folder")
+        family, settings = checkpoint_settings(ckpt, target)
+        return Target({"checkpoint": str(ckpt)}, ckpt, family, settings, str(ckpt))
     if RUN_ID_RE.match(target):
-        from orchestrator import tracking
+        from orchestrator.tracking import Store
 
-        uri = tracking.resolve_uri(tracking_uri)
+        store = Store.at(tracking_uri)
         download = Path(tempfile.mkdtemp(prefix="moe-orch-serve-"))
         try:
-            local = tracking.download_artifacts(uri, target, "checkpoint", download)
-        except Exception as exc:  # unknown run, no artifact, unreachable store
+            local = find_checkpoint_dir(store.run(target).download("checkpoint", download))
+            if local is None:
+                raise TargetError(f"{target}: the run's checkpoint artifact has no config.json manifest")
+            family, settings = checkpoint_settings(local, f"MLflow run {target}")
+        except Exception as exc:  # unknown run, no artifact, unreachable store, a family without a serve app
             shutil.rmtree(download, ignore_errors=True)
-            raise TargetError(f"{target}: could not download the run's checkpoint artifact from {uri}: {exc}") from exc
-        return Target({"run_id": target, "tracking_uri": uri}, local, settings_for(local, None),
-                      f"MLflow run {target} ({uri})", download_dir=download)
+            if isinstance(exc, TargetError):
+                raise
+            raise TargetError(f"{target}: could not download the run's checkpoint artifact from {store.uri}: "
+                              f"{exc}") from exc
+        return Target({"run_id": target, "tracking_uri": store.uri}, local, family, settings,
+                      f"MLflow run {target} ({store.uri})", download_dir=download)
     raise TargetError(f"{target}: got neither an experiment YAML, an MLflow run id (32 hex digits) nor a directory")

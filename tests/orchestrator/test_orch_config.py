@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from orchestrator.cli import main
 from orchestrator.config import ExperimentError, load_experiment
-from orchestrator.families import FAMILIES
+from orchestrator.registry import family_names
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 TINY = EXPERIMENTS / "tiny.yaml"
@@ -19,7 +19,7 @@ TINY = EXPERIMENTS / "tiny.yaml"
 @pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_experiment_validates(path: Path) -> None:
     exp = load_experiment(path)
-    assert exp.name == path.stem and exp.family in FAMILIES
+    assert exp.name == path.stem and exp.family in family_names()
     result = CliRunner().invoke(main, ["validate", str(path)])
     assert result.exit_code == 0, result.output
     assert "name: " in result.stdout and "# search space" in result.stdout
@@ -88,8 +88,8 @@ def test_overrides_are_typed() -> None:
                                  "model.capacity_factor=1.5"])
     assert exp.train.lr == pytest.approx(3e-4) and isinstance(exp.train.lr, float)
     assert exp.train.max_steps == 12 and exp.scaling.use_gpu is True and exp.train.grad_clip is None
-    assert exp.model["variant"] == "more_c" and exp.model["capacity_factor"] == 1.5
-    assert load_experiment(TINY, ["model.capacity_factor=null"]).model["capacity_factor"] is None
+    assert exp.model.variant == "more_c" and exp.model.capacity_factor == 1.5
+    assert load_experiment(TINY, ["model.capacity_factor=null"]).model.capacity_factor is None
     assert load_experiment(TINY, ["train.lr=1"]).train.lr == 1.0  # ints widen to float fields
 
 

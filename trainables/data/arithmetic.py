@@ -17,6 +17,7 @@ import operator
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from .registry import DEFAULT_SPLITS, register_dataset
 
@@ -73,7 +74,7 @@ def split_seed(base_seed: int, split: str) -> int:
 
 
 @register_dataset("arithmetic", splits=DEFAULT_SPLITS)
-def arithmetic(split: str) -> str:
+def arithmetic(split: str, root: Path | None = None) -> str:
     """Generated 3-digit +/- problems, one `prompt+answer` per line, a seed per split."""
     examples = arithmetic_examples(ARITHMETIC_EXAMPLES, ARITHMETIC_DIGITS, split_seed(ARITHMETIC_BASE_SEED, split))
     return "\n".join(ex.text() for ex in examples)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from .registry import local_file, register_dataset
 
@@ -104,10 +105,10 @@ def _task_number(task: int | str) -> int:
     return int(text)
 
 
-def load_babi(task: int | str, split: str) -> list[BabiExample]:
+def load_babi(task: int | str, split: str, root: str | Path | None = None) -> list[BabiExample]:
     """The examples of bAbI task 2 or 3 (`2`, `"2"`, `"qa2"`, ...) for `train` or `test`.
 
-    Reads `$MOE_ORCH_DATA/babi_en_1k/qa{2,3}_..._{split}.txt`; each real file gives 1000
+    Reads `data_root(root)/babi_en_1k/qa{2,3}_..._{split}.txt`; each real file gives 1000
     examples. Raises ValueError for an unknown task or split and `DataNotFoundError` if
     the file is missing.
     """
@@ -115,23 +116,23 @@ def load_babi(task: int | str, split: str) -> list[BabiExample]:
     if split not in BABI_SPLITS:
         raise ValueError(f"bAbI has no split {split!r}; valid splits: {', '.join(BABI_SPLITS)}")
     name = f"{BABI_FILES[number]}_{split}.txt"
-    path = local_file(f"babi-qa{number}", BABI_DIR, name)
+    path = local_file(f"babi-qa{number}", BABI_DIR, name, root=root)
     with path.open(encoding="utf-8") as f:
         return parse_babi(f)
 
 
-def babi_text(task: int | str, split: str) -> str:
-    """The examples of `load_babi(task, split)` as `prompt()+target()` joined by "\\n"."""
-    return "\n".join(ex.text() for ex in load_babi(task, split))
+def babi_text(task: int | str, split: str, root: str | Path | None = None) -> str:
+    """The examples of `load_babi(task, split, root)` as `prompt()+target()` joined by "\\n"."""
+    return "\n".join(ex.text() for ex in load_babi(task, split, root))
 
 
 @register_dataset("babi-qa2", splits=BABI_SPLITS)
-def babi_qa2(split: str) -> str:
+def babi_qa2(split: str, root: Path) -> str:
     """bAbI task 2 (two supporting facts) rendered as prompt+answer text."""
-    return babi_text(2, split)
+    return babi_text(2, split, root)
 
 
 @register_dataset("babi-qa3", splits=BABI_SPLITS)
-def babi_qa3(split: str) -> str:
+def babi_qa3(split: str, root: Path) -> str:
     """bAbI task 3 (three supporting facts) rendered as prompt+answer text."""
-    return babi_text(3, split)
+    return babi_text(3, split, root)

@@ -20,8 +20,9 @@ TinyShakespeare (`tinyshakespeare`): `tinyshakespeare/input.txt`, nanoGPT split:
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
-from .registry import DataNotFoundError, data_root, local_file, online_allowed, register_dataset
+from .registry import DataNotFoundError, local_file, online_allowed, register_dataset
 
 WIKITEXT_HF = ("wikitext", "wikitext-2-raw-v1")
 TRAIN_FRACTION = 0.9
@@ -43,26 +44,26 @@ def _wikitext_online(split: str) -> str:
 
 
 @register_dataset("wikitext-2")
-def wikitext2(split: str) -> str:
+def wikitext2(split: str, root: Path) -> str:
     """WikiText-2 tokenized v1 (local: train/validation cut from valid.txt, test.txt)."""
     filename = "test.txt" if split == "test" else "valid.txt"
-    path = data_root() / "wikitext2" / filename
+    path = root / "wikitext2" / filename
     if path.is_file():
         text = path.read_text(encoding="utf-8")
         return text if split == "test" else _split_lines(text, split)
     online = f"{WIKITEXT_HF[0]!r}/{WIKITEXT_HF[1]!r} (split {split!r})"
     if not online_allowed():
-        raise DataNotFoundError.missing("wikitext-2", [path], online, "not tried, offline mode is set")
+        raise DataNotFoundError.missing("wikitext-2", [path], online, "not tried, offline mode is set", root)
     try:
         return _wikitext_online(split)
     except Exception as exc:  # any import/network/hub failure means "not found"
         error = f"failed: {type(exc).__name__}: {exc}"
-        raise DataNotFoundError.missing("wikitext-2", [path], online, error) from exc
+        raise DataNotFoundError.missing("wikitext-2", [path], online, error, root) from exc
 
 
 @register_dataset("tinyshakespeare")
-def tinyshakespeare(split: str) -> str:
+def tinyshakespeare(split: str, root: Path) -> str:
     """TinyShakespeare, nanoGPT split: first 90 % of characters train, rest validation=test."""
-    text = local_file("tinyshakespeare", "tinyshakespeare", "input.txt").read_text(encoding="utf-8")
+    text = local_file("tinyshakespeare", "tinyshakespeare", "input.txt", root=root).read_text(encoding="utf-8")
     cut = int(len(text) * TRAIN_FRACTION)
     return text[:cut] if split == "train" else text[cut:]

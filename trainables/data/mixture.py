@@ -32,6 +32,7 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -74,13 +75,13 @@ def arithmetic_train_pool(max_digits: int) -> list[ArithmeticExample]:
 
 
 def babi_train_stream(
-    tokenizer: Tokenizer, tasks: tuple[int, ...] = BABI_TRAIN_TASKS
+    tokenizer: Tokenizer, tasks: tuple[int, ...] = BABI_TRAIN_TASKS, root: str | Path | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """bAbI train questions as one token stream (N,) and the index of each answer's last token (Q,)."""
     ids: list[int] = []
     ends: list[int] = []
     for task in tasks:
-        for example in load_babi(task, "train"):
+        for example in load_babi(task, "train", root):
             piece = tokenizer.encode(example.text())
             ids += piece
             ends.append(len(ids) - 1)
@@ -99,7 +100,8 @@ class Mixture:
 
 
 def build_mixture(
-    lm_tokens: torch.Tensor, weights: Mapping[str, float], arith_train_digits: int, tokenizer: Tokenizer
+    lm_tokens: torch.Tensor, weights: Mapping[str, float], arith_train_digits: int, tokenizer: Tokenizer,
+    root: str | Path | None = None,
 ) -> Mixture:
     """Load the sources named with a positive weight in ``weights`` (``lm_tokens``: the (N,) LM corpus)."""
     errors = mixture_errors(weights, arith_train_digits)
@@ -112,7 +114,7 @@ def build_mixture(
     if "lm" in names:
         streams["lm"] = lm_tokens
     if "babi" in names:
-        streams["babi"], ends = babi_train_stream(tokenizer)
+        streams["babi"], ends = babi_train_stream(tokenizer, root=root)
     if "arithmetic" in names:
         text = "\n".join(ex.text() for ex in arithmetic_train_pool(arith_train_digits)) + "\n"
         streams["arithmetic"] = torch.tensor(tokenizer.encode(text), dtype=torch.long)

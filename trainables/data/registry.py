@@ -5,9 +5,11 @@ Every corpus is a function `split -> str` registered under a name with
 and calls it. The corpora themselves live in `corpora.py` (WikiText-2, TinyShakespeare),
 `babi.py` and `arithmetic.py`; importing `trainables.data` registers all of them.
 
-Local files are looked up under `data_root()`:
+Local files are looked up under `data_root(root)`:
 
-- `MOE_ORCH_DATA` (environment variable), if set: a folder laid out like
+- `root`, when the caller passes one (the orchestrator always does: `data.root`, resolved
+  in the driver, travels with the experiment to every worker);
+- else `MOE_ORCH_DATA` (environment variable), if set: a folder laid out like
   `../shared/data` (`wikitext2/test.txt`, `babi_en_1k/...`, `tinyshakespeare/input.txt`);
 - otherwise `./data`, relative to the current working directory.
 
@@ -26,16 +28,16 @@ OFFLINE_ENV = "MOE_ORCH_OFFLINE"
 DEFAULT_SPLITS: tuple[str, ...] = ("train", "validation", "test")
 _TRUE = {"1", "true", "yes", "on"}
 
-TextLoader = Callable[[str], str]
+TextLoader = Callable[[str, Path], str]  # (split, data root) -> text
 
 
-def data_root() -> Path:
-    """The folder local datasets are read from: `$MOE_ORCH_DATA`, else `./data` (cwd).
+def data_root(root: str | Path | None = None) -> Path:
+    """The folder local datasets are read from: `root` if given, else `$MOE_ORCH_DATA`, else `./data` (cwd).
 
     The path is returned as given (made absolute, not required to exist); a missing file
     under it surfaces later as `DataNotFoundError`.
     """
-    return Path(os.environ.get(DATA_ENV) or "data").expanduser().absolute()
+    return Path(root or os.environ.get(DATA_ENV) or "data").expanduser().absolute()
 
 
 def online_allowed() -> bool:
@@ -68,13 +70,14 @@ class DataNotFoundError(FileNotFoundError):
         tried: Sequence[Path],
         online: str | None = None,
         online_error: BaseException | str | None = None,
+        root: str | Path | None = None,
     ) -> DataNotFoundError:
         """The error for `dataset`, naming each path in `tried` and how to supply the data.
 
         `online` names the Hugging Face dataset that could be fetched instead (if any);
         `online_error` says why fetching it failed or was not tried.
         """
-        root = data_root()
+        root = data_root(root)
         shown = os.environ.get(DATA_ENV)
         rel = [_relative(p, root) for p in tried]
         lines = [f"dataset {dataset!r}: local data not found. Looked in:"]
@@ -100,11 +103,11 @@ def _relative(path: Path, root: Path) -> str:
         return str(path)
 
 
-def local_file(dataset: str, *relative: str) -> Path:
-    """Return `data_root()/<relative...>`, or raise `DataNotFoundError` naming it."""
-    path = data_root().joinpath(*relative)
+def local_file(dataset: str, *relative: str, root: str | Path | None = None) -> Path:
+    """Return `data_root(root)/<relative...>`, or raise `DataNotFoundError` naming it."""
+    path = data_root(root).joinpath(*relative)
     if not path.is_file():
-        raise DataNotFoundError.missing(dataset, [path])
+        raise DataNotFoundError.missing(dataset, [path], root=root)
     return path
 
 
@@ -122,7 +125,7 @@ _REGISTRY: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, splits: Sequence[str] = DEFAULT_SPLITS) -> Callable[[TextLoader], TextLoader]:
-    """Decorator registering `loader(split) -> str` as the text corpus `name`.
+    """Decorator registering `loader(split, root) -> str` as the text corpus `name`.
 
     The loader's docstring's first line becomes the entry's description. Registering a
     name twice raises ValueError.
@@ -155,8 +158,8 @@ def dataset_splits(name: str) -> tuple[str, ...]:
     return dataset_entry(name).splits
 
 
-def load_text(name: str, split: str) -> str:
-    """The text of corpus `name` for `split` (one string, ready for a tokenizer).
+def load_text(name: str, split: str, root: str | Path | None = None) -> str:
+    """The text of corpus `name` for `split` (one string, ready for a tokenizer), read under `data_root(root)`.
 
     Raises KeyError for an unknown name (listing known names), ValueError for an unknown
     split (listing valid ones) and `DataNotFoundError` if the data cannot be found.
@@ -164,4 +167,4 @@ def load_text(name: str, split: str) -> str:
     entry = dataset_entry(name)
     if split not in entry.splits:
         raise ValueError(f"dataset {name!r} has no split {split!r}; valid splits: {', '.join(entry.splits)}")
-    return entry.loader(split)
+    return entry.loader(split, data_root(root))

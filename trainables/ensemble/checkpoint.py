@@ -2,8 +2,10 @@
 
 Layout of a checkpoint directory::
 
-    config.json            {"format": "moe-orch/ensemble", "version": 1, "config": EnsembleConfig,
-                            "experts": [{"name", "path", "source"}], "label_names", "metadata"}
+    config.json            the manifest (trainables.training.manifest): {"family": "ensemble",
+                           "format_version": 2, "config": EnsembleConfig, "base": null, "metadata",
+                           "experts": [{"name", "path", "source"}], "label_names"}
+                           (version 1, {"format": "moe-orch/ensemble", "version": 1, ...}, still loads)
     gate.safetensors       the gating network's weights
     experts/<name>/        save_pretrained of the expert (config.json, model.safetensors) and its tokenizer
 
@@ -13,7 +15,6 @@ Layout of a checkpoint directory::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,9 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from trainables.ensemble.config import EnsembleConfig
 from trainables.ensemble.model import EnsembleMoE
+from trainables.training.manifest import Manifest, read_manifest, write_manifest
 
-FORMAT, VERSION = "moe-orch/ensemble", 1
+FAMILY, FORMAT_VERSION = "ensemble", 2
 LABEL_NAMES = ["negative", "positive"]
 
 
@@ -41,21 +43,22 @@ def save_checkpoint(model: EnsembleMoE, directory: str | Path, metadata: dict[st
     gate = {k: v.detach().cpu().contiguous() for k, v in model.gate.state_dict().items()}
     save_file(gate, str(directory / "gate.safetensors"))
     labels = LABEL_NAMES if model.cfg.num_labels == 2 else [str(i) for i in range(model.cfg.num_labels)]
-    doc = {"format": FORMAT, "version": VERSION, "config": model.cfg.to_dict(), "experts": experts,
-           "label_names": labels, "metadata": metadata or {}}
-    (directory / "config.json").write_text(json.dumps(doc, indent=2, default=str))
+    write_manifest(directory, Manifest(family=FAMILY, format_version=FORMAT_VERSION, config=model.cfg.to_dict(),
+                                       metadata=metadata or {}, extra={"experts": experts, "label_names": labels}))
     return directory
 
 
 def read_checkpoint_config(directory: str | Path) -> dict[str, Any]:
-    """The parsed ``config.json`` of a checkpoint; ValueError if it is not an ensemble checkpoint."""
-    path = Path(directory) / "config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{directory}: no config.json; expected an Ensemble MoE checkpoint directory")
-    doc = json.loads(path.read_text())
-    if doc.get("format") != FORMAT:
-        raise ValueError(f"{path}: got format {doc.get('format')!r}, expected {FORMAT!r}")
-    return doc
+    """The manifest of an ensemble checkpoint as plain data; ValueError if it is another family's."""
+    manifest = read_manifest(directory)
+    if manifest.family != FAMILY:
+        raise ValueError(f"{directory}: family is {manifest.family!r}, expected {FAMILY!r}")
+    return manifest.to_json()
+
+
+def load_model_from(directory: Path, manifest: Manifest) -> EnsembleMoE:
+    """The family contract's loader: the ``EnsembleMoE`` in ``directory`` (eval mode, CPU)."""
+    return load_checkpoint(directory)
 
 
 def load_checkpoint(directory: str | Path) -> EnsembleMoE:

@@ -1,6 +1,6 @@
-"""Ray-free training pieces of the Ensemble MoE: optimizer, LR schedule, one step, evaluation.
+"""Ray-free training pieces of the Ensemble MoE: optimizer parts, loss, one step, evaluation.
 
-The Ray Train worker loop (``train_loop.py``) strings these together; tests call them directly.
+The recipe (``recipe.py``) hands them to the shared training loop; tests call them directly.
 """
 
 from __future__ import annotations
@@ -11,32 +11,21 @@ from typing import Any
 import torch
 
 from trainables.ensemble.model import EnsembleMoE, EnsembleOutput
+from trainables.training.optim import decay_groups
 
 
-def lr_multiplier(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
-    """LambdaLR factor (a multiplier of each group's base LR): linear warmup, then cosine to ``min_ratio``."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def build_optimizer(model: EnsembleMoE, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW with one parameter group per part: the gate (``cfg.gate_lr``) and each expert
-    (its spec's ``lr``, else ``lr``). Frozen parameters are left out; no decay on 1-D params."""
+def param_parts(model: EnsembleMoE, lr: float) -> list[tuple[str, torch.nn.Module, float]]:
+    """The optimizer's parts: the gate (``cfg.gate_lr``) and each expert (its spec's ``lr``, else ``lr``)."""
     cfg = model.cfg
     parts = [("gate", model.gate, cfg.gate_lr or lr)]
     parts += [(name, expert, float(spec.get("lr", lr)))
               for name, expert, spec in zip(cfg.expert_names, model.experts, cfg.experts, strict=True)]
-    groups = []
-    for name, module, group_lr in parts:
-        params = [p for p in module.parameters() if p.requires_grad]
-        for decay in (True, False):
-            chosen = [p for p in params if (p.dim() >= 2) == decay]
-            if chosen:
-                groups.append({"params": chosen, "lr": group_lr, "weight_decay": weight_decay if decay else 0.0,
-                               "name": f"{name}/{'decay' if decay else 'no_decay'}"})
-    return torch.optim.AdamW(groups, lr=lr)
+    return parts
+
+
+def build_optimizer(model: EnsembleMoE, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with one parameter group per part (``param_parts``) and decay split; frozen parameters left out."""
+    return torch.optim.AdamW(decay_groups(param_parts(model, lr), weight_decay), lr=lr)
 
 
 def total_loss(out: EnsembleOutput, cfg: Any) -> torch.Tensor:

@@ -18,6 +18,8 @@ import zlib
 import torch
 from torch import nn
 
+from trainables.moe.losses import load_balance_loss
+
 WORD_RE = re.compile(r"[a-z0-9']+|[^\sa-z0-9']")
 
 
@@ -75,13 +77,14 @@ def gate_weights(logits: torch.Tensor, top_k: int | None) -> tuple[torch.Tensor,
     return log_w.exp(), log_w
 
 
-def balance_loss(gate_probs: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """Switch load-balance loss ``E * sum_i f_i * P_i`` (unweighted; 1.0 when perfectly balanced).
+def balance_loss(gate_probs: torch.Tensor, weights: torch.Tensor, top_k: int | None) -> torch.Tensor:
+    """Switch load-balance loss ``E * sum_i f_i * P_i`` of the MoE core (``trainables.moe.losses``;
+    unweighted, 1.0 when perfectly balanced).
 
-    ``f_i``: fraction of inputs whose largest weight is expert i (from ``weights`` (B, E));
-    ``P_i``: mean dense gate probability of expert i (``gate_probs`` (B, E)). Minimising it
-    pushes the gate away from sending everything to one expert (gate collapse).
+    The routed experts of an input are its ``top_k`` largest weights (``weights`` (B, E)); a dense
+    gate (``top_k`` None) counts its largest one, since every expert runs on every input. ``P_i``
+    is the mean dense gate probability of expert i (``gate_probs`` (B, E)). Minimising it pushes
+    the gate away from sending everything to one expert (gate collapse).
     """
-    num_experts = gate_probs.shape[-1]
-    f = torch.nn.functional.one_hot(weights.argmax(-1), num_experts).float().mean(0)  # (E,)
-    return num_experts * (f * gate_probs.mean(0)).sum()
+    routed = weights.topk(top_k or 1, dim=-1).indices  # (B, k)
+    return load_balance_loss(gate_probs, routed)

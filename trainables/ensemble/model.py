@@ -122,7 +122,7 @@ class EnsembleMoE(nn.Module):
         nll = nn.functional.nll_loss(log_probs, labels.to(log_probs.device)) if labels is not None else zero
         expert_loss = torch.stack(expert_losses).mean() if expert_losses else zero
         return EnsembleOutput(log_probs, weights, gate_probs, expert_logp, mask, nll, expert_loss,
-                              balance_loss(gate_probs, weights))
+                              balance_loss(gate_probs, weights, self.cfg.top_k))
 
     @torch.no_grad()
     def predict(self, texts: list[str], chunk_size: int = 8) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -32,9 +33,9 @@ class BabiPrediction:
     predicted_answer: str
 
 
-def candidate_answers(task: int | str) -> list[str]:
+def candidate_answers(task: int | str, root: str | Path | None = None) -> list[str]:
     """The distinct answers of the task's train split, sorted."""
-    return sorted({ex.answer for ex in load_babi(task, "train")})
+    return sorted({ex.answer for ex in load_babi(task, "train", root)})
 
 
 def distinguishing_lengths(candidates: Sequence[Sequence[int]]) -> list[int]:
@@ -97,11 +98,11 @@ def rank_candidates(
 
 def evaluate_babi(
     model: nn.Module, tokenizer: Tokenizer, task: int, block_size: int,
-    max_questions: int | None = None, batch_size: int = 32,
+    max_questions: int | None = None, batch_size: int = 32, root: str | Path | None = None,
 ) -> tuple[float, list[BabiPrediction]]:
     """Exact-match accuracy on the first ``max_questions`` (None = all 1,000) test questions."""
-    examples: list[BabiExample] = load_babi(task, "test")[:max_questions]
-    candidates = candidate_answers(task)
+    examples: list[BabiExample] = load_babi(task, "test", root)[:max_questions]
+    candidates = candidate_answers(task, root)
     scores = rank_candidates(model, tokenizer, [ex.prompt() for ex in examples], candidates, block_size, batch_size)
     predicted = [candidates[j] for j in scores.argmax(dim=1).tolist()]
     rows = [BabiPrediction(f"qa{task}", " ".join(ex.context), ex.question, ex.answer, p)

@@ -47,11 +47,6 @@ METRICS = ("wikitext_ppl", "wikitext_bpb", "babi_qa2_acc", "babi_qa3_acc", "arit
            "eval_load_cv", "eval_time_s")  # scalars a run gets from the suite (plus arith_acc_d{D}, wikitext_tokens)
 
 
-def is_eval_metric(name: str) -> bool:
-    """Whether ``name`` is reported by the evaluation suite (only at the end of a run), not by training."""
-    return name in METRICS or name.startswith(("arith_acc_d", "wikitext_"))
-
-
 ARTIFACTS = ("metrics.json", "predictions.csv", "generation.txt", "routing_sankey.html", "routing_sankey.png",
              "expert_load.png", "routing_curves.png")
 
@@ -112,11 +107,12 @@ def write_predictions(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 def run_suite(
     model: MoRELM, tokenizer: Tokenizer, settings: EvalSettings, out_dir: str | Path, arith_train_digits: int = 3,
     history: Mapping[str, Sequence[tuple[int, float]]] | None = None, log: Callable[[str], None] = print,
+    data_root: str | Path | None = None,
 ) -> dict[str, float]:
     """Run ``settings.tasks`` on ``model`` (eval mode, no grad); write artifacts to ``out_dir``; return metrics.
 
     ``history``: ``{"routing/L{l}/S{s}/entropy": [(step, value), ...], ...}`` from training,
-    for ``routing_curves.png``. Data is read through ``trainables.data`` ($MOE_ORCH_DATA).
+    for ``routing_curves.png``. Data is read under ``data_root`` (else ``$MOE_ORCH_DATA``).
     """
     from trainables.more import routing_plots
 
@@ -129,7 +125,7 @@ def run_suite(
     rows: list[dict[str, Any]] = []
     wiki: torch.Tensor | None = None
     if tasks & {"perplexity", "routing"}:
-        wiki = encode_corpus(load_text(settings.ppl_dataset, settings.ppl_split), tokenizer)
+        wiki = encode_corpus(load_text(settings.ppl_dataset, settings.ppl_split, data_root), tokenizer)
         if settings.ppl_max_tokens is not None:
             wiki = wiki[: settings.ppl_max_tokens + 1]
 
@@ -143,7 +139,8 @@ def run_suite(
 
     if "babi" in tasks:
         for task in settings.babi_tasks:
-            acc, preds = evaluate_babi(model, tokenizer, task, block, settings.babi_max_questions, settings.batch_size)
+            acc, preds = evaluate_babi(model, tokenizer, task, block, settings.babi_max_questions, settings.batch_size,
+                                       data_root)
             metrics[f"babi_qa{task}_acc"] = acc
             rows += [{**asdict(p), "correct": p.true_answer == p.predicted_answer} for p in preds]
             log(f"bAbI qa{task}: accuracy {acc:.3f} on {len(preds)} test questions (candidate ranking)")
@@ -169,7 +166,7 @@ def run_suite(
         assert wiki is not None
         if settings.babi_tasks:
             task = settings.babi_tasks[0]
-            ids = tokenizer.encode(load_babi(task, "test")[0].prompt())[-block:]
+            ids = tokenizer.encode(load_babi(task, "test", data_root)[0].prompt())[-block:]
             sample = f"first bAbI qa{task} test question"
         else:
             ids, sample = wiki[:block].tolist(), "first WikiText window"

@@ -1,7 +1,10 @@
-"""Terminal progress for ``train`` and ``sweep``, and the split of a run's wall time.
+"""The Ray callbacks of ``train`` and ``sweep`` (MLflow logging, terminal progress), and the
+split of a run's wall time.
 
-- ``TrainProgress``: a Ray Train callback (runs in the Train controller; Ray forwards its
-  prints to the driver) printing one line per report.
+- ``MlflowReportCallback``: a Ray Train callback (runs in the Train controller) logging rank
+  0's reports to an MLflow run.
+- ``TrainProgress``: a Ray Train callback printing one line per report (Ray forwards the
+  controller's prints to the driver).
 - ``SweepProgress``: a Ray Tune callback (runs in the driver) printing a line when a trial
   starts, reports, finishes or fails, and a status line every ``every_s`` seconds. It
   replaces Tune's own verbose output, whose result boxes list every per-layer routing key.
@@ -16,30 +19,41 @@ from typing import Any
 from ray.train.v2.api.callback import UserCallback
 from ray.tune import Callback
 
+from orchestrator.tracking import Run
+
 NAN = float("nan")
+Labels = tuple[tuple[str, str], ...]  # (metric key, label) pairs: a family's ``progress``
+THROUGHPUT = (("tokens_per_s", "tok/s"), ("examples_per_s", "ex/s"))  # what the training loop reports
 
 
-def _fmt_metrics(m: dict[str, Any]) -> str:
+def _fmt_metrics(m: dict[str, Any], labels: Labels) -> str:
     """``train_loss 2.31 val_loss 2.25 ppl 9.49`` for the keys present."""
-    parts = []
-    for key, label in (("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_perplexity", "ppl"),
-                       ("val_accuracy", "val_acc")):
-        if isinstance(m.get(key), (int, float)):
-            parts.append(f"{label} {m[key]:.4f}")
-    return " ".join(parts)
+    return " ".join(f"{label} {m[key]:.4f}" for key, label in labels if isinstance(m.get(key), (int, float)))
+
+
+class MlflowReportCallback(UserCallback):
+    """Logs rank 0's metrics of every ``ray.train.report`` to ``run`` at its ``step``."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        if metrics:
+            self.run.log_metrics(metrics[0], step=int(metrics[0].get("step", 0)))
 
 
 class TrainProgress(UserCallback):
-    """One line per ``ray.train.report``: step, losses, LR and throughput."""
+    """One line per ``ray.train.report``: step, the family's progress metrics, LR and throughput."""
 
-    def __init__(self, label: str, max_steps: int) -> None:
-        self.label, self.max_steps = label, max_steps
+    def __init__(self, label: str, max_steps: int, labels: Labels) -> None:
+        self.label, self.max_steps, self.labels = label, max_steps, labels
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         m = metrics[0] if metrics else {}
         extra = f" lr {m['lr']:.2e}" if "lr" in m else ""
-        extra += f" tok/s {m['tokens_per_s']:.0f}" if "tokens_per_s" in m else ""
-        print(f"[{self.label}] step {m.get('step', '?')}/{self.max_steps} {_fmt_metrics(m)}{extra}", flush=True)
+        extra += "".join(f" {label} {m[key]:.0f}" for key, label in THROUGHPUT if key in m)
+        print(f"[{self.label}] step {m.get('step', '?')}/{self.max_steps} {_fmt_metrics(m, self.labels)}{extra}",
+              flush=True)
 
 
 def trial_name(trial: Any) -> str:
@@ -50,8 +64,10 @@ def trial_name(trial: Any) -> str:
 class SweepProgress(Callback):
     """Concise live progress of a sweep (replaces Tune's verbose tables)."""
 
-    def __init__(self, metric: str, mode: str, max_steps: int, total: int, every_s: float = 30.0) -> None:
+    def __init__(self, metric: str, mode: str, max_steps: int, total: int, labels: Labels,
+                 every_s: float = 30.0) -> None:
         self.metric, self.mode, self.max_steps, self.total, self.every_s = metric, mode, max_steps, total, every_s
+        self.labels = labels
         self.started = time.time()
         self.last_status = self.started
         self.best: tuple[float, str] | None = None
@@ -72,7 +88,7 @@ class SweepProgress(Callback):
             if better:
                 self.best = (float(value), trial_name(trial))
         print(f"{self._clock()} {trial_name(trial)} step {result.get('step', '?')}/{self.max_steps} "
-              f"{_fmt_metrics(result)}", flush=True)
+              f"{_fmt_metrics(result, self.labels)}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}

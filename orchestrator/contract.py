@@ -1,0 +1,233 @@
+"""The family contract: what a model family declares so that every command works for it.
+
+A family is a plug-in. ``orchestrator/`` and ``serve/`` never name one; they read its
+``Family`` declaration (``trainables/<family>/family.py``), registered by one line in
+``orchestrator/registry.py`` or by a ``moe_orch.families`` entry point:
+
+=================  ==========================================================================
+declares           used by
+=================  ==========================================================================
+``model``          the ``model:`` section: a ``FamilyConfig`` dataclass (``errors()``)
+``data``           the ``data:`` section: a ``DataSection`` subclass (``root`` + the family's)
+``recipe``         ``trainables.training.loop``: the family's part of the one training loop
+                   (a ``trainables.training.Recipe`` subclass, ``"module:Class"``)
+``strategies``     validation: which of ``ddp`` / ``deepspeed`` its recipe supports
+``metrics``        validation of ``sweep.metric``; MLflow ``best_*`` metrics; progress lines
+``checkpoint``     ``orchestrator.checkpoints.load_checkpoint``: ``"module:function"`` that
+                   rebuilds the model from a checkpoint directory and its manifest
+``evaluate``       optional ``evaluate:`` section (an ``EvaluateSection`` subclass) and the
+``evaluator``      ``"module:function"`` that ``moe-orch evaluate`` and ``evaluate.at_end`` call
+``serve``          optional ``serve:`` section (a ``ServeSection`` subclass) and the
+``endpoint``       ``"module:Class"`` each Serve replica builds (``ServeEndpoint``)
+=================  ==========================================================================
+
+Every section is a dataclass with ``errors() -> list[str]`` (``field: got X, expected Y``
+lines without the section prefix). Everything here is plain data: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from orchestrator.schema import fmt
+
+INGRESS_MODES = ("proxy", "direct")
+STRATEGIES = ("ddp", "deepspeed")
+
+
+def import_ref(ref: str) -> Any:
+    """The object at ``"package.module:attribute"``."""
+    module, _, attribute = ref.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+# -- section bases --------------------------------------------------------------------------
+
+
+@dataclass
+class Section:
+    """A config section: a dataclass that checks itself."""
+
+    def errors(self) -> list[str]:
+        """Every problem, one ``field: got X, expected Y`` line each (no section prefix)."""
+        return []
+
+
+@dataclass
+class DataSection(Section):
+    """Where a family's data lives. ``root``: None = ``$MOE_ORCH_DATA``, else ``./data``; the
+    driver resolves it to an absolute path, and workers, evaluators and replicas receive it."""
+
+    root: str | None = None
+
+
+@dataclass
+class EvaluateSection(Section):
+    """A family's evaluation settings; ``at_end: true`` evaluates the final checkpoint of every
+    train run and sweep trial, into the same MLflow run."""
+
+    at_end: bool = False
+
+
+@dataclass
+class ServeSection(Section):
+    """The Ray Serve settings every served family shares: HTTP, batching, autoscaling, ingress.
+
+    Families subclass it for their own request limits and route prefix.
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    route_prefix: str = "/"
+    min_replicas: int = 1
+    max_replicas: int = 2
+    target_ongoing_requests: float = 16.0  # autoscaling target per replica
+    max_ongoing_requests: int | None = None  # per replica; None = 2 * max_batch_size (must be >= max_batch_size)
+    max_batch_size: int = 32  # requests per @serve.batch call
+    batch_wait_timeout_s: float = 0.01
+    num_cpus_per_replica: float = 1.0
+    access_log: bool = True  # one log line per request in each replica (off for load tests)
+    # "proxy": Ray's HTTP proxy routes every request to the replicas (autoscaling behind one port).
+    # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
+    # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
+    # Ray's own proxy then takes port + 1).
+    ingress: str = "proxy"
+
+    def errors(self) -> list[str]:
+        errors = [f"{key}: got {fmt(getattr(self, key))}, expected >= 1"
+                  for key in ("min_replicas", "max_batch_size") if not getattr(self, key) >= 1]
+        if not self.max_replicas >= max(1, self.min_replicas):
+            errors.append(f"max_replicas: got {fmt(self.max_replicas)}, expected >= {max(1, self.min_replicas)}")
+        top_port = 65534 if self.ingress == "direct" else 65535  # direct: Ray's proxy takes port + 1
+        if not 0 < self.port <= top_port:
+            errors.append(f"port: got {fmt(self.port)}, expected 1..{top_port}")
+        if not self.route_prefix.startswith("/"):
+            errors.append(f"route_prefix: got {fmt(self.route_prefix)}, expected a path starting with /")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            errors.append(f"max_ongoing_requests: got {self.max_ongoing_requests}, expected null or "
+                          f">= max_batch_size ({self.max_batch_size})")
+        for key in ("target_ongoing_requests", "num_cpus_per_replica"):
+            if not getattr(self, key) > 0:
+                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected > 0")
+        if self.batch_wait_timeout_s < 0:
+            errors.append(f"batch_wait_timeout_s: got {fmt(self.batch_wait_timeout_s)}, expected >= 0")
+        if self.ingress not in INGRESS_MODES:
+            errors.append(f"ingress: got {fmt(self.ingress)}, expected one of {', '.join(INGRESS_MODES)}")
+        elif self.ingress == "direct":
+            for key in ("min_replicas", "max_replicas"):
+                if getattr(self, key) != 1:
+                    errors.append(f"{key}: got {fmt(getattr(self, key))}, expected 1 with ingress 'direct' "
+                                  "(one replica answers on port; use ingress 'proxy' to autoscale)")
+        return errors
+
+
+def section_from(cls: type, data: Mapping[str, Any] | None) -> Any:
+    """A section of ``cls`` from plain data (unknown keys ignored); ValueError listing its problems."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    section = cls(**{k: v for k, v in (data or {}).items() if k in names})
+    errors = section.errors()
+    if errors:
+        raise ValueError(f"invalid {cls.__name__}:\n  " + "\n  ".join(errors))
+    return section
+
+
+# -- what evaluators and serve endpoints receive ---------------------------------------------
+
+
+@dataclass
+class EvalRequest:
+    """Everything a family's evaluator gets: ``evaluator(request) -> {metric: value}``.
+
+    It writes its artifacts (plots, predictions, ``metrics.json``) into ``out_dir``.
+    """
+
+    checkpoint_dir: Path  # the model checkpoint (its config.json is the manifest)
+    settings: EvaluateSection  # the family's evaluate section
+    out_dir: Path
+    data_root: str | None = None  # absolute; None = $MOE_ORCH_DATA, else ./data
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # training curves from MLflow
+    log: Callable[[str], None] = print
+
+
+class ServeEndpoint(Protocol):
+    """What a family's ``endpoint`` class gives each Serve replica (built with
+    ``Endpoint(checkpoint_dir, settings)``; FastAPI/pydantic allowed, no ``ray.serve``).
+
+    ``serve/`` owns the deployment: batching, autoscaling, ingress, checkpoint download.
+    """
+
+    def asgi_app(self, batched: Callable[[Any], Awaitable[Any]], health: Callable[[], dict[str, Any]]) -> Any:
+        """The replica's FastAPI app. ``batched(item)`` queues one item for ``predict_batch``;
+        ``health()`` gives the replica's own facts (id, ingress) for ``/healthz``."""
+        ...
+
+    def predict_batch(self, items: Sequence[Any]) -> list[Any]:
+        """Answer a batch of items (one per request), in order; runs in a worker thread."""
+        ...
+
+
+# -- the family ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family's declaration (see the module docstring for who reads which field)."""
+
+    name: str
+    model: type  # the model config dataclass (trainables.config_base.FamilyConfig)
+    data: type  # a DataSection subclass
+    recipe: str  # "module:Class", a trainables.training.Recipe subclass (imported in the worker)
+    checkpoint: str  # "module:function": load(directory, manifest) -> model
+    strategies: tuple[str, ...] = ("ddp",)
+    metrics: tuple[str, ...] = ()  # scalars every training report carries
+    metric_prefixes: tuple[str, ...] = ()  # families of per-layer keys, e.g. "routing/"
+    progress: tuple[tuple[str, str], ...] = (("train_loss", "train_loss"), ("val_loss", "val_loss"))  # (key, label)
+    evaluate: type | None = None  # an EvaluateSection subclass
+    evaluator: str | None = None  # "module:function": evaluator(EvalRequest) -> metrics
+    eval_metrics: tuple[str, ...] = ()  # scalars the evaluator reports (once, at the end of a run)
+    eval_metric_prefixes: tuple[str, ...] = ()
+    history: tuple[str, tuple[str, ...]] | None = None  # MLflow curves the evaluator gets: (prefix, suffixes)
+    serve: type | None = None  # a ServeSection subclass
+    endpoint: str | None = None  # "module:Class" implementing ServeEndpoint
+    checks: Callable[[Any], list[str]] | None = None  # cross-section checks of a whole Experiment
+
+    def reports(self, metric: str) -> bool:
+        """Whether training or the evaluator reports ``metric``."""
+        return metric in self.metrics or metric.startswith(self.metric_prefixes or ("\0",)) \
+            or self.is_eval_metric(metric)
+
+    def is_eval_metric(self, metric: str) -> bool:
+        """Whether ``metric`` comes from the evaluator only (at the end of a run)."""
+        return metric in self.eval_metrics or metric.startswith(self.eval_metric_prefixes or ("\0",))
+
+    @property
+    def sections(self) -> dict[str, type]:
+        """The family's own sections: ``model``, ``data``, and ``evaluate`` / ``serve`` if it has them."""
+        out = {"model": self.model, "data": self.data}
+        if self.evaluate is not None:
+            out["evaluate"] = self.evaluate
+        if self.serve is not None:
+            out["serve"] = self.serve
+        return out
+
+    def contract_errors(self) -> list[str]:
+        """Problems with the declaration itself (checked when the family is registered)."""
+        errors = []
+        if not issubclass(self.data, DataSection):
+            errors.append(f"data: got {self.data.__name__}, expected a DataSection subclass")
+        if (self.evaluate is None) != (self.evaluator is None):
+            errors.append("evaluate/evaluator: got one without the other, expected both or neither")
+        elif self.evaluate is not None and not issubclass(self.evaluate, EvaluateSection):
+            errors.append(f"evaluate: got {self.evaluate.__name__}, expected an EvaluateSection subclass")
+        if (self.serve is None) != (self.endpoint is None):
+            errors.append("serve/endpoint: got one without the other, expected both or neither")
+        elif self.serve is not None and not issubclass(self.serve, ServeSection):
+            errors.append(f"serve: got {self.serve.__name__}, expected a ServeSection subclass")
+        errors += [f"strategies: got {s!r}, expected some of {', '.join(STRATEGIES)}"
+                   for s in self.strategies if s not in STRATEGIES]
+        return [f"family {self.name}: {e}" for e in errors]

@@ -1,0 +1,223 @@
+"""The Ray Serve application for any family that declares a serve endpoint: one deployment,
+``ModelServer``, that builds the family's endpoint (``orchestrator.contract.ServeEndpoint``)
+from a checkpoint in each replica and puts Serve's batching, autoscaling and ingress around it.
+
+- The family supplies the routes and the batched prediction (e.g.
+  ``trainables.ensemble.serving``); this module supplies ``@serve.batch`` (``max_batch_size``
+  requests, waiting at most ``batch_wait_timeout_s``; the prediction runs in a worker thread,
+  so the event loop keeps queueing the next batch), ``max_ongoing_requests`` (at least the batch
+  size), ``autoscaling_config`` (min/max replicas, target ongoing requests) and the replica's
+  facts for ``/healthz`` (replica id, ingress). All of it comes from the family's ``serve:``
+  section, which every checkpoint written by ``moe-orch train`` also carries in its metadata.
+- The model is read from a checkpoint directory, or downloaded by each replica from an MLflow
+  run's ``checkpoint`` artifact (``{"run_id", "tracking_uri"}``; deleted when Serve stops the
+  replica), so the same application works with ``serve deploy`` on a cluster (``emit_config``).
+
+Ingress (``serve.ingress``): ``proxy`` (default) puts Ray's HTTP proxy in front of the replicas,
+so autoscaling works behind one port. ``direct`` uses Ray Serve's direct ingress: the one replica
+runs its own HTTP server on ``host:port``, which saves the proxy hop and the replica's call back
+to the proxy for each request body (Ray still starts its proxy on the head node; it gets
+``port + 1``). Ray reads that switch from the environment of its controller and replicas, so it
+must be set before Ray starts (``ray_env``; ``moe-orch serve`` does it for the local Ray it
+starts, a cluster sets it in ``ray start``'s environment), and ``start`` checks that the replica
+really answers directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray import serve
+from ray.serve import Application
+
+from orchestrator.contract import ServeSection, import_ref, section_from
+from orchestrator.registry import load_family
+
+DEPLOYMENT_NAME = "ModelServer"
+IMPORT_PATH = "serve.app:app_builder"
+
+
+def ray_env(settings: ServeSection) -> dict[str, str]:
+    """Environment Ray's processes need for ``settings.ingress`` (set it before Ray starts).
+
+    ``direct``: turn on Ray Serve's direct ingress and pin its HTTP port range to ``settings.port``,
+    so the single replica listens where a proxy would have. The replica's shutdown drain (Ray's
+    default 30 s, for load balancers to deregister it) becomes 1 s: no balancer sits in front
+    here; in-flight requests are still finished. Set that variable yourself to keep a longer one.
+    """
+    if settings.ingress != "direct":
+        return {}
+    drain = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
+    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+            "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
+            "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),  # range end is exclusive
+            drain: os.environ.get(drain, "1")}
+
+
+def proxy_port(settings: ServeSection) -> int:
+    """Where Ray's HTTP proxy listens: ``settings.port``, or ``port + 1`` under direct ingress, where
+    the replica itself takes ``port`` (Ray still starts a proxy on the head node in that mode)."""
+    return settings.port + 1 if settings.ingress == "direct" else settings.port
+
+
+def replica_ingress() -> str:
+    """The ingress this process (a replica) runs under: ``direct`` or ``proxy``."""
+    return "direct" if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" else "proxy"
+
+
+def fetch_checkpoint(source: dict[str, Any]) -> tuple[Path, Path | None]:
+    """``(checkpoint dir, temporary folder or None)`` for ``source``: ``{"checkpoint": dir}``, or
+    ``{"run_id", "tracking_uri"}``, whose ``checkpoint`` artifact is downloaded into a fresh temporary
+    folder that the caller deletes when done."""
+    if source.get("checkpoint"):
+        return Path(source["checkpoint"]), None
+    from orchestrator.tracking import Store
+
+    dst = Path(tempfile.mkdtemp(prefix=f"moe-orch-{source['run_id'][:8]}-"))
+    return Store.at(source.get("tracking_uri")).run(source["run_id"]).download("checkpoint", dst), dst
+
+
+@serve.deployment(name=DEPLOYMENT_NAME)
+@serve.ingress()
+class ModelServer:
+    """One replica: the family's endpoint over a checkpoint, its routes served by Serve."""
+
+    def __init__(self, source: dict[str, Any], family: str, settings: dict[str, Any]) -> None:
+        import torch
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        spec = load_family(family)
+        self.settings = section_from(spec.serve, settings)
+        torch.set_num_threads(max(1, int(self.settings.num_cpus_per_replica)))
+        path, self.download_dir = fetch_checkpoint(source)  # a download is deleted in __del__
+        self.endpoint = import_ref(spec.endpoint)(path, self.settings)
+        self.batched.set_max_batch_size(self.settings.max_batch_size)
+        self.batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.replica = serve.get_replica_context().replica_id.unique_id
+
+    def __serve_build_asgi_app__(self) -> Any:
+        """Serve calls this after ``__init__``: the family's FastAPI app for this replica."""
+        return self.endpoint.asgi_app(self.batched, self.health)
+
+    def __del__(self) -> None:
+        """Serve calls this when it stops the replica: remove the checkpoint this replica downloaded."""
+        if getattr(self, "download_dir", None) is not None:
+            shutil.rmtree(self.download_dir, ignore_errors=True)
+
+    def health(self) -> dict[str, Any]:
+        """This replica's facts for ``/healthz``."""
+        return {"replica": self.replica, "ingress": replica_ingress()}
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def batched(self, items: list[Any]) -> list[Any]:
+        """Up to ``max_batch_size`` queued items in one ``predict_batch`` call, in a worker thread."""
+        return await asyncio.to_thread(self.endpoint.predict_batch, items)
+
+
+def deployment_options(settings: ServeSection) -> dict[str, Any]:
+    """``max_ongoing_requests`` (>= the batch size), ``autoscaling_config`` and ``ray_actor_options``."""
+    return {
+        "max_ongoing_requests": settings.max_ongoing_requests or 2 * settings.max_batch_size,
+        "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
+                               "target_ongoing_requests": settings.target_ongoing_requests},
+        "ray_actor_options": {"num_cpus": settings.num_cpus_per_replica},
+        "logging_config": {"enable_access_log": settings.access_log},
+    }
+
+
+def build_app(source: dict[str, Any], family: str, settings: ServeSection) -> Application:
+    """The Serve application for a checkpoint ``source`` (see ``fetch_checkpoint``) of the family
+    registered at ``family`` (a ``"module:FAMILY"`` reference)."""
+    source = {k: v for k, v in source.items() if v}
+    return ModelServer.options(**deployment_options(settings)).bind(source, family, dataclasses.asdict(settings))
+
+
+def app_builder(args: dict[str, Any]) -> Application:
+    """Application builder for Serve config files: ``args`` = ``{checkpoint | run_id + tracking_uri,
+    family, serve}``."""
+    family = args["family"]
+    source = {k: args.get(k) for k in ("checkpoint", "run_id", "tracking_uri")}
+    return build_app(source, family, section_from(load_family(family).serve, args.get("serve")))
+
+
+def serve_config(source: dict[str, Any], family: str, app_name: str, settings: ServeSection) -> dict[str, Any]:
+    """A Serve config (``serve deploy`` / ``serve run`` file) equivalent to ``build_app``."""
+    source = {k: v for k, v in source.items() if v}
+    return {
+        "proxy_location": "EveryNode",
+        "http_options": {"host": settings.host, "port": settings.port},
+        "applications": [{
+            "name": app_name,
+            "route_prefix": settings.route_prefix,
+            "import_path": IMPORT_PATH,
+            "args": {**source, "family": family, "serve": dataclasses.asdict(settings)},
+            "deployments": [{"name": DEPLOYMENT_NAME, **deployment_options(settings)}],
+        }],
+    }
+
+
+def emit_config(path: str | Path, source: dict[str, Any], family: str, app_name: str,
+                settings: ServeSection) -> Path:
+    """Write ``serve_config`` as YAML to ``path``; returns it."""
+    import yaml
+
+    path = Path(path)
+    header = ""
+    if settings.ingress == "direct":
+        env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
+        header = f"# serve.ingress is 'direct': start Ray with {env} in its environment\n"
+    path.write_text(header + yaml.safe_dump(serve_config(source, family, app_name, settings), sort_keys=False))
+    return path
+
+
+def start(source: dict[str, Any], family: str, app_name: str, settings: ServeSection,
+          ready_timeout_s: float = 120.0) -> str:
+    """Deploy the app answering on ``settings.host:port`` and return its base URL once ``/healthz`` answers.
+
+    Must run inside a Ray session. With ``settings.ingress == "direct"`` that session's Ray must have
+    been started with ``ray_env(settings)``; a RuntimeError says so if the replica runs behind a proxy.
+    """
+    serve.start(http_options={"host": settings.host, "port": proxy_port(settings)})
+    serve.run(build_app(source, family, settings), name=app_name, route_prefix=settings.route_prefix,
+              blocking=False)
+    url = f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
+    try:
+        health = wait_healthy(f"{url}/healthz", ready_timeout_s)
+    except TimeoutError:
+        shutdown()
+        raise
+    if health.get("ingress", "proxy") != settings.ingress:
+        shutdown()
+        env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
+        raise RuntimeError(f"serve.ingress: got 'direct' but the replica runs behind Ray's proxy; "
+                           f"start Ray with {env} in its environment")
+    return url
+
+
+def wait_healthy(url: str, timeout_s: float = 120.0) -> dict[str, Any]:
+    """The JSON of the first 200 answer of ``url``; TimeoutError after ``timeout_s``."""
+    import time
+
+    import requests
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            reply = requests.get(url, timeout=2)
+            if reply.status_code == 200:
+                return reply.json()
+        except requests.RequestException:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+def shutdown() -> None:
+    """Delete every Serve application and stop Serve (the Ray session stays up)."""
+    serve.shutdown()

@@ -1,0 +1,76 @@
+"""The MoRE family's declaration (``orchestrator.contract.Family``): its sections, recipe,
+metrics, checkpoint loader and evaluator. Registered in ``orchestrator/registry.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.contract import DataSection, EvaluateSection, Family
+from orchestrator.schema import fmt
+from trainables.more.config import MoREConfig
+from trainables.more.evaluation.suite import METRICS as EVAL_METRICS
+from trainables.more.evaluation.suite import EvalSettings
+
+
+@dataclass
+class MoREData(DataSection):
+    """Which corpus to train on (a ``trainables.data.load_text`` name), and an optional mixture."""
+
+    dataset: str = "tinyshakespeare"
+    train_split: str = "train"
+    val_split: str = "validation"
+    # training mixture (trainables.data.mixture): relative weights of lm (the dataset above), babi, arithmetic;
+    # null = train on the dataset alone
+    mixture: dict[str, float] | None = None
+    arith_train_digits: int = 3  # arithmetic in the mixture: operands of 1..N digits
+
+    def errors(self) -> list[str]:
+        from trainables.data import dataset_splits, list_datasets
+        from trainables.data.mixture import mixture_errors
+
+        errors = [e.removeprefix("data.") for e in mixture_errors(self.mixture, self.arith_train_digits)]
+        known = list_datasets()
+        if self.dataset not in known:
+            return errors + [f"dataset: got {fmt(self.dataset)}, expected one of {', '.join(known)}"]
+        splits = dataset_splits(self.dataset)
+        for key in ("train_split", "val_split"):
+            if getattr(self, key) not in splits:
+                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected one of {', '.join(splits)}")
+        return errors
+
+
+@dataclass
+class MoREEvaluate(EvalSettings, EvaluateSection):
+    """The MoRE evaluation suite (``moe-orch evaluate``; fields: ``trainables.more.evaluation.EvalSettings``)."""
+
+
+def cross_checks(exp: Any) -> list[str]:
+    """Arithmetic evaluation lengths must be longer than the trained ones."""
+    if exp.evaluate is None:
+        return []
+    short = [d for d in exp.evaluate.arith_long_digits if d <= exp.data.arith_train_digits]
+    if short:
+        return [f"evaluate.arith_long_digits: got {short}, expected lengths > data.arith_train_digits "
+                f"({exp.data.arith_train_digits})"]
+    return []
+
+
+FAMILY = Family(
+    name="more",
+    model=MoREConfig,
+    data=MoREData,
+    recipe="trainables.more.recipe:MoRERecipe",
+    checkpoint="trainables.more.checkpoint:load_model_from",
+    strategies=("ddp", "deepspeed"),
+    metrics=("step", "train_loss", "val_loss", "val_perplexity", "lr", "tokens_per_s", "tokens_seen",
+             "load_balance_loss", "z_loss", "train_time_s"),
+    metric_prefixes=("routing/",),
+    progress=(("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_perplexity", "ppl")),
+    evaluate=MoREEvaluate,
+    evaluator="trainables.more.evaluation.evaluator:evaluate_checkpoint",
+    eval_metrics=EVAL_METRICS,
+    eval_metric_prefixes=("arith_acc_d", "wikitext_"),
+    history=("routing/", ("/entropy", "/cv")),
+    checks=cross_checks,
+)

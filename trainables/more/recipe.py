@@ -1,0 +1,114 @@
+"""MoRE's recipe for the shared training loop (``trainables.training.loop``): DDP or DeepSpeed ZeRO 0-3.
+
+- data: random windows of the byte-encoded corpus, or with ``data.mixture`` rows drawn from
+  LM text, bAbI train and arithmetic (``trainables.data.mixture``);
+- loss: the model's ``loss`` (LM loss plus its weighted load-balance and z-losses); the
+  reports average ``train_loss`` (the LM loss), ``load_balance_loss`` and ``z_loss``;
+- evaluation: validation loss (averaged over ranks) and routing stats on ``train.eval_batches``
+  fixed batches: per MoE layer ``L`` and recurrence step/branch ``S``,
+  ``routing/L{L}/S{S}/entropy`` (normalised router entropy), ``routing/L{L}/S{S}/cv``
+  (load-balance CV) and ``routing/L{L}/S{S}/load/E{i}`` (fraction of routed tokens sent to
+  expert ``i``);
+- checkpoint: ``trainables.more.save_checkpoint`` (config.json manifest, model.safetensors,
+  tokenizer.json).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model
+from torch import nn
+
+from trainables.data import ByteTokenizer, encode_corpus, load_text, random_batches
+from trainables.data.mixture import build_mixture, mixture_batches
+from trainables.more.checkpoint import WEIGHTS_FILE, save_checkpoint
+from trainables.more.model import MoRELM
+from trainables.training import Recipe, StepOutput
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (B, T) token ids
+
+
+class MoRERecipe(Recipe):
+    """Train one MoRE language model (``experiment.model`` is its ``MoREConfig``)."""
+
+    throughput_unit = "tokens"
+
+    def setup(self) -> None:
+        data = self.experiment.data
+        self.tokenizer = ByteTokenizer()
+        self.train_tokens = encode_corpus(load_text(data.dataset, data.train_split, data.root), self.tokenizer)
+        self.val_tokens = encode_corpus(load_text(data.dataset, data.val_split, data.root), self.tokenizer)
+        self.mixture = None
+        if data.mixture:
+            self.mixture = build_mixture(self.train_tokens, data.mixture, data.arith_train_digits, self.tokenizer,
+                                         data.root)
+
+    def build_model(self, resume_dir: Path | None) -> nn.Module:
+        model = MoRELM(self.experiment.model)
+        if resume_dir is not None:
+            load_model(model, str(resume_dir / WEIGHTS_FILE), strict=True)
+        return model
+
+    def batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        batch_size, block = self.experiment.train.batch_size, self.experiment.model.block_size
+        while True:
+            if self.mixture is not None:
+                yield mixture_batches(self.mixture, batch_size, block, generator)
+            else:
+                yield random_batches(self.train_tokens, batch_size, block, generator)
+
+    def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
+        x, y = batch
+        device = self.worker.device
+        out = model(x.to(device), y.to(device))
+        logs = {"train_loss": out.lm_loss, "load_balance_loss": out.load_balance_loss, "z_loss": out.z_loss}
+        return StepOutput(out.loss, logs, num_items=x.numel())
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        """Validation loss and routing stats on ``eval_batches`` fixed batches (the same at every eval)."""
+        train, block = self.experiment.train, self.experiment.model.block_size
+        gen = torch.Generator().manual_seed(10_000 + self.worker.rank)
+        model.eval()
+        losses, sums, counts = [], defaultdict(float), defaultdict(int)
+        for _ in range(train.eval_batches):
+            x, y = random_batches(self.val_tokens, train.batch_size, block, gen)
+            out = model(x.to(self.worker.device), y.to(self.worker.device))
+            losses.append(out.lm_loss.item())
+            for r in out.routing:
+                key = f"routing/L{r.layer}/S{r.step}"
+                load = r.stats.tokens_per_expert.float()
+                load = load / load.sum().clamp_min(1)
+                for i, frac in enumerate(load.tolist()):
+                    sums[f"{key}/load/E{i}"] += frac
+                sums[f"{key}/entropy"] += float(r.stats.router_entropy)
+                sums[f"{key}/cv"] += float(r.stats.load_balance_cv)
+                counts[key] += 1
+        val_loss = torch.tensor(sum(losses) / len(losses))
+        if dist.is_initialized():
+            dist.all_reduce(val_loss)
+            val_loss /= dist.get_world_size()
+        metrics = {"val_loss": val_loss.item(), "val_perplexity": math.exp(min(val_loss.item(), 50.0))}
+        for name, total in sums.items():
+            metrics[name] = total / counts[name.rsplit("/", 2)[0] if "/load/" in name else name.rsplit("/", 1)[0]]
+        return metrics
+
+    def save_model(self, model: nn.Module, directory: Path, metadata: dict[str, Any]) -> None:
+        save_checkpoint(model, self.tokenizer, directory, metadata)  # type: ignore[arg-type]
+
+    def standalone(self, model: nn.Module) -> nn.Module:
+        copy = MoRELM(model.cfg)
+        copy.load_state_dict({k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()})
+        return copy
+
+    def checkpoint_metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
+        data = self.experiment.data
+        return {"val_loss": metrics.get("val_loss"), "mixture": data.mixture,
+                "arith_train_digits": data.arith_train_digits}

@@ -1,0 +1,144 @@
+"""The one Ray Train worker loop every family trains with.
+
+``train_loop_per_worker({"experiment": Experiment, "family": "module:FAMILY"})`` reads top to bottom:
+
+1. set-up: the family's recipe loads its data; ``torch.manual_seed(train.seed)`` (identical init
+   on every rank); the recipe builds the model (or rebuilds it from the checkpoint being
+   resumed); AdamW over the recipe's param groups; LambdaLR (warmup + cosine multipliers);
+   the strategy wraps all three (DDP or DeepSpeed);
+2. resume: when Ray Train restored a checkpoint, the strategy restores optimizer and
+   scheduler state and the step;
+3. steps: batches drawn with a generator seeded by ``seed * 1000 + rank + step`` (a different
+   data order per rank, and a resumed run does not replay the batches it saw);
+4. every ``train.eval_every`` steps and at the last one: evaluate, then ``ray.train.report``
+   the metrics with a checkpoint (``strategies.py`` describes its layout).
+
+Reported metrics: ``step``, the recipe's ``logs`` averaged since the last report (e.g.
+``train_loss``), ``lr`` (the first group's), ``<unit>_per_s`` (all workers) and
+``<unit>_seen``, the recipe's evaluation metrics, ``train_time_s`` (seconds inside this loop,
+set-up included), ``setup_s`` (loop start to the first step), and ``loop_started_at`` /
+``worker_started_at`` (unix times, so drivers can split their overhead).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import ray.train
+import torch
+from ray.train import Checkpoint
+
+from trainables.training.optim import build_optimizer, lr_multiplier
+from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
+from trainables.training.strategies import make_strategy
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: run the family's recipe in the shared loop (see the module docstring)."""
+    from orchestrator.contract import import_ref
+    from orchestrator.registry import load_family
+
+    _quiet_report_logs()
+    experiment = config["experiment"]
+    family = load_family(config["family"])
+    ctx = ray.train.get_context()
+    use_gpu = experiment.scaling.use_gpu
+    worker = WorkerInfo(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+                        device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"))
+    run(experiment, import_ref(family.recipe)(experiment, worker))
+
+
+def run(experiment: Any, recipe: Recipe) -> None:
+    """The loop itself, on this worker (``ray.train`` context required)."""
+    started = time.time()
+    exp, train, worker = experiment, experiment.train, recipe.worker
+    torch.set_num_threads(max(1, int(exp.scaling.cpus_per_worker)))
+    strategy = make_strategy(exp.scaling, train, worker.rank, recipe.standalone)
+
+    # 1. set-up (and 2. resume, while the restored checkpoint's folder exists)
+    recipe.setup()
+    checkpoint = ray.train.get_checkpoint()
+    with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
+        resume_dir = Path(restored) if restored is not None else None
+        torch.manual_seed(train.seed)
+        model = recipe.build_model(resume_dir / "model" if resume_dir is not None else None)
+        model.to(worker.device).train()
+        optimizer = build_optimizer(recipe.param_groups(model), train.lr, recipe.adam_betas)
+        schedule = lambda s: lr_multiplier(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        model, optimizer, scheduler = strategy.wrap(model, optimizer, scheduler)
+        step = strategy.restore(resume_dir, model, optimizer, scheduler) if resume_dir is not None else 0
+    if step and worker.rank == 0:
+        print(f"[{exp.name}] resumed from step {step}", flush=True)
+
+    # 3. steps
+    generator = torch.Generator().manual_seed(train.seed * 1000 + worker.rank + step)
+    batches: Iterator[Any] = recipe.batches(generator)
+    window = _Window()
+    setup_s = time.time() - started
+    while step < train.max_steps:
+        out = recipe.forward(model, next(batches))
+        strategy.step(model, out.loss, optimizer, scheduler, train.grad_clip)
+        step += 1
+        window.add(out)
+
+        # 4. evaluate, report, checkpoint
+        if step % train.eval_every == 0 or step == train.max_steps:
+            unit = recipe.throughput_unit
+            metrics: dict[str, Any] = {"step": step, **window.means(), "lr": scheduler.get_last_lr()[0],
+                                       f"{unit}_per_s": window.items * worker.world_size / window.elapsed(),
+                                       f"{unit}_seen": window.items_per_step * worker.world_size * step}
+            module = strategy.unwrap(model)
+            metrics.update(recipe.evaluate(module))
+            module.train()
+            metrics.update(train_time_s=time.time() - started, setup_s=setup_s, loop_started_at=started,
+                           worker_started_at=psutil.Process().create_time())
+            recipe.on_report(step, metrics)
+            metadata = {"step": step, "experiment": exp.name, **recipe.checkpoint_metadata(metrics)}
+            if exp.serve is not None:  # serve settings travel with the checkpoint (moe-orch serve <run | dir>)
+                metadata["serve"] = dataclasses.asdict(exp.serve)
+            with tempfile.TemporaryDirectory() as tmp:
+                wrote = strategy.save(Path(tmp), model, optimizer, scheduler, step,
+                                      lambda m, d, meta=metadata: recipe.save_model(m, d, meta))
+                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if wrote else None,
+                                 checkpoint_dir_name=f"checkpoint_{step:06d}")
+            window = _Window()
+
+
+class _Window:
+    """The steps since the last report: summed logs, items and time."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+        self.sums: dict[str, float] = {}
+        self.steps = self.items = self.items_per_step = 0
+
+    def add(self, out: StepOutput) -> None:
+        self.steps += 1
+        self.items += out.num_items
+        self.items_per_step = out.num_items
+        for key, value in out.logs.items():
+            self.sums[key] = self.sums.get(key, 0.0) + (value.item() if torch.is_tensor(value) else float(value))
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.steps) for k, v in self.sums.items()}
+
+    def elapsed(self) -> float:
+        return max(time.time() - self.started, 1e-9)
+
+
+def _quiet_report_logs() -> None:
+    """Ray Train logs every report's whole metrics dict at INFO, from a logger named by its file path
+    (so ``RunConfig(logging_config=...)`` does not reach it); with per-layer routing keys that is
+    pages per report. It still goes to the session's log files."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
