@@ -6,7 +6,7 @@ Both servers load the same Ensemble MoE checkpoint: ``--checkpoint`` (e.g. a tra
 else a small from-config ensemble (BERT + WordPiece and RoBERTa + BPE experts, hidden 256,
 4 layers) built here in a temporary folder. The Flask server is the spec's deployment
 (``app.run``, threaded, ``model.predict`` on each request's texts); the Serve app is
-``serve.ensemble`` with ``--replicas`` replicas and ``@serve.batch`` dynamic batching, run once
+``serve.app`` (the ensemble's endpoint) with ``--replicas`` replicas and ``@serve.batch`` dynamic batching, run once
 per ``--ingress`` mode: ``direct`` (the replica's own HTTP server, no proxy; one replica) and
 ``proxy`` (Ray's HTTP proxy in front, as autoscaling needs). Each server gets the same torch
 thread count.
@@ -197,7 +197,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    from orchestrator.config import ServeSection
+    from trainables.ensemble.family import EnsembleServe
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", required=True, help="where to write the JSON records")
@@ -209,8 +209,8 @@ def main() -> None:
                         help="Serve ingress modes to run, comma-separated (direct needs --replicas 1)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per server")
     parser.add_argument("--replicas", type=int, default=1, help="Serve replicas (each with --threads torch threads)")
-    parser.add_argument("--max-batch-size", type=int, default=ServeSection.max_batch_size)
-    parser.add_argument("--batch-wait-timeout-s", type=float, default=ServeSection.batch_wait_timeout_s,
+    parser.add_argument("--max-batch-size", type=int, default=EnsembleServe.max_batch_size)
+    parser.add_argument("--batch-wait-timeout-s", type=float, default=EnsembleServe.batch_wait_timeout_s,
                         help="@serve.batch wait (default: the serve section's)")
     parser.add_argument("--level-timeout-s", type=float, default=120.0, help="bound on each load level")
     parser.add_argument("--flask-server", action="store_true", help=argparse.SUPPRESS)
@@ -240,7 +240,7 @@ def bench_flask(checkpoint: Path, args: argparse.Namespace, texts: list[str], le
            "--port", str(port), "--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        from serve.ensemble import wait_healthy
+        from serve.app import wait_healthy
 
         wait_healthy(f"http://{HOST}:{port}/healthz")
         return run_levels("flask", f"http://{HOST}:{port}/predict", texts, levels, args.level_timeout_s)
@@ -260,22 +260,23 @@ def bench_serve(checkpoint: Path, args: argparse.Namespace, texts: list[str], le
 
 def bench_serve_ingress(checkpoint: Path, args: argparse.Namespace, texts: list[str], levels: list[int],
                         ingress: str) -> list[dict]:
-    from orchestrator.config import ServeSection
     from orchestrator.ray_runtime import ray_session
-    from serve import ensemble
+    from orchestrator.registry import family_ref
+    from serve import app
+    from trainables.ensemble.family import EnsembleServe
 
     port = free_port() if ingress != "direct" else free_port_pair()
-    settings = ServeSection(port=port, min_replicas=args.replicas, max_replicas=args.replicas,
+    settings = EnsembleServe(port=port, min_replicas=args.replicas, max_replicas=args.replicas,
                             num_cpus_per_replica=args.threads,
                             max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,
                             max_ongoing_requests=2 * args.max_batch_size, access_log=False, ingress=ingress)
-    env = {**SERVE_ENV, **ensemble.ray_env(settings)}  # set for this Ray only: the next mode starts its own
+    env = {**SERVE_ENV, **app.ray_env(settings)}  # set for this Ray only: the next mode starts its own
     with ray_session(num_cpus=max(args.replicas * args.threads, os.cpu_count() or 1), dashboard=False, env=env):
         try:
-            url = ensemble.start({"checkpoint": str(checkpoint)}, settings)
+            url = app.start({"checkpoint": str(checkpoint)}, family_ref("ensemble"), "ensemble", settings)
             return run_levels("serve", f"{url}/predict", texts, levels, args.level_timeout_s, ingress=ingress)
         finally:
-            ensemble.shutdown()
+            app.shutdown()
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from orchestrator import space as space_mod
 from orchestrator.contract import STRATEGIES, DataSection, EvaluateSection, Family, Section, ServeSection
-from orchestrator.registry import family_names, get_family
+from orchestrator.registry import family_names, family_ref, get_family, load_family
 from orchestrator.schema import check, check_section, describe, dump_yaml, field_types, fmt, load_yaml
 
 SWEEPABLE_SECTIONS = ("model", "data", "train")
@@ -170,10 +170,12 @@ class Experiment:
     evaluate: EvaluateSection | None = None  # None: the family has no evaluator
     serve: ServeSection | None = None  # None: the family has no serve app
     source: str | None = None  # the YAML file it came from
+    family_ref: str = ""  # "module:FAMILY": how processes that did not register the family (Tune trial
+    # actors, Ray Train workers) import its declaration
 
     @property
     def family_spec(self) -> Family:
-        return get_family(self.family)
+        return load_family(self.family_ref) if self.family_ref else get_family(self.family)
 
     @property
     def metrics(self) -> list[str]:
@@ -385,7 +387,7 @@ def validate(raw: dict[str, Any], source: str | None = None) -> tuple[Experiment
 
         data.root = str(data_root())
     data.root = str(Path(data.root).expanduser().absolute())
-    return Experiment(name=name, family=family.name, source=source, **sections), []
+    return Experiment(name=name, family=family.name, source=source, family_ref=family_ref(family.name), **sections), []
 
 
 def _section(section: str, raw: Any, cls: type, errors: list[str]) -> Any:

@@ -121,8 +121,8 @@ class ServeSection(Section):
         elif self.ingress == "direct":
             for key in ("min_replicas", "max_replicas"):
                 if getattr(self, key) != 1:
-                    errors.append(f"{key}: got {fmt(getattr(self, key))}, expected 1 with ingress 'direct' "
-                                  "(one replica answers on port; use ingress 'proxy' to autoscale)")
+                    errors.append(f"{key}: got {fmt(getattr(self, key))}, expected 1 with serve.ingress 'direct' "
+                                  "(one replica answers on serve.port; use serve.ingress 'proxy' to autoscale)")
         return errors
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from orchestrator.checkpoints import find_checkpoint_dir
 from orchestrator.config import Experiment, section_with_overrides
 from orchestrator.contract import EvalRequest, EvaluateSection, Family, import_ref
-from orchestrator.registry import get_family
+from orchestrator.registry import family_with
 from orchestrator.tracking import Run, Store
 from trainables.training.manifest import read_manifest
 
@@ -37,18 +37,6 @@ DEFAULT_EXPERIMENT = "moe-orch-evaluate"
 
 class EvaluateError(ValueError):
     """Bad input to ``moe-orch evaluate`` (exit 2): the message says what."""
-
-
-def evaluable_family(name: str, what: str) -> Family:
-    """The family ``name``, or EvaluateError if it has no evaluator."""
-    try:
-        family = get_family(name)
-    except KeyError as exc:
-        raise EvaluateError(f"{what}: {exc.args[0]}") from exc
-    if family.evaluator is None:
-        raise EvaluateError(f"{what}: family {name!r} has no evaluator (its declaration has none; its "
-                            "training reports are its evaluation)")
-    return family
 
 
 def parse_settings(family: Family, overrides: list[str] | tuple[str, ...],
@@ -103,7 +91,10 @@ def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] 
             if model_dir is None:
                 raise EvaluateError(f"run {target} has no checkpoint artifact with a config.json manifest")
         manifest = read_manifest(model_dir)
-        family = evaluable_family(manifest.family, target)
+        try:
+            family = family_with(manifest.family, "evaluator", target)
+        except LookupError as exc:
+            raise EvaluateError(str(exc)) from exc
         settings = parse_settings(family, overrides)
         history: dict[str, list[tuple[int, float]]] = {}
         data_root = None

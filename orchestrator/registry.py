@@ -63,6 +63,22 @@ def get_family(name: str) -> Family:
     return _LOADED[name]
 
 
+FEATURES = {"evaluator": "an evaluator", "endpoint": "a serve app"}
+
+
+def family_with(name: str, feature: str, what: str) -> Family:
+    """The family ``name`` if its declaration has ``feature`` (``evaluator`` or ``endpoint``);
+    LookupError naming ``what`` (the checkpoint or run asked about) and the family otherwise."""
+    try:
+        family = get_family(name)
+    except KeyError as exc:
+        raise LookupError(f"{what}: {exc.args[0]}") from exc
+    if getattr(family, feature) is None:
+        raise LookupError(f"{what}: family {name!r} has no {FEATURES[feature].split(' ', 1)[1]} "
+                          f"(its declaration has no {feature})")
+    return family
+
+
 def load_family(ref: str) -> Family:
     """The ``Family`` at ``ref``, registered under its name (for worker and replica processes)."""
     name = next((n for n, r in _refs().items() if r == ref), None)

@@ -20,7 +20,6 @@ from ray.train.torch import TorchConfig, TorchTrainer
 
 from orchestrator.callbacks import MlflowReportCallback, TrainProgress, overhead_split
 from orchestrator.config import Experiment
-from orchestrator.registry import family_ref
 from orchestrator.tracking import Run, Store
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -34,7 +33,7 @@ def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callback
     return TorchTrainer(
         train_loop_per_worker,
         # the typed experiment itself, and where the workers import its family from
-        train_loop_config={"experiment": exp, "family": family_ref(exp.family)},
+        train_loop_config={"experiment": exp, "family": exp.family_ref},
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,

@@ -26,7 +26,7 @@ from typing import Any
 from orchestrator.checkpoints import find_checkpoint_dir, newest_checkpoint
 from orchestrator.config import Experiment
 from orchestrator.contract import Family, ServeSection, section_from
-from orchestrator.registry import family_ref, get_family
+from orchestrator.registry import family_ref, family_with
 from trainables.training.manifest import read_manifest
 
 RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
@@ -59,12 +59,9 @@ class Target:
 def servable_family(name: str, what: str) -> Family:
     """The family ``name``, or TargetError if it has no serve endpoint."""
     try:
-        family = get_family(name)
-    except KeyError as exc:
-        raise TargetError(f"{what}: {exc.args[0]}") from exc
-    if family.serve is None:
-        raise TargetError(f"{what}: family {name!r} has no serve app (its declaration has no serve endpoint)")
-    return family
+        return family_with(name, "endpoint", what)
+    except LookupError as exc:
+        raise TargetError(str(exc)) from exc
 
 
 def checkpoint_settings(checkpoint: Path, description: str) -> tuple[Family, ServeSection]:

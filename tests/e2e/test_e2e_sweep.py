@@ -31,16 +31,24 @@ def _children(client: MlflowClient, parent: str) -> dict[str, object]:
 
 
 def test_sweep_three_trials_with_asha(workdir: Path) -> None:
-    client, parent = _sweep(workdir, "sweep.num_samples=3")
+    # one trial at a time, the first with a good LR and the second with a hopeless one: at the first
+    # rung (grace_period 1, one report) ASHA must stop the second, whose val_loss is far worse
+    client, parent = _sweep(workdir, "sweep.num_samples=3", "sweep.max_concurrent_trials=1",
+                            "sweep.space.train.lr={grid: [0.003, 0.000001]}")
     children = _children(client, parent)
     assert sorted(children) == ["tiny_000", "tiny_001", "tiny_002"]
     for run in children.values():
         assert "val_loss" in run.data.metrics and run.data.params["model.top_k"] in ("1", "2")
         assert run.info.status == "FINISHED"  # ASHA-stopped trials end early but cleanly
+    assert children["tiny_000"].data.tags["moe_orch.status"] == "TERMINATED"
+    assert children["tiny_001"].data.tags["moe_orch.status"] == "STOPPED"
+    stopped_steps = [m.step for m in client.get_metric_history(children["tiny_001"].info.run_id, "val_loss")]
+    assert stopped_steps == [10]  # stopped after its first report; the full run reports at 10 and 20
     artifacts = {f.path for f in client.list_artifacts(parent)}
     assert "summary.csv" in artifacts and "experiment.yaml" in artifacts
     rows = list(csv.DictReader((workdir / "ray_results/tiny/sweep/summary.csv").open()))
     assert [r["trial"] for r in rows] == ["tiny_000", "tiny_001", "tiny_002"]
+    assert rows[1]["status"] == "STOPPED" and rows[1]["train.lr"] == "1e-06"
     assert {"model.top_k", "train.lr", "val_loss", "status", "wall_time_s"} <= set(rows[0])
     best = client.get_run(parent).data
     assert "best.trial" in best.params and "best_val_loss" in best.metrics

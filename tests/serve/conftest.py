@@ -45,13 +45,13 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def logged_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """``{"run_id", "tracking_uri"}`` of an MLflow run whose ``checkpoint`` artifact is the tiny checkpoint."""
-    from orchestrator import tracking
+    from orchestrator.tracking import Store
 
-    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
-    run_id = tracking.start_run(uri, tracking.get_or_create_experiment(uri, "serve-test"), "serve-test/run")
-    tracking.log_artifacts(uri, run_id, tiny_checkpoint, "checkpoint")
-    tracking.end_run(uri, run_id)
-    return {"run_id": run_id, "tracking_uri": uri}
+    store = Store.at(f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db")
+    run = store.start_run(store.experiment_id("serve-test"), "serve-test/run")
+    run.log_artifacts(tiny_checkpoint, "checkpoint")
+    run.end()
+    return {"run_id": run.run_id, "tracking_uri": store.uri}
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +10,8 @@ from typing import Any
 import pytest
 import requests
 
-from orchestrator.config import ServeSection
+from orchestrator.registry import family_ref
+from trainables.ensemble.family import EnsembleServe
 
 pytestmark = pytest.mark.slow
 TEXTS = ["a charming and often affecting journey .", "unflinchingly bleak and desperate"]
@@ -22,14 +22,14 @@ LIMITS = dict(max_texts_per_request=4, max_text_chars=200, max_batch_size=8, bat
 @pytest.fixture(scope="module")
 def app_url(local_ray: None, logged_run: dict[str, Any], free_port: int) -> Iterator[str]:
     """The app deployed from an MLflow run id (each replica downloads the checkpoint artifact)."""
-    from serve import ensemble
+    from serve import app
 
-    settings = ServeSection(port=free_port, **LIMITS)
-    url = ensemble.start(logged_run, settings)
+    settings = EnsembleServe(port=free_port, **LIMITS)
+    url = app.start(logged_run, family_ref("ensemble"), "ensemble", settings)
     downloads = f"moe-orch-{logged_run['run_id'][:8]}-*"
     assert list(Path(tempfile.gettempdir()).glob(downloads))  # the replica's copy of the run's checkpoint
     yield url
-    ensemble.shutdown()
+    app.shutdown()
     assert not list(Path(tempfile.gettempdir()).glob(downloads))  # deleted when Serve stopped the replica
 
 
@@ -92,17 +92,21 @@ def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[st
     import yaml
     from ray.serve.schema import ServeDeploySchema
 
-    from serve import ensemble
+    from serve import app as serve_app
 
-    settings = ServeSection(**LIMITS)
-    path = ensemble.emit_config(tmp_path / "serve.yaml", logged_run, settings)
+    settings = EnsembleServe(**LIMITS)
+    path = serve_app.emit_config(tmp_path / "serve.yaml", logged_run, family_ref("ensemble"), "ensemble", settings)
     doc = ServeDeploySchema.model_validate(yaml.safe_load(path.read_text()))
     app = doc.applications[0]
-    assert app.import_path == "serve.ensemble:app_builder" and app.route_prefix == "/ensemble"
+    assert app.import_path == "serve.app:app_builder" and app.route_prefix == "/ensemble"
     assert app.args["run_id"] == logged_run["run_id"] and app.args["serve"]["max_batch_size"] == 8
     deployment = app.deployments[0]
     assert deployment.max_ongoing_requests >= settings.max_batch_size
     assert deployment.autoscaling_config["min_replicas"] == 1
     assert doc.http_options.host == "127.0.0.1"
-    built = ensemble.app_builder(app.args)  # the builder Serve calls accepts these args
-    assert built is not None and dataclasses.asdict(settings)["max_batch_size"] == 8
+    # the builder Serve calls turns these args back into the same deployment: options and init arguments
+    bound = serve_app.app_builder(app.args)._bound_deployment
+    assert bound.max_ongoing_requests == deployment.max_ongoing_requests == 16
+    source, family, serve_settings = bound.init_args
+    assert source == logged_run and family == family_ref("ensemble")
+    assert serve_settings["max_texts_per_request"] == 4 and serve_settings["route_prefix"] == "/ensemble"

@@ -45,9 +45,10 @@ MIXTURE_SOURCES = ("lm", "babi", "arithmetic")
 BABI_TRAIN_TASKS = (2, 3)
 ARITH_TRAIN_SEED = 2024
 ARITH_POOL_PER_DIGIT = 5000
+ARITH_TRAIN_DIGITS = 3  # default operand length of training arithmetic: 1..3 digits
 
 
-def mixture_errors(mixture: Mapping[str, object] | None, arith_train_digits: object = 3) -> list[str]:
+def mixture_errors(mixture: Mapping[str, object] | None, arith_train_digits: object = ARITH_TRAIN_DIGITS) -> list[str]:
     """``data.mixture: got X, expected Y`` lines for a bad mixture (empty list when valid or None)."""
     if mixture is None:
         return []

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
 from orchestrator.schema import fmt
+from trainables.data.mixture import ARITH_TRAIN_DIGITS
 from trainables.more.config import MoREConfig
 from trainables.more.evaluation.suite import METRICS as EVAL_METRICS
 from trainables.more.evaluation.suite import EvalSettings
@@ -23,7 +24,7 @@ class MoREData(DataSection):
     # training mixture (trainables.data.mixture): relative weights of lm (the dataset above), babi, arithmetic;
     # null = train on the dataset alone
     mixture: dict[str, float] | None = None
-    arith_train_digits: int = 3  # arithmetic in the mixture: operands of 1..N digits
+    arith_train_digits: int = ARITH_TRAIN_DIGITS  # arithmetic in the mixture: operands of 1..N digits
 
     def errors(self) -> list[str]:
         from trainables.data import dataset_splits, list_datasets

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from trainables.data import Tokenizer, encode_corpus, load_babi, load_text
+from trainables.data.mixture import ARITH_TRAIN_DIGITS
 from trainables.more.evaluation.arithmetic import evaluate_arithmetic
 from trainables.more.evaluation.babi import evaluate_babi
 from trainables.more.evaluation.generation import generation_sample
@@ -105,7 +106,8 @@ def write_predictions(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
 
 
 def run_suite(
-    model: MoRELM, tokenizer: Tokenizer, settings: EvalSettings, out_dir: str | Path, arith_train_digits: int = 3,
+    model: MoRELM, tokenizer: Tokenizer, settings: EvalSettings, out_dir: str | Path,
+    arith_train_digits: int = ARITH_TRAIN_DIGITS,
     history: Mapping[str, Sequence[tuple[int, float]]] | None = None, log: Callable[[str], None] = print,
     data_root: str | Path | None = None,
 ) -> dict[str, float]:
