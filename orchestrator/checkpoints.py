@@ -7,6 +7,7 @@ state (optimizer, scheduler) is loaded ``weights_only`` by the training loop.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ from typing import Any
 from orchestrator.contract import Family, import_ref
 from orchestrator.registry import get_family
 from trainables.training.manifest import Manifest, is_checkpoint, read_manifest
+
+RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 @dataclass

@@ -155,22 +155,26 @@ def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, ho
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write the artifacts to this folder.")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 @click.option("--experiment", default="moe-orch-evaluate", show_default=True,
-              help="MLflow experiment of the new run made for a bare checkpoint directory.")
+              help="MLflow experiment of the new run made for a checkpoint directory or a base.")
+@click.option("--family", "family_name", default=None,
+              help="For a base model TARGET: the family whose evaluator runs (default: the one built on bases).")
 def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], out: str | None,
-                 tracking_uri: str | None, experiment: str) -> None:
+                 tracking_uri: str | None, experiment: str, family_name: str | None) -> None:
     """Evaluate a checkpoint with its family's evaluator (MoRE: WikiText-2 perplexity, bAbI 2/3,
     arithmetic, generation, routing plots).
 
-    TARGET is an MLflow run id (its checkpoint; results are logged to that run) or a
-    checkpoint directory of any family (results go to a new MLflow run). SETTINGS are key=value
-    pairs of the family's `evaluate:` section, e.g. babi_max_questions=null ppl_max_tokens=null.
+    TARGET is an MLflow run id (its checkpoint; results are logged to that run), a checkpoint
+    directory of any family, or a pretrained base such as smollm2-135m-instruct (its zero-shot
+    scores; both go to a new MLflow run). SETTINGS are key=value pairs of the family's
+    `evaluate:` section, e.g. babi_max_questions=null (MoRE) or limit=null (MixLoRA: lm-eval).
     """
     from orchestrator.evaluate import EvaluateError, evaluate_target
 
     task_list = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
     overrides = settings + ((f"tasks=[{', '.join(task_list)}]",) if task_list else ())
     try:
-        summary = evaluate_target(target, tracking_uri, overrides, out=out, experiment=experiment)
+        summary = evaluate_target(target, tracking_uri, overrides, out=out, experiment=experiment,
+                                  family_name=family_name)
     except EvaluateError as exc:
         click.echo("evaluate: " + str(exc).replace("\n", "\n  "), err=True)
         sys.exit(2)
@@ -180,6 +184,29 @@ def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...],
         click.echo(f"{key:24s} {value:.4g}")
     click.echo(f"artifacts: {', '.join(summary['artifacts'])}" + (f" (copied to {out})" if out else ""))
     click.echo(f"MLflow run: {summary['run_id']} ({summary['tracking_uri']})")
+
+
+@main.command("generate")
+@click.argument("target")
+@click.option("--prompt", required=True, help="The user message (the base's chat template wraps it).")
+@click.option("--max-tokens", type=click.IntRange(1, 4096), default=128, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--family", "family_name", default=None,
+              help="For a base model TARGET: the family that generates (default: the one built on bases).")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def generate_cmd(target: str, prompt: str, max_tokens: int, temperature: float, family_name: str | None,
+                 tracking_uri: str | None) -> None:
+    """Stream a completion of PROMPT from TARGET: an MLflow run id, a checkpoint directory, or a
+    pretrained base such as smollm2-135m-instruct (families with a generator: MixLoRA)."""
+    from orchestrator.generate import GenerateError, generate_from
+
+    try:
+        generate_from(target, prompt, max_tokens, temperature, family_name, tracking_uri,
+                      on_text=lambda piece: click.echo(piece, nl=False))
+    except GenerateError as exc:
+        click.echo(f"generate: {exc}", err=True)
+        sys.exit(2)
+    click.echo()
 
 
 def _fail(command: str, exc: BaseException) -> NoReturn:

@@ -31,8 +31,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 class TrainSection(Section):
     """Optimisation: AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
 
-    max_steps: int = 200
-    batch_size: int = 16  # per worker
+    max_steps: int = 200  # optimizer steps
+    batch_size: int = 16  # per worker and micro-batch
+    grad_accum_steps: int = 1  # micro-batches per optimizer step
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
     warmup_steps: int = 10
@@ -45,7 +46,7 @@ class TrainSection(Section):
 
     def errors(self) -> list[str]:
         errors = []
-        for key in ("max_steps", "batch_size", "eval_every", "eval_batches", "keep_checkpoints"):
+        for key in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batches", "keep_checkpoints"):
             errors += _at_least(key, getattr(self, key), 1)
         errors += _at_least("warmup_steps", self.warmup_steps, 0)
         errors += _at_least("weight_decay", self.weight_decay, 0)

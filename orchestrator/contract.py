@@ -19,6 +19,8 @@ declares           used by
 ``evaluator``      ``"module:function"`` that ``moe-orch evaluate`` and ``evaluate.at_end`` call
 ``serve``          optional ``serve:`` section (a ``ServeSection`` subclass) and the
 ``endpoint``       ``"module:Class"`` each Serve replica builds (``ServeEndpoint``)
+``generator``      optional ``"module:function"`` behind ``moe-orch generate``
+``base_models``    built on a pretrained base: ``evaluate`` / ``generate`` also take a base name
 =================  ==========================================================================
 
 Every section is a dataclass with ``errors() -> list[str]`` (``field: got X, expected Y``
@@ -146,12 +148,13 @@ class EvalRequest:
     It writes its artifacts (plots, predictions, ``metrics.json``) into ``out_dir``.
     """
 
-    checkpoint_dir: Path  # the model checkpoint (its config.json is the manifest)
+    checkpoint_dir: Path | None  # the model checkpoint (its config.json is the manifest); None: ``base`` alone
     settings: EvaluateSection  # the family's evaluate section
     out_dir: Path
     data_root: str | None = None  # absolute; None = $MOE_ORCH_DATA, else ./data
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # training curves from MLflow
     log: Callable[[str], None] = print
+    base: str | None = None  # a pretrained base to evaluate as it is (families with ``base_models``)
 
 
 class ServeEndpoint(Protocol):
@@ -195,6 +198,9 @@ class Family:
     serve: type | None = None  # a ServeSection subclass
     endpoint: str | None = None  # "module:Class" implementing ServeEndpoint
     checks: Callable[[Any], list[str]] | None = None  # cross-section checks of a whole Experiment
+    base_models: bool = False  # built on pretrained bases: evaluate / generate also accept a base reference
+    generator: str | None = None  # "module:function": generate(checkpoint_dir | None, base | None, prompt,
+    # max_tokens, on_text, temperature) -> text, for ``moe-orch generate``
 
     def reports(self, metric: str) -> bool:
         """Whether training or the evaluator reports ``metric``."""

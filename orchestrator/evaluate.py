@@ -1,6 +1,6 @@
 """``moe-orch evaluate``: a family's evaluator on a checkpoint or an MLflow run, logged to MLflow.
 
-TARGET is either
+TARGET is one of
 
 - an MLflow run id (``moe-orch train`` or a sweep trial): its ``checkpoint`` artifact is
   downloaded and evaluated; metrics go to *that* run at its final training step and the
@@ -9,7 +9,10 @@ TARGET is either
 - a checkpoint directory (any family's, or a Ray checkpoint holding one in ``model/``): a
   *new* run is created in the MLflow experiment ``--experiment`` (default
   ``moe-orch-evaluate``) with the model config as params. A bare checkpoint carries no
-  training history, so it gets no curves.
+  training history, so it gets no curves;
+- a pretrained base reference (``smollm2-135m-instruct``) of a family built on bases
+  (``Family.base_models``; ``--family`` picks one when several are): the base as it is, the
+  zero-shot baseline, in a new run of ``--experiment``.
 
 The checkpoint's manifest names its family; a family without an evaluator is refused with a
 message naming it. Settings are ``key=value`` pairs of the family's ``evaluate:`` section.
@@ -24,10 +27,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator.checkpoints import find_checkpoint_dir
+from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir
 from orchestrator.config import Experiment, section_with_overrides
 from orchestrator.contract import EvalRequest, EvaluateSection, Family, import_ref
-from orchestrator.registry import family_with
+from orchestrator.registry import base_family, family_with
 from orchestrator.tracking import Run, Store
 from trainables.training.manifest import read_manifest
 
@@ -68,21 +71,20 @@ def log_evaluation(run: Run, metrics: dict[str, float], folder: Path, step: int,
 
 
 def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] | tuple[str, ...] = (),
-                    out: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT) -> dict[str, Any]:
-    """Evaluate a checkpoint directory or an MLflow run id (see the module docstring); returns a summary.
-
-    EvaluateError for bad input (no checkpoint, a family without an evaluator, bad settings).
-    """
+                    out: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
+                    family_name: str | None = None) -> dict[str, Any]:
+    """Evaluate a checkpoint directory, an MLflow run id or a pretrained base (see the module docstring);
+    returns a summary. EvaluateError for bad input (no checkpoint, a family without an evaluator,
+    bad settings)."""
     store = Store.at(tracking_uri)
     log = lambda line: print(f"[evaluate] {line}", flush=True)
     with tempfile.TemporaryDirectory(prefix="moe-orch-eval-") as tmp:
-        is_dir = Path(target).exists()
-        if is_dir:
+        run, model_dir, manifest = None, None, None
+        if Path(target).exists():
             model_dir = find_checkpoint_dir(target)
             if model_dir is None:
                 raise EvaluateError(f"{target}: not a checkpoint (no config.json manifest in it or in {target}/model)")
-            run = None
-        else:  # an MLflow run id
+        elif RUN_ID_RE.match(target):
             try:
                 run = store.run(target)
             except LookupError as exc:
@@ -90,14 +92,18 @@ def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] 
             model_dir = find_checkpoint_dir(run.download("checkpoint", Path(tmp) / "dl"))
             if model_dir is None:
                 raise EvaluateError(f"run {target} has no checkpoint artifact with a config.json manifest")
-        manifest = read_manifest(model_dir)
         try:
-            family = family_with(manifest.family, "evaluator", target)
+            if model_dir is not None:
+                manifest = read_manifest(model_dir)
+                family = family_with(manifest.family, "evaluator", target)
+            else:  # a pretrained base, evaluated as it is
+                family = base_family("evaluator", target, family_name)
         except LookupError as exc:
             raise EvaluateError(str(exc)) from exc
         settings = parse_settings(family, overrides)
         history: dict[str, list[tuple[int, float]]] = {}
         data_root = None
+        new_run = run is None
         if run is not None:
             if family.history is not None:
                 history = run.metric_history(*family.history)
@@ -105,24 +111,27 @@ def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] 
             if data_root is not None and not Path(data_root).is_dir():
                 data_root = None  # trained on another machine: use this one's default
         else:
-            experiment_id = store.experiment_id(experiment)
-            run = store.start_run(experiment_id, run_name=f"evaluate/{Path(target).absolute().name}",
-                                  tags={"moe_orch.command": "evaluate", "moe_orch.family": family.name,
-                                        "moe_orch.checkpoint": str(Path(model_dir).absolute())})
-            run.log_params({"model": manifest.config})
+            name = Path(target).absolute().name if model_dir is not None else target
+            tags = {"moe_orch.command": "evaluate", "moe_orch.family": family.name,
+                    "moe_orch.checkpoint" if model_dir is not None else "moe_orch.base":
+                        str(Path(model_dir).absolute()) if model_dir is not None else target}
+            run = store.start_run(store.experiment_id(experiment), run_name=f"evaluate/{name}", tags=tags)
+            run.log_params({"model": manifest.config} if manifest is not None else {"base": target})
         folder = Path(tmp) / ARTIFACT_DIR
-        request = EvalRequest(model_dir, settings, folder, data_root, history, log)
+        request = EvalRequest(model_dir, settings, folder, data_root, history, log,
+                              base=target if model_dir is None else None)
+        step = int(manifest.metadata.get("step") or 0) if manifest is not None else 0
         try:
             metrics = run_evaluator(family, request)
-            log_evaluation(run, metrics, folder, int(manifest.metadata.get("step") or 0), out)
+            log_evaluation(run, metrics, folder, step, out)
         except Exception:
-            if is_dir:
+            if new_run:
                 run.end(ok=False)
             raise
-        if is_dir:
+        if new_run:
             run.end(ok=True)
         files = sorted(p.name for p in folder.iterdir())
-    return {"run_id": run.run_id, "new_run": is_dir, "family": family.name, "metrics": metrics, "artifacts": files,
+    return {"run_id": run.run_id, "new_run": new_run, "family": family.name, "metrics": metrics, "artifacts": files,
             "tracking_uri": store.uri, "out": str(out) if out else None}
 
 

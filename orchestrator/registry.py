@@ -21,6 +21,7 @@ ENTRY_POINT_GROUP = "moe_orch.families"
 BUILTIN: dict[str, str] = {
     "more": "trainables.more.family:FAMILY",
     "ensemble": "trainables.ensemble.family:FAMILY",
+    "mixlora": "trainables.mixlora.family:FAMILY",
 }
 
 _REFS: dict[str, str] = {}  # name -> "module:attribute", filled on first use
@@ -63,7 +64,7 @@ def get_family(name: str) -> Family:
     return _LOADED[name]
 
 
-FEATURES = {"evaluator": "an evaluator", "endpoint": "a serve app"}
+FEATURES = {"evaluator": "an evaluator", "endpoint": "a serve app", "generator": "a generator"}
 
 
 def family_with(name: str, feature: str, what: str) -> Family:
@@ -77,6 +78,22 @@ def family_with(name: str, feature: str, what: str) -> Family:
         raise LookupError(f"{what}: family {name!r} has no {FEATURES[feature].split(' ', 1)[1]} "
                           f"(its declaration has no {feature})")
     return family
+
+
+def base_family(feature: str, target: str, name: str | None = None) -> Family:
+    """The family that handles a pretrained base reference ``target`` for ``feature``: ``name`` if
+    given, else the one registered family with ``base_models`` and that feature; LookupError otherwise."""
+    if name is not None:
+        family = family_with(name, feature, target)
+        if not family.base_models:
+            raise LookupError(f"{target}: family {name!r} is not built on a pretrained base")
+        return family
+    found = [f for f in map(get_family, family_names()) if f.base_models and getattr(f, feature) is not None]
+    if len(found) != 1:
+        known = ", ".join(f.name for f in found) or "none registered"
+        raise LookupError(f"{target}: got neither a checkpoint directory nor an MLflow run id (32 hex digits); "
+                          f"as a base model it needs --family (families with pretrained bases: {known})")
+    return found[0]
 
 
 def load_family(ref: str) -> Family:

@@ -16,20 +16,17 @@ A family without a serve endpoint is refused with a message naming it.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator.checkpoints import find_checkpoint_dir, newest_checkpoint
+from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir, newest_checkpoint
 from orchestrator.config import Experiment
 from orchestrator.contract import Family, ServeSection, section_from
 from orchestrator.registry import family_ref, family_with
 from trainables.training.manifest import read_manifest
-
-RUN_ID_RE = re.compile(r"^[0-9a-f]{32}$")
 
 
 class TargetError(ValueError):

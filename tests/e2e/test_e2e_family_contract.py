@@ -65,9 +65,10 @@ def test_example_family_validates_trains_evaluates_and_sweeps(local_ray: None, t
     exp = _experiment(tmp_path, evaluate={"at_end": True, "examples": 64})
     assert "family: toy" in _invoke("validate", str(exp))
 
-    out = _invoke("train", str(exp))
+    out = _invoke("train", str(exp), "train.grad_accum_steps=2")  # 2 micro-batches of 32 per step
     run_id = out.rsplit("MLflow run: ", 1)[1].split()[0]
     run = client.get_run(run_id)
+    assert run.data.metrics["examples_seen"] == 40 * 2 * 32
     losses = [m.value for m in sorted(client.get_metric_history(run_id, "val_loss"), key=lambda m: m.step)]
     assert len(losses) == 2 and losses[-1] < 0.5 * losses[0]  # the shared loop trained it
     assert "test_mse" in run.data.metrics and "examples_per_s" in run.data.metrics  # evaluate.at_end ran

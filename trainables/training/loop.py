@@ -8,8 +8,9 @@
    the strategy wraps all three (DDP or DeepSpeed);
 2. resume: when Ray Train restored a checkpoint, the strategy restores optimizer and
    scheduler state and the step;
-3. steps: batches drawn with a generator seeded by ``seed * 1000 + rank + step`` (a different
-   data order per rank, and a resumed run does not replay the batches it saw);
+3. steps: ``train.grad_accum_steps`` micro-batches of ``train.batch_size`` per optimizer step,
+   drawn with a generator seeded by ``seed * 1000 + rank + step`` (a different data order per
+   rank, and a resumed run does not replay the batches it saw);
 4. every ``train.eval_every`` steps and at the last one: evaluate, then ``ray.train.report``
    the metrics with a checkpoint (``strategies.py`` describes its layout).
 
@@ -85,17 +86,20 @@ def run(experiment: Any, recipe: Recipe) -> None:
     window = _Window()
     setup_s = time.time() - started
     while step < train.max_steps:
-        out = recipe.forward(model, next(batches))
-        strategy.step(model, out.loss, optimizer, scheduler, train.grad_clip)
+        for micro in range(train.grad_accum_steps):
+            out = recipe.forward(model, next(batches))
+            strategy.backward(model, out.loss, last=micro == train.grad_accum_steps - 1)
+            window.add(out)
+        strategy.step(model, optimizer, scheduler, train.grad_clip)
         step += 1
-        window.add(out)
 
         # 4. evaluate, report, checkpoint
         if step % train.eval_every == 0 or step == train.max_steps:
             unit = recipe.throughput_unit
             metrics: dict[str, Any] = {"step": step, **window.means(), "lr": scheduler.get_last_lr()[0],
                                        f"{unit}_per_s": window.items * worker.world_size / window.elapsed(),
-                                       f"{unit}_seen": window.items_per_step * worker.world_size * step}
+                                       f"{unit}_seen": window.items_per_batch * train.grad_accum_steps
+                                       * worker.world_size * step}
             module = strategy.unwrap(model)
             metrics.update(recipe.evaluate(module))
             module.train()
@@ -114,22 +118,22 @@ def run(experiment: Any, recipe: Recipe) -> None:
 
 
 class _Window:
-    """The steps since the last report: summed logs, items and time."""
+    """The micro-batches since the last report: summed logs, items and time."""
 
     def __init__(self) -> None:
         self.started = time.time()
         self.sums: dict[str, float] = {}
-        self.steps = self.items = self.items_per_step = 0
+        self.batches = self.items = self.items_per_batch = 0
 
     def add(self, out: StepOutput) -> None:
-        self.steps += 1
+        self.batches += 1
         self.items += out.num_items
-        self.items_per_step = out.num_items
+        self.items_per_batch = out.num_items
         for key, value in out.logs.items():
             self.sums[key] = self.sums.get(key, 0.0) + (value.item() if torch.is_tensor(value) else float(value))
 
     def means(self) -> dict[str, float]:
-        return {k: v / max(1, self.steps) for k, v in self.sums.items()}
+        return {k: v / max(1, self.batches) for k, v in self.sums.items()}
 
     def elapsed(self) -> float:
         return max(time.time() - self.started, 1e-9)

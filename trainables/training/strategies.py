@@ -2,8 +2,9 @@
 DeepSpeed ZeRO 0-3. The training loop calls only these methods:
 
 - ``wrap(model, optimizer, scheduler)``: returns the three, wrapped;
-- ``step(model, loss, optimizer, scheduler, grad_clip)``: backward, clipping, optimizer and
-  scheduler step;
+- ``backward(model, loss, last)``: one micro-batch's backward (``train.grad_accum_steps`` of them
+  per step; ``last`` on the final one, where DDP all-reduces the gradients);
+- ``step(model, optimizer, scheduler, grad_clip)``: clipping, optimizer and scheduler step;
 - ``unwrap(model)``: the family's module inside the wrapper;
 - ``save(directory, model, optimizer, scheduler, step, write_model)``: this rank's part of a
   checkpoint (collective under DeepSpeed); returns whether this rank wrote anything;
@@ -33,8 +34,8 @@ TRAIN_STATE = "train_state.pt"
 class DDPStrategy:
     """PyTorch DDP through ``ray.train.torch.prepare_model``."""
 
-    def __init__(self, rank: int) -> None:
-        self.rank = rank
+    def __init__(self, rank: int, grad_accum_steps: int = 1) -> None:
+        self.rank, self.grad_accum_steps = rank, grad_accum_steps
 
     def wrap(self, model: nn.Module, optimizer: Any, scheduler: Any) -> tuple[nn.Module, Any, Any]:
         import ray.train.torch
@@ -46,14 +47,22 @@ class DDPStrategy:
     def unwrap(model: nn.Module) -> nn.Module:
         return model.module if hasattr(model, "module") else model
 
-    def step(self, model: nn.Module, loss: torch.Tensor, optimizer: Any, scheduler: Any,
-             grad_clip: float | None) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    def backward(self, model: nn.Module, loss: torch.Tensor, last: bool) -> None:
+        """Gradients of the mean loss over the step's micro-batches; DDP syncs on the last only."""
+        if self.grad_accum_steps > 1:
+            loss = loss / self.grad_accum_steps
+        if last or not hasattr(model, "no_sync"):
+            loss.backward()
+        else:
+            with model.no_sync():
+                loss.backward()
+
+    def step(self, model: nn.Module, optimizer: Any, scheduler: Any, grad_clip: float | None) -> None:
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], grad_clip)
         optimizer.step()
         scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
 
     def save(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any, step: int,
              write_model: WriteModel) -> bool:
@@ -76,11 +85,11 @@ class DeepSpeedStrategy:
     """DeepSpeed ZeRO stage 0-3, fp32 (CPU-friendly); the engine clips, steps and schedules."""
 
     def __init__(self, rank: int, zero_stage: int, micro_batch: int, grad_clip: float | None,
-                 standalone: Callable[[nn.Module], nn.Module]) -> None:
+                 standalone: Callable[[nn.Module], nn.Module], grad_accum_steps: int = 1) -> None:
         self.rank, self.zero_stage, self.standalone = rank, zero_stage, standalone
         self.config = {
             "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": 1,
+            "gradient_accumulation_steps": grad_accum_steps,  # the engine scales the loss and steps at boundaries
             "gradient_clipping": grad_clip if grad_clip is not None else 0.0,
             "zero_optimization": {"stage": zero_stage},
             "zero_allow_untested_optimizer": True,
@@ -99,9 +108,12 @@ class DeepSpeedStrategy:
     def unwrap(model: nn.Module) -> nn.Module:
         return model.module if hasattr(model, "module") else model
 
-    def step(self, model: Any, loss: torch.Tensor, optimizer: Any, scheduler: Any, grad_clip: float | None) -> None:
+    def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
         model.backward(loss)
-        model.step()  # clips (gradient_clipping), steps the optimizer and the LR scheduler
+        model.step()  # at the accumulation boundary: clips, steps the optimizer and the LR scheduler
+
+    def step(self, model: Any, optimizer: Any, scheduler: Any, grad_clip: float | None) -> None:
+        """Nothing left to do: the engine stepped in ``backward`` at the boundary."""
 
     def save(self, directory: Path, model: Any, optimizer: Any, scheduler: Any, step: int,
              write_model: WriteModel) -> bool:
@@ -126,5 +138,6 @@ def make_strategy(scaling: Any, train: Any, rank: int, standalone: Callable[[nn.
                   ) -> DDPStrategy | DeepSpeedStrategy:
     """The strategy named by ``scaling.strategy`` (validation already checked the family supports it)."""
     if scaling.strategy == "deepspeed":
-        return DeepSpeedStrategy(rank, scaling.zero_stage, train.batch_size, train.grad_clip, standalone)
-    return DDPStrategy(rank)
+        return DeepSpeedStrategy(rank, scaling.zero_stage, train.batch_size, train.grad_clip, standalone,
+                                 train.grad_accum_steps)
+    return DDPStrategy(rank, train.grad_accum_steps)

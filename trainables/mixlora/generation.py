@@ -1,0 +1,34 @@
+"""Streaming generation for the LM families (the family contract's ``generator``): an adapter
+checkpoint or a bare base answers one prompt in the base's chat template, token by token."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from transformers import TextIteratorStreamer
+
+from trainables.lm.base import load_base
+from trainables.mixlora.checkpoint import load_adapter
+from trainables.mixlora.data import chat_prompt
+
+
+def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tokens: int,
+             on_text: Callable[[str], None], temperature: float = 0.0) -> str:
+    """Generate up to ``max_tokens`` tokens for ``prompt`` (greedy when ``temperature`` is 0), handing each
+    decoded piece to ``on_text`` as it arrives; returns the whole completion."""
+    model, tokenizer = load_adapter(checkpoint_dir) if checkpoint_dir is not None else load_base(base or "")
+    inputs = tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)  # (1, T)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
+    kwargs = dict(**inputs, max_new_tokens=max_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
+                  **sampling)
+    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)  # generate runs under no_grad
+    worker.start()
+    pieces = []
+    for piece in streamer:  # blocks until the next decoded piece
+        pieces.append(piece)
+        on_text(piece)
+    worker.join()
+    return "".join(pieces)
