@@ -44,6 +44,9 @@ def test_train_evaluate_generate(workdir: Path) -> None:
     assert "arc_easy/acc" in out and f"MLflow run: {run_id}" in out
     metrics = client.get_run(run_id).data.metrics
     assert metrics["arc_easy/n"] == 4 and 0 <= metrics["arc_easy/acc"] <= 1 and "arc_easy/acc_norm_stderr" in metrics
+    assert 0 < metrics["eval_router_entropy"] <= 1 and metrics["eval_load_cv"] >= 0
+    pictures = {Path(f.path).name for f in client.list_artifacts(run_id, "evaluation")}
+    assert {"metrics.json", "expert_load.png", "routing.json", "routing_curves.png"} <= pictures  # curves: history
 
     result = CliRunner().invoke(main, ["generate", run_id, "--tracking-uri", uri, "--prompt", "Hi",
                                        "--max-tokens", "3"])
@@ -76,6 +79,9 @@ def test_sweep_compares_lora_and_mixlora(workdir: Path) -> None:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent}'")
     assert sorted(r.data.params["model.method"] for r in children) == ["lora", "mixlora"]
     assert all("arc_easy/acc" in r.data.metrics for r in children)
+    for child in children:  # only MixLoRA has routers to draw
+        pictures = {Path(f.path).name for f in client.list_artifacts(child.info.run_id, "evaluation")}
+        assert ("expert_load.png" in pictures) == (child.data.params["model.method"] == "mixlora"), pictures
 
 
 @pytest.mark.gpu

@@ -1,6 +1,11 @@
 """The MixLoRA family's evaluator (the family contract's ``evaluator``): zero-shot ARC-Easy and
 HellaSwag through lm-evaluation-harness (``trainables.lm.lm_eval_tasks``), on an adapter
-checkpoint or on the bare base (``request.base``), for the zero-shot baseline."""
+checkpoint or on the bare base (``request.base``), for the zero-shot baseline.
+
+For a MixLoRA checkpoint it also draws the router pictures (``trainables.mixlora.routing``):
+``expert_load.png`` + ``routing.json`` (expert load, entropy and CV per layer on ARC-Easy test,
+HellaSwag eval and Code Alpaca examples) and, when the run has a training history,
+``routing_curves.png``."""
 
 from __future__ import annotations
 
@@ -10,6 +15,8 @@ from typing import Any
 
 from trainables.lm.base import load_base
 from trainables.lm.lm_eval_tasks import evaluate_lm
+from trainables.mixlora import data as lm_data
+from trainables.mixlora import routing
 from trainables.mixlora.checkpoint import load_adapter
 
 
@@ -18,7 +25,8 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     (an ``orchestrator.contract.EvalRequest``); writes ``metrics.json`` into ``request.out_dir``.
 
     Metrics: ``<task>/acc``, ``<task>/acc_norm`` and their ``_stderr``, ``<task>/n``, and
-    ``eval_time_s``; the lm-eval version goes into ``metrics.json``.
+    ``eval_time_s``; the lm-eval version goes into ``metrics.json``. A MixLoRA checkpoint adds
+    ``eval_router_entropy`` and ``eval_load_cv`` (means over layers, on the ARC-Easy test examples).
     """
     settings = request.settings
     started = time.time()
@@ -34,6 +42,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
                           batch_size=settings.batch_size, data_root=request.data_root,
                           chat_template=settings.chat_template)
     metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
+    metrics.update(_router_pictures(model, tokenizer, request))
     metrics["eval_time_s"] = time.time() - started
     for task in settings.tasks:
         request.log(f"{task}: acc {metrics[f'{task}/acc']:.4f} ± {metrics[f'{task}/acc_stderr']:.4f}, "
@@ -43,3 +52,33 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
         {**metrics, "lm_eval_version": results.get("lm_eval_version"), "chat_template": settings.chat_template},
         indent=2))
     return metrics
+
+
+def _router_pictures(model: Any, tokenizer: Any, request: Any) -> dict[str, float]:
+    """Write the router pictures of a MixLoRA model into ``request.out_dir``; its summary metrics."""
+    n = request.settings.routing_examples
+    if n == 0:
+        return {}
+    root = request.data_root
+    sources = {"ARC-Easy test": lambda: lm_data.arc_examples("test", root),
+               "HellaSwag eval": lambda: lm_data.hellaswag_examples("eval", root),
+               "Code Alpaca": lambda: lm_data.code_alpaca_examples(root)}
+    measured = {}
+    for name, examples in sources.items():
+        found = routing.measure_routing(model, tokenizer, examples()[:n])
+        if found is None:
+            return {}  # plain LoRA or a bare base: no routers
+        measured[name] = found
+    out = request.out_dir
+    what = request.checkpoint_dir.name if request.checkpoint_dir is not None else request.base
+    routing.expert_load_png(measured, out / "expert_load.png",
+                            f"MixLoRA expert load per layer, {what}: first {n} examples of each source "
+                            f"(prompt + gold answer, chat template, padding excluded)")
+    (out / "routing.json").write_text(json.dumps({k: v.as_dict() for k, v in measured.items()}))
+    if request.history:
+        routing.routing_curves_png(request.history, out / "routing_curves.png",
+                                   "MixLoRA routing over training (validation batches at each evaluation)")
+    arc = measured["ARC-Easy test"]
+    request.log(f"routing on ARC-Easy test: entropy / log E {arc.entropy.mean():.3f}, load CV {arc.cv.mean():.3f} "
+                f"(means over {arc.load.shape[0]} layers); pictures in expert_load.png")
+    return {"eval_router_entropy": float(arc.entropy.mean()), "eval_load_cv": float(arc.cv.mean())}

@@ -42,6 +42,7 @@ class LMEvalSection(EvaluateSection):
     limit: int | None = 200  # items per task; null = all (2,376 ARC-Easy, 2,056 HellaSwag)
     batch_size: int = 16
     chat_template: bool = True  # score choices as the assistant's answer to the question, as training formats it
+    routing_examples: int = 48  # MixLoRA: examples per source for the router pictures; 0 = none
 
     def errors(self) -> list[str]:
         errors = [f"tasks: got {fmt(t)}, expected some of {', '.join(EVAL_TASKS)}" for t in self.tasks
@@ -52,6 +53,8 @@ class LMEvalSection(EvaluateSection):
             errors.append(f"limit: got {self.limit}, expected null or >= 1")
         if self.batch_size < 1:
             errors.append(f"batch_size: got {self.batch_size}, expected >= 1")
+        if self.routing_examples < 0:
+            errors.append(f"routing_examples: got {self.routing_examples}, expected >= 0")
         return errors
 
 
@@ -68,7 +71,9 @@ FAMILY = Family(
     progress=(("train_loss", "train_loss"), ("val_loss", "val_loss")),
     evaluate=LMEvalSection,
     evaluator="trainables.mixlora.evaluation:evaluate_checkpoint",
+    eval_metrics=("eval_router_entropy", "eval_load_cv", "eval_time_s"),
     eval_metric_prefixes=("arc_easy/", "hellaswag/"),
+    history=("routing/", ("/entropy", "/cv")),
     base_models=True,
     generator="trainables.mixlora.generation:generate",
 )
