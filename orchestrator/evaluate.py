@@ -32,7 +32,7 @@ from orchestrator.config import Experiment, section_with_overrides
 from orchestrator.contract import EvalRequest, EvaluateSection, Family, import_ref
 from orchestrator.registry import base_family, family_with
 from orchestrator.tracking import Run, Store
-from trainables.training.manifest import read_manifest
+from trainables.training.manifest import UnsafeCheckpointError, read_manifest
 
 ARTIFACT_DIR = "evaluation"
 DEFAULT_EXPERIMENT = "moe-orch-evaluate"
@@ -74,8 +74,16 @@ def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] 
                     out: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
                     family_name: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint directory, an MLflow run id or a pretrained base (see the module docstring);
-    returns a summary. EvaluateError for bad input (no checkpoint, a family without an evaluator,
-    bad settings)."""
+    returns a summary. EvaluateError for bad input (no checkpoint, a checkpoint holding pickles, a
+    family without an evaluator, bad settings)."""
+    try:
+        return _evaluate_target(target, tracking_uri, overrides, out, experiment, family_name)
+    except UnsafeCheckpointError as exc:
+        raise EvaluateError(str(exc)) from exc
+
+
+def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] | tuple[str, ...],
+                     out: str | Path | None, experiment: str, family_name: str | None) -> dict[str, Any]:
     store = Store.at(tracking_uri)
     log = lambda line: print(f"[evaluate] {line}", flush=True)
     with tempfile.TemporaryDirectory(prefix="moe-orch-eval-") as tmp:

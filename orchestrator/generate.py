@@ -10,7 +10,7 @@ from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir
 from orchestrator.contract import import_ref
 from orchestrator.registry import base_family, family_with
 from orchestrator.tracking import Store
-from trainables.training.manifest import read_manifest
+from trainables.training.manifest import UnsafeCheckpointError, read_manifest
 
 
 class GenerateError(ValueError):
@@ -35,7 +35,7 @@ def generate_from(target: str, prompt: str, max_tokens: int, temperature: float,
                 family = family_with(read_manifest(checkpoint).family, "generator", target)
             else:
                 family = base_family("generator", target, family_name)
-        except LookupError as exc:
+        except (LookupError, UnsafeCheckpointError) as exc:
             raise GenerateError(str(exc)) from exc
         generate = import_ref(family.generator)
         return generate(checkpoint, None if checkpoint is not None else target, prompt, max_tokens, on_text,

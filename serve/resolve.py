@@ -26,7 +26,7 @@ from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir, newest_chec
 from orchestrator.config import Experiment
 from orchestrator.contract import Family, ServeSection, section_from
 from orchestrator.registry import family_ref, family_with
-from trainables.training.manifest import read_manifest
+from trainables.training.manifest import UnsafeCheckpointError, read_manifest
 
 
 class TargetError(ValueError):
@@ -104,7 +104,7 @@ def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str
             family, settings = checkpoint_settings(local, f"MLflow run {target}")
         except Exception as exc:  # unknown run, no artifact, unreachable store, a family without a serve app
             shutil.rmtree(download, ignore_errors=True)
-            if isinstance(exc, TargetError):
+            if isinstance(exc, (TargetError, UnsafeCheckpointError)):
                 raise
             raise TargetError(f"{target}: could not download the run's checkpoint artifact from {store.uri}: "
                               f"{exc}") from exc

@@ -8,7 +8,10 @@
      ...}                              family extras (e.g. the ensemble's experts and label names)
 
 The weights beside it are safetensors (never pickles). ``orchestrator.checkpoints.load_checkpoint``
-reads the manifest and dispatches to the family's loader.
+reads the manifest and dispatches to the family's loader. A directory that holds a pickle (by its
+name, ``.pt`` / ``.pkl`` / ``.bin`` ..., or by its first bytes) is refused with
+``UnsafeCheckpointError`` before anything in it is read: unpickling runs code, and a checkpoint
+may come from anywhere (a run artifact, a download).
 """
 
 from __future__ import annotations
@@ -21,6 +24,52 @@ from typing import Any
 FORMAT_FILE = "config.json"
 _CORE = ("family", "format_version", "config", "base", "metadata")
 _LEGACY = {"moe-orch/ensemble": "ensemble"}  # ensemble checkpoints written before the manifest: {"format", "version"}
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin", ".ckpt", ".joblib")  # torch.save / pickle / joblib
+TEXT_SUFFIXES = (".safetensors", ".json", ".txt", ".md", ".jinja", ".model")  # never sniffed for pickle bytes
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint directory holds a file that only unpickling could read."""
+
+
+def _looks_pickled(path: Path) -> bool:
+    """A pickle stream (protocol 2-5 header) or a zip with a pickle inside (``torch.save``'s format)."""
+    with path.open("rb") as f:
+        head = f.read(4)
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return True
+    if head == b"PK\x03\x04":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith(".pkl") for name in archive.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
+
+
+def pickled_files(directory: str | Path) -> list[Path]:
+    """The files under ``directory`` that only unpickling could read, by suffix or by content."""
+    found = []
+    for path in sorted(Path(directory).rglob("*")):
+        if not path.is_file():
+            continue
+        suffix = path.suffix.lower()
+        if suffix in PICKLE_SUFFIXES or (suffix not in TEXT_SUFFIXES and _looks_pickled(path)):
+            found.append(path)
+    return found
+
+
+def refuse_pickles(directory: str | Path) -> None:
+    """UnsafeCheckpointError if ``directory`` holds a pickle."""
+    found = pickled_files(directory)
+    if found:
+        names = ", ".join(str(p.relative_to(directory)) for p in found[:5]) + (" ..." if len(found) > 5 else "")
+        raise UnsafeCheckpointError(
+            f"{directory}: refusing a checkpoint that holds pickled files ({names}); loading a pickle can run "
+            "arbitrary code. moe-orch checkpoints are safetensors and JSON only: remove those files, or convert "
+            "the weights to safetensors")
 
 
 @dataclass
@@ -40,10 +89,13 @@ class Manifest:
 
 
 def is_checkpoint(directory: str | Path) -> bool:
-    """Whether ``directory`` holds a manifest (a ``config.json`` naming a family)."""
+    """Whether ``directory`` holds a manifest (a ``config.json`` naming a family); an unsafe one raises
+    ``UnsafeCheckpointError`` rather than passing as "not a checkpoint"."""
     try:
         read_manifest(directory)
         return True
+    except UnsafeCheckpointError:
+        raise
     except (OSError, ValueError):
         return False
 
@@ -59,11 +111,13 @@ def write_manifest(directory: str | Path, manifest: Manifest) -> Path:
 def read_manifest(directory: str | Path) -> Manifest:
     """The manifest of the checkpoint in ``directory``.
 
-    FileNotFoundError if there is no ``config.json``; ValueError if it is not a moe-orch manifest.
+    FileNotFoundError if there is no ``config.json``; ValueError if it is not a moe-orch manifest;
+    UnsafeCheckpointError if the directory holds a pickle.
     """
     path = Path(directory) / FORMAT_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{directory}: not a moe-orch checkpoint (no {FORMAT_FILE})")
+    refuse_pickles(directory)
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -19,12 +19,15 @@ Checkpoint layout (one directory per report)::
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from trainables.training.manifest import UnsafeCheckpointError
 
 WriteModel = Callable[[nn.Module, Path], None]  # (module to save, model/ directory) -> None
 DS_TAG = "state"
@@ -75,7 +78,11 @@ class DDPStrategy:
 
     def restore(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> int:
         """Optimizer and scheduler state (the weights were rebuilt by the recipe from ``model/``)."""
-        state = torch.load(directory / TRAIN_STATE, weights_only=True)
+        try:
+            state = torch.load(directory / TRAIN_STATE, weights_only=True)
+        except pickle.UnpicklingError as exc:  # weights_only refuses anything but tensors and plain data
+            raise UnsafeCheckpointError(f"{directory / TRAIN_STATE}: does not load weights-only (it holds pickled "
+                                        f"objects beyond tensors and plain data); refusing it: {exc}") from exc
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         return int(state["step"])
