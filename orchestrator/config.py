@@ -297,6 +297,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         if not sep or not key:
             errors.append(f"{item}: got a malformed override, expected key=value (e.g. train.lr=3e-4)")
             continue
+        parts = [part.strip() for part in key.split(".")]
+        if not all(parts):
+            errors.append(f"{item}: got an override key with an empty part, expected dotted names (e.g. train.lr=3e-4)")
+            continue
+        key = ".".join(parts)
         if key == "family":
             family = _family_of(text.strip())
         if key.startswith("sweep.space."):
@@ -313,7 +318,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             sweep["space"][key.removeprefix("sweep.space.")] = spec
             continue
         value = parse_override_value(text, expected_type(key, family))
-        parts = key.split(".")
         node = raw
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
