@@ -43,12 +43,15 @@ class TrainSection(Section):
     eval_batches: int = 4
     seed: int = 0
     keep_checkpoints: int = 2  # newest checkpoints kept by Ray Train
+    max_failures: int = 1  # worker-group restarts from the latest checkpoint after a failure; -1 = no limit
 
     def errors(self) -> list[str]:
         errors = []
         for key in ("max_steps", "batch_size", "grad_accum_steps", "eval_every", "eval_batches", "keep_checkpoints"):
             errors += _at_least(key, getattr(self, key), 1)
         errors += _at_least("warmup_steps", self.warmup_steps, 0)
+        if self.max_failures < -1:
+            errors.append(f"max_failures: got {fmt(self.max_failures)}, expected -1 (no limit) or >= 0")
         errors += _at_least("weight_decay", self.weight_decay, 0)
         if not self.lr > 0:
             errors.append(f"lr: got {fmt(self.lr)}, expected > 0")

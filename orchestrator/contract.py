@@ -94,6 +94,7 @@ class ServeSection(Section):
     batch_wait_timeout_s: float = 0.01
     num_cpus_per_replica: float = 1.0
     access_log: bool = True  # one log line per request in each replica (off for load tests)
+    max_body_bytes: int = 1_048_576  # a request body over this gets 413 before it is parsed
     # "proxy": Ray's HTTP proxy routes every request to the replicas (autoscaling behind one port).
     # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
     # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
@@ -102,7 +103,7 @@ class ServeSection(Section):
 
     def errors(self) -> list[str]:
         errors = [f"{key}: got {fmt(getattr(self, key))}, expected >= 1"
-                  for key in ("min_replicas", "max_batch_size") if not getattr(self, key) >= 1]
+                  for key in ("min_replicas", "max_batch_size", "max_body_bytes") if not getattr(self, key) >= 1]
         if not self.max_replicas >= max(1, self.min_replicas):
             errors.append(f"max_replicas: got {fmt(self.max_replicas)}, expected >= {max(1, self.min_replicas)}")
         top_port = 65534 if self.ingress == "direct" else 65535  # direct: Ray's proxy takes port + 1

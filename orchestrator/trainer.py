@@ -44,7 +44,8 @@ def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callback
             name=name,
             storage_path=str(Path(storage_path).absolute()),
             checkpoint_config=CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
-            failure_config=FailureConfig(max_failures=0),
+            # a dead worker (or node) restarts the worker group from the latest checkpoint
+            failure_config=FailureConfig(max_failures=exp.train.max_failures),
             callbacks=callbacks,
             # Ray Train's own INFO lines (every report's full metrics dict, every checkpoint path)
             # drown the progress lines; they still go to the session's log files.

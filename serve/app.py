@@ -38,6 +38,7 @@ from ray.serve import Application
 
 from orchestrator.contract import ServeSection, import_ref, section_from
 from orchestrator.registry import load_family
+from serve.body_limit import BodyLimit
 
 DEPLOYMENT_NAME = "ModelServer"
 IMPORT_PATH = "serve.app:app_builder"
@@ -102,8 +103,11 @@ class ModelServer:
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     def __serve_build_asgi_app__(self) -> Any:
-        """Serve calls this after ``__init__``: the family's FastAPI app for this replica."""
-        return self.endpoint.asgi_app(self.batched, self.health)
+        """Serve calls this after ``__init__``: the family's FastAPI app for this replica, behind the
+        request-body limit (413 before any parsing)."""
+        api = self.endpoint.asgi_app(self.batched, self.health)
+        api.add_middleware(BodyLimit, max_bytes=self.settings.max_body_bytes)
+        return api
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: remove the checkpoint this replica downloaded."""

@@ -77,6 +77,7 @@ def run(experiment: Any, recipe: Recipe) -> None:
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
         model, optimizer, scheduler = strategy.wrap(model, optimizer, scheduler)
         step = strategy.restore(resume_dir, model, optimizer, scheduler) if resume_dir is not None else 0
+    resumed_from = step  # reported once, with the first report after a restart (MLflow shows where it resumed)
     if step and worker.rank == 0:
         print(f"[{exp.name}] resumed from step {step}", flush=True)
 
@@ -105,6 +106,8 @@ def run(experiment: Any, recipe: Recipe) -> None:
             module.train()
             metrics.update(train_time_s=time.time() - started, setup_s=setup_s, loop_started_at=started,
                            worker_started_at=psutil.Process().create_time())
+            if resumed_from:
+                metrics["resumed_from_step"], resumed_from = resumed_from, 0
             recipe.on_report(step, metrics)
             metadata = {"step": step, "experiment": exp.name, **recipe.checkpoint_metadata(metrics)}
             if exp.serve is not None:  # serve settings travel with the checkpoint (moe-orch serve <run | dir>)
