@@ -95,6 +95,11 @@ class ServeSection(Section):
     num_cpus_per_replica: float = 1.0
     access_log: bool = True  # one log line per request in each replica (off for load tests)
     max_body_bytes: int = 1_048_576  # a request body over this gets 413 before it is parsed
+    # Start-up and health checks, sized for a busy laptop (Ray's proxy ready check is 5 s by default,
+    # which a loaded CPU misses: the proxy is then killed and Serve never comes up).
+    proxy_ready_timeout_s: float = 60.0  # Ray's HTTP proxy must answer its ready check within this
+    health_check_period_s: float = 10.0  # replicas and the proxy are checked this often
+    health_check_timeout_s: float = 60.0  # a replica or proxy that misses this is restarted
     # "proxy": Ray's HTTP proxy routes every request to the replicas (autoscaling behind one port).
     # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
     # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
@@ -114,7 +119,8 @@ class ServeSection(Section):
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
             errors.append(f"max_ongoing_requests: got {self.max_ongoing_requests}, expected null or "
                           f">= max_batch_size ({self.max_batch_size})")
-        for key in ("target_ongoing_requests", "num_cpus_per_replica"):
+        for key in ("target_ongoing_requests", "num_cpus_per_replica", "proxy_ready_timeout_s",
+                    "health_check_period_s", "health_check_timeout_s"):
             if not getattr(self, key) > 0:
                 errors.append(f"{key}: got {fmt(getattr(self, key))}, expected > 0")
         if self.batch_wait_timeout_s < 0:

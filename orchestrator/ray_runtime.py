@@ -1,7 +1,8 @@
 """Owner of ``ray.init`` / ``ray.shutdown``: a local Ray for laptops, or joining a cluster.
 
-- No address (and no ``RAY_ADDRESS``): a local Ray starts with ``num_cpus`` CPUs, its
-  dashboard bound to 127.0.0.1 only, and a custom resource ``tune_driver`` (one unit per
+- No address (and no ``RAY_ADDRESS``): a local Ray starts with ``num_cpus`` CPUs, on
+  loopback only (``start_local_ray``: GCS, raylet, workers, agents and dashboard listen on
+  127.0.0.1), and a custom resource ``tune_driver`` (one unit per
   CPU) that Tune trial driver functions request instead of a CPU, so the trials' Ray
   Train workers can use every CPU (a trial holding a CPU would starve its own workers on
   a small machine).
@@ -18,6 +19,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 DRIVER_RESOURCE = "tune_driver"
 # Ray Train V2 knobs that cut per-run overhead on small runs (each can be overridden from the environment):
@@ -27,6 +29,30 @@ TRAIN_ENV_DEFAULTS = {
     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
 }
+
+
+LOOPBACK = "127.0.0.1"
+# Ray's servers listen on its node IP. On Linux Ray picks the outward interface, so GCS, raylet,
+# workers and agents listen on every interface, and three Prometheus exporters answer there
+# without a token. With this switch off (Ray's own default on macOS and Windows) the node IP
+# is 127.0.0.1 and every server of the local Ray listens on loopback only. No other node can
+# join such a Ray, which is the point: a cluster is started with `ray start` / `ray up`.
+LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
+def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
+    """``ray.init`` of a local Ray that nothing outside this machine can reach (see
+    ``LOOPBACK_ONLY_ENV``; the dashboard binds to 127.0.0.1), with ``num_cpus`` CPUs and as many
+    ``tune_driver`` units. Ray's token authentication stays on (its default for a new local Ray)."""
+    import ray
+    from ray._private import ray_constants
+
+    for key, value in LOOPBACK_ONLY_ENV.items():  # inherited by Ray's processes
+        os.environ.setdefault(key, value)
+    # Ray reads the switch once, when it is first imported; this process may have imported it already
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    return ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: num_cpus}, include_dashboard=dashboard,
+                    dashboard_host=LOOPBACK)
 
 
 @dataclass(frozen=True)
@@ -70,13 +96,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         context = ray.init(address=address, log_to_driver=True)
     else:
-        cpus = num_cpus or os.cpu_count() or 1
-        context = ray.init(
-            num_cpus=cpus,
-            resources={DRIVER_RESOURCE: cpus},
-            include_dashboard=dashboard,
-            dashboard_host="127.0.0.1",
-        )
+        context = start_local_ray(num_cpus or os.cpu_count() or 1, dashboard)
         address = None
     try:
         url = getattr(context, "dashboard_url", None) or None if owned else None

@@ -10,6 +10,7 @@ Layout under ``./ray_results/<name>/sweep`` (deterministic, so ``--resume`` work
       train/checkpoint_*      the trial's Ray Train run (restored if the trial is re-run)
       mlflow_run_id           its nested MLflow run
       timing.json             driver-function wall time (written when the trial finishes)
+      final.json              the trial's last result, written once its MLflow run is closed
     mlflow_parent_run_id      the sweep's MLflow parent run
     summary.csv, plots/       written at the end (and logged to the parent run)
 
@@ -18,6 +19,11 @@ Without ``--resume`` an existing sweep folder is moved aside to ``sweep-<timesta
 Interrupting (Ctrl-C) leaves Tune's state on disk and the MLflow parent run open; the
 command exits with code 130 and ``--resume`` finishes the sweep (trials that completed
 are not run again; an interrupted trial restarts from its latest Ray Train checkpoint).
+A driver killed outright (SIGKILL, a lost head node) resumes the same way: Tune saves its
+state every ``TUNE_GLOBAL_CHECKPOINT_S`` (2 s here, not Tune's 10 s or more); a trial that
+finished after the last save finds its ``final.json`` and only re-reports it; and a trial
+Tune never recorded (launched in that last window) has its nested MLflow run soft-deleted,
+tagged ``moe_orch.status=ORPHANED``, since the searcher asks for that trial again.
 Test hook: ``MOE_ORCH_STOP_AFTER_TRIALS=N`` sends that same SIGINT once N trials have
 completed, so tests can exercise ``--resume`` deterministically.
 """
@@ -46,6 +52,8 @@ from orchestrator.trainer import build_trainer, open_run, results_root
 
 STOP_AFTER_ENV = "MOE_ORCH_STOP_AFTER_TRIALS"
 PARENT_ID_FILE, CHILD_ID_FILE, TIMING_FILE = "mlflow_parent_run_id", "mlflow_run_id", "timing.json"
+FINAL_FILE = "final.json"
+STATE_SAVE_PERIOD_S = "2"  # Tune's experiment-state save period (its own default: 10 s or more)
 
 
 # -- the per-trial driver function ----------------------------------------------------------
@@ -58,6 +66,9 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
     trial_name = tune.get_context().get_trial_name()
     trial_dir = Path(ctx["sweep_dir"]) / trial_name
     trial_dir.mkdir(parents=True, exist_ok=True)
+    if (trial_dir / FINAL_FILE).exists():  # it finished before the driver died, after Tune last saved
+        tune.report(json.loads((trial_dir / FINAL_FILE).read_text()))
+        return
     parent: Run = ctx["parent"]
 
     run, created = Store(parent.uri).resume_or_start_run(  # a resumed trial keeps its nested run
@@ -89,9 +100,16 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
     run.end(ok=result.error is None)
     if result.error is not None:
         raise RuntimeError(f"trial {trial_name} failed: {result.error}")
+    numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    _write_atomically(trial_dir / FINAL_FILE, json.dumps({**numeric, **evaluation}))
     if evaluation:  # one last Tune result with the evaluation, so sweep.metric may name e.g. babi_qa2_acc
-        numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         tune.report({**numeric, **evaluation})
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
 
 
 # -- Tune plumbing --------------------------------------------------------------------------
@@ -190,6 +208,7 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
         sweep_dir.rename(aside)
         print(f"moved the previous sweep to {aside}")
     sweep_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)  # read by Tune's controller
 
     parent, experiment_id, created = open_run(exp, sweep_dir / PARENT_ID_FILE, f"{exp.name}/sweep", "sweep")
     if created:
@@ -360,6 +379,26 @@ def write_plots(exp: Experiment, study: Any, out: Path) -> list[Path]:
     return written
 
 
+def drop_orphans(sweep_dir: Path, trials: set[str], uri: str) -> list[str]:
+    """Soft-delete the nested MLflow run of each trial folder Tune does not know: a trial launched
+    after Tune last saved its state, before the driver was killed (the resumed searcher asks for it
+    again under a new name). MLflow keeps deleted runs restorable until ``mlflow gc``."""
+    dropped = []
+    for id_file in sorted(sweep_dir.glob(f"*/{CHILD_ID_FILE}")):
+        if id_file.parent.name in trials:
+            continue
+        run = Run(uri, id_file.read_text().strip())
+        if run.client.get_run(run.run_id).info.lifecycle_stage == "deleted":  # an earlier resume dropped it
+            continue
+        run.set_tags({"moe_orch.status": "ORPHANED"})
+        run.client.set_terminated(run.run_id, status="KILLED")
+        run.client.delete_run(run.run_id)
+        dropped.append(id_file.parent.name)
+    if dropped:
+        print(f"trials the killed driver had launched but Tune never recorded (runs soft-deleted): {dropped}")
+    return dropped
+
+
 def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, parent: Run, wall: float) -> dict[str, Any]:
     """Summarise the sweep: CSV + plots + best trial into the MLflow parent; close child runs."""
     rows = trial_rows(exp, grid, sweep_dir)
@@ -368,6 +407,7 @@ def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, parent: Run, wall:
             child = Run(parent.uri, row["run_id"])
             child.set_tags({"moe_orch.status": row["status"]})
             child.end(ok=row["status"] != "ERROR")
+    drop_orphans(sweep_dir, {row["trial"] for row in rows}, parent.uri)
     csv_path = write_csv(rows, sweep_dir / "summary.csv")
     parent.log_artifact(csv_path)
     plots: list[Path] = []

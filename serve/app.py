@@ -45,17 +45,22 @@ IMPORT_PATH = "serve.app:app_builder"
 
 
 def ray_env(settings: ServeSection) -> dict[str, str]:
-    """Environment Ray's processes need for ``settings.ingress`` (set it before Ray starts).
+    """Environment Ray's processes need for ``settings`` (set it before Ray starts).
 
-    ``direct``: turn on Ray Serve's direct ingress and pin its HTTP port range to ``settings.port``,
-    so the single replica listens where a proxy would have. The replica's shutdown drain (Ray's
+    Always: the proxy's ready-check and health-check timeouts and period (Serve reads them only
+    from the environment of its controller). ``direct``: turn on Ray Serve's direct ingress and
+    pin its HTTP port range to ``settings.port``, so the single replica listens where a proxy
+    would have. The replica's shutdown drain (Ray's
     default 30 s, for load balancers to deregister it) becomes 1 s: no balancer sits in front
     here; in-flight requests are still finished. Set that variable yourself to keep a longer one.
     """
+    env = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(settings.proxy_ready_timeout_s),
+           "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": str(settings.health_check_timeout_s),
+           "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(settings.health_check_period_s)}
     if settings.ingress != "direct":
-        return {}
+        return env
     drain = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
-    return {"RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
+    return {**env, "RAY_SERVE_ENABLE_DIRECT_INGRESS": "1",
             "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT": str(settings.port),
             "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(settings.port + 1),  # range end is exclusive
             drain: os.environ.get(drain, "1")}
@@ -125,8 +130,11 @@ class ModelServer:
 
 
 def deployment_options(settings: ServeSection) -> dict[str, Any]:
-    """``max_ongoing_requests`` (>= the batch size), ``autoscaling_config`` and ``ray_actor_options``."""
+    """``max_ongoing_requests`` (>= the batch size), ``autoscaling_config``, ``ray_actor_options`` and
+    the replicas' health checks."""
     return {
+        "health_check_period_s": settings.health_check_period_s,
+        "health_check_timeout_s": settings.health_check_timeout_s,
         "max_ongoing_requests": settings.max_ongoing_requests or 2 * settings.max_batch_size,
         "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                                "target_ongoing_requests": settings.target_ongoing_requests},
@@ -172,10 +180,8 @@ def emit_config(path: str | Path, source: dict[str, Any], family: str, app_name:
     import yaml
 
     path = Path(path)
-    header = ""
-    if settings.ingress == "direct":
-        env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
-        header = f"# serve.ingress is 'direct': start Ray with {env} in its environment\n"
+    env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
+    header = f"# Serve reads these from Ray's environment: start Ray with {env}\n"
     path.write_text(header + yaml.safe_dump(serve_config(source, family, app_name, settings), sort_keys=False))
     return path
 

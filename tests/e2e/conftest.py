@@ -21,13 +21,13 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 def local_ray() -> Iterator[None]:
     import ray
 
-    from orchestrator.ray_runtime import DRIVER_RESOURCE, TRAIN_ENV_DEFAULTS
+    from orchestrator.ray_runtime import TRAIN_ENV_DEFAULTS, start_local_ray
 
     os.environ.setdefault("MOE_ORCH_DATA", str(SHARED_DATA))
     for key, value in TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     cpus = max(2, os.cpu_count() or 2)
-    ray.init(num_cpus=cpus, resources={DRIVER_RESOURCE: cpus}, include_dashboard=False)
+    start_local_ray(cpus)
     yield
     ray.shutdown()
 

@@ -24,7 +24,7 @@ def local_ray() -> Iterator[None]:
     """A local Ray whose workers can import ``example_family`` (from tests/, like a user's own package)."""
     import ray
 
-    from orchestrator.ray_runtime import DRIVER_RESOURCE, TRAIN_ENV_DEFAULTS
+    from orchestrator.ray_runtime import TRAIN_ENV_DEFAULTS, start_local_ray
     from orchestrator.registry import register
 
     sys.path.insert(0, str(TESTS))
@@ -33,7 +33,7 @@ def local_ray() -> Iterator[None]:
     register("example_family.family:FAMILY")
     for key, value in TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 2}, include_dashboard=False)
+    start_local_ray(2)
     yield
     ray.shutdown()
     os.environ.pop("PYTHONPATH") if saved is None else os.environ.__setitem__("PYTHONPATH", saved)

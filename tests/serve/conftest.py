@@ -58,8 +58,14 @@ def logged_run(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) 
 def local_ray() -> Iterator[None]:
     import ray
 
+    from orchestrator.contract import ServeSection
+    from orchestrator.ray_runtime import start_local_ray
+    from serve.app import ray_env
+
     os.environ.setdefault("MOE_ORCH_DATA", str(SHARED_DATA))
-    ray.init(num_cpus=2, include_dashboard=False)
+    for key, value in ray_env(ServeSection()).items():  # the start-up and health-check timeouts of the defaults
+        os.environ.setdefault(key, value)
+    start_local_ray(2)
     yield
     ray.shutdown()
 

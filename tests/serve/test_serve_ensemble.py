@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 import requests
 import schemathesis
@@ -21,7 +24,8 @@ from trainables.ensemble.family import EnsembleServe
 pytestmark = pytest.mark.slow
 TEXTS = ["a charming and often affecting journey .", "unflinchingly bleak and desperate"]
 LIMITS = dict(max_texts_per_request=4, max_text_chars=200, max_batch_size=8, batch_wait_timeout_s=0.05,
-              min_replicas=1, max_replicas=1, num_cpus_per_replica=0.5, max_body_bytes=4096)
+              min_replicas=1, max_replicas=1, num_cpus_per_replica=0.5, max_body_bytes=4096,
+              health_check_timeout_s=45.0)
 
 
 @pytest.fixture(scope="module")
@@ -110,6 +114,10 @@ def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[st
     assert deployment.max_ongoing_requests >= settings.max_batch_size
     assert deployment.autoscaling_config["min_replicas"] == 1
     assert doc.http_options.host == "127.0.0.1"
+    assert deployment.health_check_timeout_s == 45.0 and deployment.health_check_period_s == 10.0
+    env = serve_app.ray_env(settings)  # the proxy's checks come from the same settings, through Ray's env
+    assert env["RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"] == "45.0"
+    assert float(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) == settings.proxy_ready_timeout_s > 5
     # the builder Serve calls turns these args back into the same deployment: options and init arguments
     bound = serve_app.app_builder(app.args)._bound_deployment
     assert bound.max_ongoing_requests == deployment.max_ongoing_requests == 16
@@ -142,6 +150,32 @@ def test_schemathesis_finds_no_server_error(app_url: str) -> None:
                 assert mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET"
     # the requests reached the app's routes: some were answered, some refused for their input
     assert 200 in statuses and 422 in statuses, sorted(set(statuses))
+
+
+def test_ray_and_serve_listen_on_loopback_only(app_url: str) -> None:
+    """Every listening socket of the local Ray that serves the app (GCS, raylet, workers, agents,
+    metrics exporters, Serve's proxy) and of this driver is on loopback, with one exception Ray
+    hard-codes: each Serve replica's inter-deployment gRPC server binds ``[::]:0`` (Ray 2.60,
+    ``replica.py``); it is behind Ray's token authentication, which must be on."""
+    me = psutil.Process()
+    listening: dict[tuple[str, int], str] = {}
+    for proc in [me, *me.children(recursive=True)]:
+        try:
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN:
+                    listening[(proc.name(), conn.laddr.port)] = conn.laddr.ip
+        except psutil.Error:  # a worker that exited meanwhile
+            continue
+    assert len(listening) >= 3, listening  # at least GCS, raylet and Serve's proxy
+    assert os.environ.get("RAY_AUTH_MODE") == "token"  # and Ray's token authentication is on
+
+    def loopback(ip: str) -> bool:
+        address = ipaddress.ip_address(ip)
+        return (getattr(address, "ipv4_mapped", None) or address).is_loopback  # ::ffff:127.0.0.1 too
+
+    exposed = {where: ip for where, ip in listening.items() if not loopback(ip)}
+    replica_grpc = [where for where in exposed if where[0].startswith("ray::ServeReplica")]
+    assert len(replica_grpc) <= 1 and set(exposed) == set(replica_grpc), exposed  # one replica here
 
 
 def test_the_app_outlives_the_fuzzing(app_url: str) -> None:

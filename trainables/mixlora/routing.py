@@ -81,7 +81,7 @@ def expert_load_png(routing: Mapping[str, LayerRouting], path: str | Path, title
     sources = list(routing)
     num_layers, num_experts = next(iter(routing.values())).load.shape
     fig, axes = plt.subplots(1, len(sources) + 1, figsize=(3.2 * len(sources) + 4.5, max(5.0, 0.22 * num_layers + 2)),
-                             gridspec_kw={"width_ratios": [1] * len(sources) + [1.4]})
+                             gridspec_kw={"width_ratios": [1] * len(sources) + [1.4]}, layout="constrained")
     top = max(2.0, max(float(r.load.max()) * num_experts for r in routing.values()))
     image = None
     for ax, source in zip(axes, sources, strict=False):
@@ -91,7 +91,7 @@ def expert_load_png(routing: Mapping[str, LayerRouting], path: str | Path, title
         ax.set_xticks(range(num_experts), [f"E{e}" for e in range(num_experts)], fontsize=7)
         ax.set_yticks(range(0, num_layers, max(1, num_layers // 10)))
         ax.set_xlabel("expert")
-        ax.set_ylabel("layer")
+    axes[0].set_ylabel("layer")
     if image is not None:
         fig.colorbar(image, ax=list(axes[:len(sources)]), fraction=0.03, pad=0.02,
                      label="share of assignments × E  (1 = uniform)")
@@ -105,7 +105,7 @@ def expert_load_png(routing: Mapping[str, LayerRouting], path: str | Path, title
     ax.set_xlabel("value")
     ax.set_ylabel("layer")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     ax.set_title("router entropy (solid) and load CV (dashed)", fontsize=9)
     fig.suptitle(title, fontsize=10)
     path = Path(path)

@@ -24,11 +24,11 @@ SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").r
 def local_ray() -> Iterator[None]:
     import ray
 
-    from orchestrator.ray_runtime import DRIVER_RESOURCE, TRAIN_ENV_DEFAULTS
+    from orchestrator.ray_runtime import TRAIN_ENV_DEFAULTS, start_local_ray
 
     for key, value in TRAIN_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=2, resources={DRIVER_RESOURCE: 2}, include_dashboard=False)
+    start_local_ray(2)
     yield
     ray.shutdown()
 
