@@ -152,13 +152,16 @@ def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, ho
 @click.option("--tasks", multiple=True,
               help="Shorthand for the tasks=[...] setting, comma-separated or repeated (MoRE: perplexity, babi, "
                    "arithmetic, generation, routing; default: all).")
+@click.option("--limit", default=None, metavar="N|null",
+              help="Shorthand for the limit=N setting: items per lm-eval task for a quick run (MixLoRA and the "
+                   "other LM families); null = the full sets.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Also write the artifacts to this folder.")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 @click.option("--experiment", default="moe-orch-evaluate", show_default=True,
               help="MLflow experiment of the new run made for a checkpoint directory or a base.")
 @click.option("--family", "family_name", default=None,
               help="For a base model TARGET: the family whose evaluator runs (default: the one built on bases).")
-def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], out: str | None,
+def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], limit: str | None, out: str | None,
                  tracking_uri: str | None, experiment: str, family_name: str | None) -> None:
     """Evaluate a checkpoint with its family's evaluator (MoRE: WikiText-2 perplexity, bAbI 2/3,
     arithmetic, generation, routing plots).
@@ -172,6 +175,7 @@ def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...],
 
     task_list = [t.strip() for item in tasks for t in item.split(",") if t.strip()]
     overrides = settings + ((f"tasks=[{', '.join(task_list)}]",) if task_list else ())
+    overrides += (f"limit={limit}",) if limit is not None else ()
     try:
         summary = evaluate_target(target, tracking_uri, overrides, out=out, experiment=experiment,
                                   family_name=family_name)

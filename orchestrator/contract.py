@@ -91,6 +91,9 @@ class ServeSection(Section):
     target_ongoing_requests: float = 16.0  # autoscaling target per replica
     max_ongoing_requests: int | None = None  # per replica; None = 2 * max_batch_size (must be >= max_batch_size)
     max_batch_size: int = 32  # requests per @serve.batch call
+    # requests waiting at each caller (Ray's proxy) beyond the replicas' max_ongoing_requests; past it
+    # a request gets 503 at once instead of waiting without bound (-1 = no limit, Ray's default)
+    max_queued_requests: int = 256
     batch_wait_timeout_s: float = 0.01
     num_cpus_per_replica: float = 1.0
     access_log: bool = True  # one log line per request in each replica (off for load tests)
@@ -116,6 +119,8 @@ class ServeSection(Section):
             errors.append(f"port: got {fmt(self.port)}, expected 1..{top_port}")
         if not self.route_prefix.startswith("/"):
             errors.append(f"route_prefix: got {fmt(self.route_prefix)}, expected a path starting with /")
+        if not (self.max_queued_requests == -1 or self.max_queued_requests >= 1):
+            errors.append(f"max_queued_requests: got {fmt(self.max_queued_requests)}, expected -1 (no limit) or >= 1")
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
             errors.append(f"max_ongoing_requests: got {self.max_ongoing_requests}, expected null or "
                           f">= max_batch_size ({self.max_batch_size})")

@@ -130,12 +130,13 @@ class ModelServer:
 
 
 def deployment_options(settings: ServeSection) -> dict[str, Any]:
-    """``max_ongoing_requests`` (>= the batch size), ``autoscaling_config``, ``ray_actor_options`` and
-    the replicas' health checks."""
+    """``max_ongoing_requests`` (>= the batch size), ``max_queued_requests``, ``autoscaling_config``,
+    ``ray_actor_options`` and the replicas' health checks."""
     return {
         "health_check_period_s": settings.health_check_period_s,
         "health_check_timeout_s": settings.health_check_timeout_s,
         "max_ongoing_requests": settings.max_ongoing_requests or 2 * settings.max_batch_size,
+        "max_queued_requests": settings.max_queued_requests,  # over it: 503 from the proxy, no wait
         "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
                                "target_ongoing_requests": settings.target_ongoing_requests},
         "ray_actor_options": {"num_cpus": settings.num_cpus_per_replica},

@@ -40,7 +40,7 @@ def test_train_evaluate_generate(workdir: Path) -> None:
     assert {"config.json", "adapter_config.json", "adapter_model.safetensors", "mixlora.safetensors"} <= files
 
     uri = f"sqlite:///{workdir}/mlflow.db"
-    out = _invoke("evaluate", run_id, "--tracking-uri", uri, "limit=4", "tasks=[arc_easy]")
+    out = _invoke("evaluate", run_id, "--tracking-uri", uri, "--limit", "4", "tasks=[arc_easy]")
     assert "arc_easy/acc" in out and f"MLflow run: {run_id}" in out
     metrics = client.get_run(run_id).data.metrics
     assert metrics["arc_easy/n"] == 4 and 0 <= metrics["arc_easy/acc"] <= 1 and "arc_easy/acc_norm_stderr" in metrics

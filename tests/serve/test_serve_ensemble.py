@@ -98,6 +98,35 @@ def test_bad_input_gets_4xx_and_app_survives(app_url: str, case: str, request_kw
     assert requests.get(f"{app_url}/healthz", timeout=10).json()["replica"] == replica  # same replica, not restarted
 
 
+def test_overload_is_shed_with_503_and_never_hangs(app_url: str, logged_run: dict[str, Any],
+                                                   free_port: int) -> None:
+    """A second app with room for 2 requests in the replica and 2 queued at the proxy, hit by 32
+    threads at once (64 requests, bounded): every request ends, with 200 or a 503 from the
+    proxy, within its timeout; the app answers normally afterwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve import app
+
+    settings = EnsembleServe(port=free_port, route_prefix="/shed", max_batch_size=2, max_ongoing_requests=2,
+                             max_queued_requests=2, min_replicas=1, max_replicas=1, num_cpus_per_replica=0.5,
+                             access_log=False)
+    url = app.start(logged_run, family_ref("ensemble"), "shed", settings)
+    try:
+        def one(i: int) -> int:
+            texts = [f"{TEXTS[i % len(TEXTS)]} {i}"] * 4
+            return requests.post(f"{url}/predict", json={"texts": texts}, timeout=60).status_code
+
+        with ThreadPoolExecutor(32) as pool:
+            statuses = list(pool.map(one, range(64)))  # a timeout would raise here
+        assert set(statuses) <= {200, 503}, statuses
+        assert statuses.count(503) >= 1 and statuses.count(200) >= 1, statuses
+        assert requests.post(f"{url}/predict", json={"texts": TEXTS}, timeout=30).status_code == 200
+    finally:
+        serve.delete("shed")
+
+
 def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[str, Any]) -> None:
     import yaml
     from ray.serve.schema import ServeDeploySchema
@@ -115,6 +144,7 @@ def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[st
     assert deployment.autoscaling_config["min_replicas"] == 1
     assert doc.http_options.host == "127.0.0.1"
     assert deployment.health_check_timeout_s == 45.0 and deployment.health_check_period_s == 10.0
+    assert deployment.max_queued_requests == 256
     env = serve_app.ray_env(settings)  # the proxy's checks come from the same settings, through Ray's env
     assert env["RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S"] == "45.0"
     assert float(env["RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S"]) == settings.proxy_ready_timeout_s > 5

@@ -12,11 +12,12 @@ SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").r
 
 @pytest.fixture(scope="session")
 def sst2() -> dict[str, list[tuple[str, int]]]:
-    """Small seeded SST-2 slices: 3000 train sentences, 200 dev sentences."""
+    """Small seeded SST-2 slices: 3000 train sentences, 200 dev sentences; and the whole dev set."""
     from trainables.ensemble.data import load_sst2, subset
 
     return {"train": subset(load_sst2("train", SHARED_DATA), 3000, 0),
-            "dev": subset(load_sst2("validation", SHARED_DATA), 200, 0)}
+            "dev": subset(load_sst2("validation", SHARED_DATA), 200, 0),
+            "dev_all": load_sst2("validation", SHARED_DATA)}  # 872 sentences, for statistical checks
 
 
 @pytest.fixture(scope="session")
