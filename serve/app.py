@@ -85,8 +85,32 @@ def fetch_checkpoint(source: dict[str, Any]) -> tuple[Path, Path | None]:
         return Path(source["checkpoint"]), None
     from orchestrator.tracking import Store
 
-    dst = Path(tempfile.mkdtemp(prefix=f"moe-orch-{source['run_id'][:8]}-"))
+    remove_orphaned_downloads()
+    dst = Path(tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{source['run_id'][:8]}-pid{os.getpid()}-"))
     return Store.at(source.get("tracking_uri")).run(source["run_id"]).download("checkpoint", dst), dst
+
+
+DOWNLOAD_PREFIX = "moe-orch-"
+
+
+def remove_orphaned_downloads() -> list[Path]:
+    """Delete the checkpoint downloads of replicas that died without cleaning up (SIGKILL, OOM):
+    each folder names its replica's pid, and a folder whose process is gone is removed."""
+    import psutil  # a Ray dependency
+
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{DOWNLOAD_PREFIX}*-pid*-*"):
+        tag = next((part for part in folder.name.split("-") if part.startswith("pid") and part[3:].isdigit()), None)
+        if tag is None:
+            continue
+        try:
+            alive = psutil.Process(int(tag[3:])).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            alive = False
+        if not alive:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @serve.deployment(name=DEPLOYMENT_NAME)

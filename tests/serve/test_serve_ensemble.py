@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -125,6 +127,70 @@ def test_overload_is_shed_with_503_and_never_hangs(app_url: str, logged_run: dic
         assert requests.post(f"{url}/predict", json={"texts": TEXTS}, timeout=30).status_code == 200
     finally:
         serve.delete("shed")
+
+
+def _replica_pids(app_name: str) -> set[int]:
+    """Process ids of the Serve replicas of ``app_name`` (descendants of this test process)."""
+    found = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if proc.cmdline()[:1] and proc.cmdline()[0].startswith(f"ray::ServeReplica:{app_name}:"):
+                found.add(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_killed_replica_is_replaced_and_only_its_requests_fail(app_url: str, logged_run: dict[str, Any],
+                                                                 free_port: int) -> None:
+    """Two replicas under a bounded load (8 threads, 160 requests); one is SIGKILLed by its pid.
+    At most the requests it held fail (max_ongoing_requests); Serve starts a replacement, and a
+    second burst of 40 requests all succeeds."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve import app
+
+    settings = EnsembleServe(port=free_port, route_prefix="/faults", max_batch_size=4, max_ongoing_requests=4,
+                             min_replicas=2, max_replicas=2, num_cpus_per_replica=0.25, access_log=False,
+                             health_check_period_s=1.0)
+    url = app.start(logged_run, family_ref("ensemble"), "faults", settings)
+    try:
+        _wait_for(lambda: len(_replica_pids("faults")) == 2, 120)
+        victim = sorted(_replica_pids("faults"))[0]
+
+        def one(i: int) -> int:
+            if i == 40:  # the 41st request kills a replica, mid-load
+                os.kill(victim, signal.SIGKILL)
+            try:
+                status = requests.post(f"{url}/predict", json={"texts": [f"{TEXTS[i % 2]} {i}"]},
+                                       timeout=60).status_code
+            except requests.RequestException:
+                status = -1
+            return status
+
+        with ThreadPoolExecutor(8) as pool:
+            statuses = list(pool.map(one, range(160)))
+        failed = [s for s in statuses if s != 200]
+        assert len(failed) <= settings.max_ongoing_requests, statuses  # at most what the victim held
+        _wait_for(lambda: len(_replica_pids("faults") - {victim}) == 2, 120)  # a replacement replica
+        # the replacement removed the checkpoint download the killed replica could not clean up
+        _wait_for(lambda: not list(Path(tempfile.gettempdir()).glob(f"moe-orch-*-pid{victim}-*")), 120)
+        with ThreadPoolExecutor(8) as pool:
+            after = list(pool.map(lambda i: requests.post(f"{url}/predict", json={"texts": TEXTS},
+                                                          timeout=60).status_code, range(40)))
+        assert after == [200] * 40, after
+        print(f"replica kill: {len(failed)} of {len(statuses)} requests failed ({sorted(set(failed))})")
+    finally:
+        serve.delete("faults")
 
 
 def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[str, Any]) -> None:
