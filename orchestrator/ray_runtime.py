@@ -37,7 +37,8 @@ LOOPBACK = "127.0.0.1"
 # without a token. With this switch off (Ray's own default on macOS and Windows) the node IP
 # is 127.0.0.1 and every server of the local Ray listens on loopback only. No other node can
 # join such a Ray, which is the point: a cluster is started with `ray start` / `ray up`.
-LOOPBACK_ONLY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_ONLY_ENV = {CLUSTER_SWITCH: "0"}
 
 
 def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
@@ -50,7 +51,7 @@ def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
     for key, value in LOOPBACK_ONLY_ENV.items():  # inherited by Ray's processes
         os.environ.setdefault(key, value)
     # Ray reads the switch once, when it is first imported; this process may have imported it already
-    ray_constants.ENABLE_RAY_CLUSTER = os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] != "0"
+    ray_constants.ENABLE_RAY_CLUSTER = os.environ[CLUSTER_SWITCH] != "0"
     return ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: num_cpus}, include_dashboard=dashboard,
                     dashboard_host=LOOPBACK)
 

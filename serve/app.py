@@ -2,8 +2,8 @@
 ``ModelServer``, that builds the family's endpoint (``orchestrator.contract.ServeEndpoint``)
 from a checkpoint in each replica and puts Serve's batching, autoscaling and ingress around it.
 
-- The family supplies the routes and the batched prediction (e.g.
-  ``trainables.ensemble.serving``); this module supplies ``@serve.batch`` (``max_batch_size``
+- The family supplies the routes and the batched prediction (its ``ServeEndpoint``, found
+  through the family registry); this module supplies ``@serve.batch`` (``max_batch_size``
   requests, waiting at most ``batch_wait_timeout_s``; the prediction runs in a worker thread,
   so the event loop keeps queueing the next batch), ``max_ongoing_requests`` (at least the batch
   size), ``autoscaling_config`` (min/max replicas, target ongoing requests) and the replica's
@@ -50,9 +50,9 @@ def ray_env(settings: ServeSection) -> dict[str, str]:
     Always: the proxy's ready-check and health-check timeouts and period (Serve reads them only
     from the environment of its controller). ``direct``: turn on Ray Serve's direct ingress and
     pin its HTTP port range to ``settings.port``, so the single replica listens where a proxy
-    would have. The replica's shutdown drain (Ray's
-    default 30 s, for load balancers to deregister it) becomes 1 s: no balancer sits in front
-    here; in-flight requests are still finished. Set that variable yourself to keep a longer one.
+    would have. The replica's shutdown drain (Ray's default 30 s, for load balancers to
+    deregister it) becomes 1 s: no balancer sits in front here; in-flight requests are still
+    finished. Set that variable yourself to keep a longer one.
     """
     env = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(settings.proxy_ready_timeout_s),
            "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": str(settings.health_check_timeout_s),
