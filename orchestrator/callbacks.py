@@ -14,6 +14,7 @@ split of a run's wall time.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from ray.train.v2.api.callback import UserCallback
@@ -22,6 +23,7 @@ from ray.tune import Callback
 from orchestrator.tracking import Run
 
 NAN = float("nan")
+REGISTRY_PREFIX = "registry/"  # report keys that mark a checkpoint for the model registry
 Labels = tuple[tuple[str, str], ...]  # (metric key, label) pairs: a family's ``progress``
 THROUGHPUT = (("tokens_per_s", "tok/s"), ("examples_per_s", "ex/s"))  # what the training loop reports
 
@@ -32,14 +34,36 @@ def _fmt_metrics(m: dict[str, Any], labels: Labels) -> str:
 
 
 class MlflowReportCallback(UserCallback):
-    """Logs rank 0's metrics of every ``ray.train.report`` to ``run`` at its ``step``."""
+    """Logs rank 0's metrics of every ``ray.train.report`` to ``run`` at its ``step``.
 
-    def __init__(self, run: Run) -> None:
-        self.run = run
+    A report whose metrics carry ``registry/<tag>`` keys (a family marks the checkpoints worth
+    keeping, e.g. the end of each continual-learning phase) also has its ``model/`` logged under
+    ``registered/step_<step>`` and registered as a new version of ``registered_model`` (when set),
+    tagged with those keys and the step; the alias ``current`` moves to it.
+    """
+
+    def __init__(self, run: Run, registered_model: str | None = None) -> None:
+        self.run, self.registered_model = run, registered_model
 
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
-        if metrics:
-            self.run.log_metrics(metrics[0], step=int(metrics[0].get("step", 0)))
+        if not metrics:
+            return
+        step = int(metrics[0].get("step", 0))
+        self.run.log_metrics(metrics[0], step=step)
+        tags = {k.removeprefix(REGISTRY_PREFIX): _tag(v) for k, v in metrics[0].items()
+                if k.startswith(REGISTRY_PREFIX)}
+        if tags and checkpoint is not None and self.registered_model:
+            artifact_path = f"registered/step_{step:06d}"
+            with checkpoint.as_directory() as local:
+                self.run.log_artifacts(Path(local) / "model", artifact_path)
+            version = self.run.register_version(self.registered_model, artifact_path, {**tags, "step": step})
+            print(f"[registry] {self.registered_model} version {version} (step {step}, "
+                  + ", ".join(f"{k} {v}" for k, v in tags.items()) + "); alias current", flush=True)
+
+
+def _tag(value: Any) -> str:
+    """A registry tag value: whole floats without their ``.0``."""
+    return str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
 
 
 class TrainProgress(UserCallback):

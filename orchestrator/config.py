@@ -93,11 +93,20 @@ class TrackingSection(Section):
 
     uri: str | None = None
     experiment: str | None = None  # None = the experiment's name
+    # checkpoints a family marks for the registry (``registry/*`` report keys, e.g. each continual-learning
+    # phase) become versions of this MLflow registered model, alias ``current`` on the newest; a sweep
+    # trial registers under ``<name>-<trial>``. null = register nothing.
+    registered_model: str | None = None
 
     def errors(self) -> list[str]:
+        errors = []
         if self.uri is not None and not self.uri.strip():
-            return [f"uri: got {fmt(self.uri)}, expected null or a URI like sqlite:///mlflow.db"]
-        return []
+            errors.append(f"uri: got {fmt(self.uri)}, expected null or a URI like sqlite:///mlflow.db")
+        if self.registered_model is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*",
+                                                                   str(self.registered_model)):
+            errors.append(f"registered_model: got {fmt(self.registered_model)}, expected null or a name of "
+                          "letters, digits, '_', '.', '-'")
+        return errors
 
 
 @dataclass

@@ -22,6 +22,7 @@ BUILTIN: dict[str, str] = {
     "more": "trainables.more.family:FAMILY",
     "ensemble": "trainables.ensemble.family:FAMILY",
     "mixlora": "trainables.mixlora.family:FAMILY",
+    "dylora": "trainables.dylora.family:FAMILY",
 }
 
 _REFS: dict[str, str] = {}  # name -> "module:attribute", filled on first use

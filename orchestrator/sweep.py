@@ -77,7 +77,8 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
     if created:
         run.log_params({k: v for k, v in exp.to_dict().items() if k != "sweep"})
 
-    callbacks = [MlflowReportCallback(run), TuneReportCallback()]
+    registered = f"{exp.tracking.registered_model}-{trial_name}" if exp.tracking.registered_model else None
+    callbacks = [MlflowReportCallback(run, registered), TuneReportCallback()]
     trainer = build_trainer(exp, "train", trial_dir, callbacks)
     with run.failed_on_error():
         result = trainer.fit()

@@ -26,6 +26,7 @@ PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
 DEFAULT_URI = "sqlite:///mlflow.db"
 URI_ENV = "MLFLOW_TRACKING_URI"
+REGISTRY_ALIAS = "current"  # the alias that moves to each newly registered version
 
 
 def resolve_uri(uri: str | None = None) -> str:
@@ -125,6 +126,28 @@ class Run:
     def set_tags(self, tags: dict[str, Any]) -> None:
         for k, v in tags.items():
             self.client.set_tag(self.run_id, k, str(v))
+
+    def register_version(self, name: str, artifact_path: str, tags: dict[str, Any],
+                         alias: str = REGISTRY_ALIAS) -> str:
+        """Register the run's artifact folder ``artifact_path`` as a new version of model ``name``
+        (created if missing), tagged, and point ``alias`` at it; returns the version.
+
+        MLflow reserves the alias ``latest`` (``models:/<name>/latest`` already means the newest
+        version), so the moving alias is ``current``.
+        """
+        from mlflow.exceptions import MlflowException
+
+        c = self.client
+        try:
+            c.create_registered_model(name)
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        source = f"{c.get_run(self.run_id).info.artifact_uri}/{artifact_path}"
+        version = c.create_model_version(name, source, run_id=self.run_id,
+                                         tags={k: str(v) for k, v in tags.items()})
+        c.set_registered_model_alias(name, alias, version.version)
+        return str(version.version)
 
     def download(self, artifact_path: str, dst: str | Path) -> Path:
         """Download ``artifact_path`` (e.g. ``checkpoint``) into ``dst``; returns the local path."""

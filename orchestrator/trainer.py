@@ -96,7 +96,8 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
     run, _, _ = open_run(exp, run_dir / RUN_ID_FILE, f"{exp.name}/{run_dir.name}", "train")
     print(f"MLflow: run {run.run_id} in {run.uri}")
 
-    callbacks = [MlflowReportCallback(run), TrainProgress(exp.name, exp.train.max_steps, exp.family_spec.progress)]
+    callbacks = [MlflowReportCallback(run, exp.tracking.registered_model),
+                 TrainProgress(exp.name, exp.train.max_steps, exp.family_spec.progress)]
     trainer = build_trainer(exp, run_dir.name, base, callbacks)
     started = time.time()
     with run.failed_on_error():

@@ -37,3 +37,10 @@ class FamilyConfig:
         if unknown:
             raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
         return cls(**data)
+
+
+def base_reference_errors(base: Any) -> list[str]:
+    """The ``base:`` check every family on a pretrained causal LM shares (``trainables.lm.load_base`` names)."""
+    if not isinstance(base, str) or not base:
+        return [f"base: got {base!r}, expected smollm2-135m-instruct, tiny-llama, a hub name or a dir"]
+    return []

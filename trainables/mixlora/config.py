@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainables.config_base import FamilyConfig
+from trainables.config_base import FamilyConfig, base_reference_errors
 
 METHODS = ("lora", "mixlora")
 PRECISIONS = ("float32", "bfloat16")
@@ -42,8 +42,7 @@ class MixLoRAConfig(FamilyConfig):
         errs = []
         if self.method not in METHODS:
             errs.append(f"method: got {self.method!r}, expected one of {', '.join(METHODS)}")
-        if not isinstance(self.base, str) or not self.base:
-            errs.append(f"base: got {self.base!r}, expected smollm2-135m-instruct, tiny-llama, a hub name or a dir")
+        errs += base_reference_errors(self.base)
         for name in ("num_experts", "top_k", "rank", "max_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

@@ -4,13 +4,14 @@
 
 1. set-up: the family's recipe loads its data; ``torch.manual_seed(train.seed)`` (identical init
    on every rank); the recipe builds the model (or rebuilds it from the checkpoint being
-   resumed); AdamW over the recipe's param groups; LambdaLR (warmup + cosine multipliers);
-   the strategy wraps all three (DDP or DeepSpeed);
+   resumed); AdamW over the recipe's param groups; the recipe's LR scheduler (default: LambdaLR,
+   warmup + cosine multipliers); the strategy wraps all three (DDP or DeepSpeed);
 2. resume: when Ray Train restored a checkpoint, the strategy restores optimizer and
    scheduler state and the step;
 3. steps: ``train.grad_accum_steps`` micro-batches of ``train.batch_size`` per optimizer step,
    drawn with a generator seeded by ``seed * 1000 + rank + step`` (a different data order per
-   rank, and a resumed run does not replay the batches it saw);
+   rank, and a resumed run does not replay the batches it saw); ``recipe.step`` holds the optimizer
+   steps done, and ``recipe.on_step_end(module, step)`` runs on every rank after each step;
 4. every ``train.eval_every`` steps and at the last one: evaluate, then ``ray.train.report``
    the metrics with a checkpoint (``strategies.py`` describes its layout).
 
@@ -37,7 +38,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
-from trainables.training.optim import build_optimizer, lr_multiplier
+from trainables.training.optim import build_optimizer
 from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
 from trainables.training.strategies import make_strategy
 
@@ -73,8 +74,7 @@ def run(experiment: Any, recipe: Recipe) -> None:
         model = recipe.build_model(resume_dir / "model" if resume_dir is not None else None)
         model.to(worker.device).train()
         optimizer = build_optimizer(recipe.param_groups(model), train.lr, recipe.adam_betas)
-        schedule = lambda s: lr_multiplier(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = recipe.build_scheduler(optimizer)
         model, optimizer, scheduler = strategy.wrap(model, optimizer, scheduler)
         step = strategy.restore(resume_dir, model, optimizer, scheduler) if resume_dir is not None else 0
     resumed_from = step  # reported once, with the first report after a restart (MLflow shows where it resumed)
@@ -83,6 +83,7 @@ def run(experiment: Any, recipe: Recipe) -> None:
 
     # 3. steps
     generator = torch.Generator().manual_seed(train.seed * 1000 + worker.rank + step)
+    recipe.step = step
     batches: Iterator[Any] = recipe.batches(generator)
     window = _Window()
     setup_s = time.time() - started
@@ -93,6 +94,8 @@ def run(experiment: Any, recipe: Recipe) -> None:
             window.add(out)
         strategy.step(model, optimizer, scheduler, train.grad_clip)
         step += 1
+        recipe.step = step
+        recipe.on_step_end(strategy.unwrap(model), step)
 
         # 4. evaluate, report, checkpoint
         if step % train.eval_every == 0 or step == train.max_steps:

@@ -12,8 +12,10 @@ Lifecycle, on every worker::
     recipe.setup()                               # data
     model = recipe.build_model(resume_dir)       # after torch.manual_seed(train.seed)
     groups = recipe.param_groups(model)          # AdamW groups (default: decay / no-decay)
+    scheduler = recipe.build_scheduler(optim)    # default: warmup + cosine multipliers
     for batch in recipe.batches(generator):      # endless; generator seeded per rank and step
         out = recipe.forward(model, batch)       # StepOutput: loss to minimise + scalars to average
+        recipe.on_step_end(module, step)         # after each optimizer step (recipe.step = steps done)
     recipe.evaluate(module)                      # every train.eval_every steps and at the end
     recipe.save_model(module, directory, meta)   # the model checkpoint (config.json manifest + weights)
 """
@@ -28,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.training.optim import decay_groups
+from trainables.training.optim import decay_groups, lr_multiplier
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,7 @@ class Recipe:
     def __init__(self, experiment: Any, worker: WorkerInfo) -> None:
         self.experiment = experiment
         self.worker = worker
+        self.step = 0  # optimizer steps done (the loop keeps it current)
 
     def setup(self) -> None:
         """Load data (before the model is built)."""
@@ -77,6 +80,12 @@ class Recipe:
         """AdamW param groups; default: one part at ``train.lr``, decay on matrices only."""
         train = self.experiment.train
         return decay_groups([("model", model, train.lr)], train.weight_decay)
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+        """The LR scheduler; default: LambdaLR over ``lr_multiplier`` (linear warmup, then cosine)."""
+        train = self.experiment.train
+        schedule = lambda s: lr_multiplier(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def batches(self, generator: torch.Generator) -> Iterator[Any]:
         """*Required.* Endless training batches drawn with ``generator``."""
@@ -102,6 +111,9 @@ class Recipe:
     def checkpoint_metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
         """Extra metadata for the model checkpoint (the loop adds step, experiment, serve settings)."""
         return {}
+
+    def on_step_end(self, model: nn.Module, step: int) -> None:
+        """Called on every rank after each optimizer step (``model`` unwrapped; ``step`` steps done)."""
 
     def on_report(self, step: int, metrics: dict[str, float]) -> None:
         """Called on every rank after each evaluation (e.g. to print a summary line on rank 0)."""

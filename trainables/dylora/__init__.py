@@ -1,0 +1,1 @@
+"""DyLoRA-MoE: continual learning with LoRA experts added at run time (``../shared/specs/dylora-moe.md``)."""

@@ -1,0 +1,155 @@
+"""How DyLoRA-MoE runs are scored: per-skill held-out scores, code benchmarks, and the family's evaluator.
+
+- ``skill_scores``: per skill, the held-out answer-token ``loss`` (mean NLL), ``ppl`` and ``acc`` (the
+  share of answer tokens the model predicts exactly, greedy next token): ``acc`` is the score of the
+  accuracy matrix R[i][j];
+- ``code_scores``: MBPP / HumanEval pass@k through ``trainables.dylora.codeeval`` (sandboxed), the
+  problems split across DDP ranks and merged;
+- ``detection_summary``: the delay from each true phase boundary to the expert the detector added;
+- ``evaluate_checkpoint`` (the family contract's evaluator, ``evaluate.at_end``): reads the rows the
+  recipe measured at step 0 and at every phase end from the checkpoint's metadata, computes the
+  continual-learning metrics (``cl/*``, ``trainables.dylora.metrics``) and draws
+  ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from trainables.dylora import codeeval
+from trainables.dylora.metrics import ContinualMatrix, accuracy_heatmap_png, lifecycle_png
+from trainables.mixlora import data as lm_data
+
+
+@torch.no_grad()
+def skill_scores(model: Any, heldout: dict[str, list], pad_id: int, batch_size: int,
+                 device: torch.device) -> dict[str, dict[str, float]]:
+    """``{skill: {"loss", "ppl", "acc"}}`` on each skill's held-out encoded examples (all ranks alike)."""
+    was_training = model.training
+    model.eval()
+    out: dict[str, dict[str, float]] = {}
+    for skill, rows in heldout.items():
+        nll = correct = tokens = 0.0
+        for i in range(0, len(rows), batch_size):
+            batch = {k: v.to(device) for k, v in lm_data.collate(rows[i:i + batch_size], pad_id).items()}
+            logits = model(**batch).logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+            target = batch["labels"][:, 1:]  # (B, T-1)
+            scored = target != lm_data.IGNORE
+            nll += torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="sum").item()
+            correct += (logits.argmax(-1)[scored] == target[scored]).sum().item()
+            tokens += scored.sum().item()
+        loss = nll / max(tokens, 1)
+        out[skill] = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / max(tokens, 1)}
+    model.train(was_training)
+    return out
+
+
+def code_problems(settings: Any, root: str | None) -> dict[str, list]:
+    """``{"mbpp": [...], "humaneval": [...]}`` per the ``evaluate:`` section (empty without one)."""
+    if settings is None:
+        return {}
+    problems = {}
+    if settings.mbpp_limit:
+        problems["mbpp"] = codeeval.mbpp_problems(root, settings.mbpp_limit)
+    if settings.humaneval_limit:
+        problems["humaneval"] = codeeval.humaneval_problems(root, settings.humaneval_limit)
+    return problems
+
+
+def code_scores(model: Any, tokenizer: Any, problems: dict[str, list], settings: Any, seed: int, rank: int = 0,
+                world_size: int = 1, log: Any = print) -> dict[str, float]:
+    """``{"mbpp/pass@1", "mbpp/pass@k"..., "humaneval/...", "<bench>/n_problems"}``: each rank runs its share
+    of the problems; the per-problem ``(n, correct)`` counts are gathered so every rank returns the same."""
+    out: dict[str, float] = {}
+    for bench, items in problems.items():
+        started = time.time()
+        result = codeeval.evaluate_code(
+            model, tokenizer, items, n=settings.n_samples, k_values=tuple(settings.k),
+            temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
+            batch_size=settings.batch_size, seed=seed, timeout_s=settings.timeout_s,
+            memory_mb=settings.memory_mb, rank=rank, world_size=world_size, log=log)
+        counts = dict(result.per_problem)
+        if dist.is_initialized() and world_size > 1:
+            gathered: list[Any] = [None] * world_size
+            dist.all_gather_object(gathered, counts)
+            counts = {k: v for part in gathered for k, v in part.items()}
+        for k in settings.k:
+            if k <= settings.n_samples:
+                values = [codeeval.pass_at_k(n, c, k) for n, c in counts.values()]
+                out[f"{bench}/pass_at_{k}"] = sum(values) / max(1, len(values))
+        out[f"{bench}/n_problems"] = float(len(counts))
+        log(f"{bench}: pass@1 {out.get(f'{bench}/pass_at_1', float('nan')):.3f} on {len(counts)} problems "
+            f"x {settings.n_samples} samples ({time.time() - started:.0f} s on this rank)")
+    return out
+
+
+def detection_summary(events: list[dict[str, Any]], boundaries: list[int]) -> dict[str, float]:
+    """Per true boundary ``b`` (the step its phase starts), the delay in steps to the first detected expert
+    at or after it and before the next boundary (``dylora/detection_delay_<i>``; -1 = missed), and the
+    number of detected experts matched to no boundary (``dylora/false_novelty``)."""
+    added = sorted(e["step"] for e in events if e["kind"] == "expert_added" and e.get("detected"))
+    out, matched = {}, set()
+    for i, b in enumerate(boundaries):
+        end = boundaries[i + 1] if i + 1 < len(boundaries) else math.inf
+        hit = next((s for s in added if b <= s < end), None)
+        out[f"dylora/detection_delay_{i + 1}"] = float(hit - b) if hit is not None else -1.0
+        if hit is not None:
+            matched.add(hit)
+    out["dylora/false_novelty"] = float(len([s for s in added if s not in matched]))
+    return out
+
+
+def continual_matrix(continual: dict[str, Any], metric: str = "acc") -> ContinualMatrix:
+    """R[i][j] from the recipe's rows: row 0 (the base) is the baseline, rows 1..T the phase ends.
+
+    Skill ``j`` is the skill of phase ``j`` (a stream that revisits a skill scores it per phase).
+    """
+    skills = [skill for skill, _ in continual["phases"]]
+    rows = sorted(continual["rows"], key=lambda r: r["phase"])
+    score = lambda row, s: row["skills"].get(s, {}).get(metric, math.nan)  # a stream extended on resume
+    baseline = [score(rows[0], s) for s in skills]  # has no earlier scores for its new skills: NaN
+    scores = [[score(row, s) for s in skills] for row in rows[1:]]
+    return ContinualMatrix(scores, baseline, higher_is_better=metric != "loss", skills=skills)
+
+
+def evaluate_checkpoint(request: Any) -> dict[str, float]:
+    """The family contract's evaluator on a pool checkpoint: continual-learning metrics and pictures from the
+    scores the run measured at each phase end (nothing is re-scored); ``continual.json`` in ``out_dir``."""
+    from trainables.training.manifest import read_manifest
+
+    started = time.time()
+    if request.checkpoint_dir is None:
+        raise ValueError("dylora evaluates its own checkpoints (their phase scores); the base's scores are row 0 "
+                         "of every run")
+    manifest = read_manifest(request.checkpoint_dir)
+    continual = manifest.metadata.get("continual")
+    if not continual or len(continual.get("rows", [])) < len(continual.get("phases", [])) + 1:
+        raise ValueError(f"{request.checkpoint_dir}: the stream is not finished (phase rows missing)")
+    skills = [skill for skill, _ in continual["phases"]]
+    method = continual.get("method", "dylora")
+    acc, loss = continual_matrix(continual, "acc"), continual_matrix(continual, "loss")
+    metrics = dict(acc.summary())
+    metrics.update({f"eval/loss_{k.removeprefix('cl/')}": v for k, v in loss.summary().items()})
+    metrics.update(detection_summary(continual["events"], continual["boundaries"]))
+    out = request.out_dir
+    accuracy_heatmap_png({method: acc}, skills, out / "accuracy_matrix.png",
+                         f"{method}: held-out answer-token accuracy R[i][j] after phase i on skill j")
+    lifecycle_png(continual["events"], continual["curves"], out / "expert_lifecycle.png",
+                  f"{method}: expert lifecycle over the stream ({' -> '.join(skills)})")
+    (out / "continual.json").write_text(json.dumps({"matrix_acc": acc.to_dict(), "matrix_loss": loss.to_dict(),
+                                                    "metrics": metrics, **continual}, indent=1))
+    for row in sorted(continual["rows"], key=lambda r: r["phase"]):
+        scores = ", ".join(f"{s} acc {row['skills'][s]['acc']:.3f} loss {row['skills'][s]['loss']:.3f}"
+                           for s in skills if s in row["skills"])
+        code = ", ".join(f"{k} {v:.3f}" for k, v in row["code"].items() if "pass_at_" in k)
+        request.log(f"after phase {row['phase']} (step {row['step']}, {row['num_experts']} experts): {scores}"
+                    + (f"; {code}" if code else ""))
+    request.log(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    metrics["eval_time_s"] = time.time() - started
+    return metrics

@@ -1,0 +1,125 @@
+"""The DyLoRA-MoE family's declaration (``orchestrator.contract.Family``): a pool of LoRA experts on a frozen
+pretrained causal LM, grown at run time while a stream of Code Alpaca skills arrives without labels, and
+measured for forgetting (accuracy matrix, forgetting, BWT, FWT) and MBPP / HumanEval pass@k after every
+phase. Registered in ``orchestrator/registry.py``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.contract import DataSection, EvaluateSection, Family
+from orchestrator.schema import fmt
+from trainables.dylora.config import DyLoRAConfig
+from trainables.dylora.stream import SKILLS
+
+
+@dataclass
+class StreamData(DataSection):
+    """The stream: ``phases`` in order (a skill and its optimizer steps each), held-out examples per skill."""
+
+    phases: list[dict[str, Any]] = field(default_factory=lambda: [{"skill": "python_basics", "steps": 40},
+                                                                   {"skill": "web_requests", "steps": 40}])
+    heldout: int = 24  # per skill, never trained on: held-out loss, perplexity and token accuracy
+    max_train_examples: int | None = None  # per skill; null = all that remain after the held-out split
+
+    def errors(self) -> list[str]:
+        errors = []
+        if not isinstance(self.phases, list) or not self.phases:
+            return [f"phases: got {fmt(self.phases)}, expected a list of {{skill, steps}}"]
+        for i, phase in enumerate(self.phases):
+            if not isinstance(phase, dict) or set(phase) != {"skill", "steps"}:
+                errors.append(f"phases[{i}]: got {fmt(phase)}, expected {{skill: <name>, steps: <int>}}")
+                continue
+            if phase["skill"] not in SKILLS:
+                errors.append(f"phases[{i}].skill: got {fmt(phase['skill'])}, expected one of {', '.join(SKILLS)}")
+            if not isinstance(phase["steps"], int) or isinstance(phase["steps"], bool) or phase["steps"] < 1:
+                errors.append(f"phases[{i}].steps: got {fmt(phase['steps'])}, expected an integer >= 1")
+        if not isinstance(self.heldout, int) or not 1 <= self.heldout <= 64:
+            errors.append(f"heldout: got {fmt(self.heldout)}, expected 1..64")
+        if self.max_train_examples is not None and self.max_train_examples < 1:
+            errors.append(f"max_train_examples: got {self.max_train_examples}, expected null or >= 1")
+        return errors
+
+    @property
+    def phase_list(self) -> list[tuple[str, int]]:
+        return [(p["skill"], p["steps"]) for p in self.phases]
+
+
+@dataclass
+class CodeEvalSection(EvaluateSection):
+    """MBPP (test split, task ids 11-510, the first ``mbpp_limit``) and HumanEval (the first
+    ``humaneval_limit``) pass@k, scored at the start and after every phase during training.
+
+    ``n_samples`` 1 is greedy decoding (pass@1); more samples at ``temperature`` give pass@k for
+    each k in ``k`` up to ``n_samples`` (the unbiased estimator). No repetition penalty, ever.
+    """
+
+    mbpp_limit: int = 20  # 0 = skip MBPP
+    humaneval_limit: int = 20  # 0 = skip HumanEval
+    n_samples: int = 1
+    k: list[int] = field(default_factory=lambda: [1])
+    temperature: float = 0.8  # used when n_samples > 1
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    timeout_s: float = 10.0  # per program, in the sandbox
+    memory_mb: int = 1024
+
+    def errors(self) -> list[str]:
+        errors = []
+        for key in ("mbpp_limit", "humaneval_limit"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 0:
+                errors.append(f"{key}: got {fmt(value)}, expected an integer >= 0")
+        for key in ("n_samples", "max_new_tokens", "batch_size", "memory_mb"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or value < 1:
+                errors.append(f"{key}: got {fmt(value)}, expected an integer >= 1")
+        if not self.k or any(not isinstance(k, int) or not 1 <= k <= max(1, int(self.n_samples)) for k in self.k):
+            errors.append(f"k: got {fmt(self.k)}, expected integers in 1..n_samples ({self.n_samples})")
+        if not self.temperature > 0:
+            errors.append(f"temperature: got {fmt(self.temperature)}, expected > 0")
+        if not self.timeout_s > 0:
+            errors.append(f"timeout_s: got {fmt(self.timeout_s)}, expected > 0")
+        return errors
+
+
+def _stream_checks(exp: Any) -> list[str]:
+    """train.max_steps = the stream's steps; reports (train.eval_every) fall on every phase end."""
+    phases = exp.data.phase_list
+    total = sum(steps for _, steps in phases)
+    errors = []
+    if exp.train.max_steps != total:
+        errors.append(f"train.max_steps: got {exp.train.max_steps}, expected {total} (the sum of data.phases steps)")
+    ends, acc = [], 0
+    for _, steps in phases:
+        acc += steps
+        ends.append(acc)
+    if any(end % exp.train.eval_every for end in ends):
+        errors.append(f"train.eval_every: got {exp.train.eval_every}, expected a divisor of every phase end "
+                      f"({', '.join(map(str, ends))}): each phase ends with an evaluation")
+    if exp.model.method != "joint" and exp.data.max_train_examples is not None \
+            and exp.data.max_train_examples < exp.train.batch_size:
+        errors.append(f"data.max_train_examples: got {exp.data.max_train_examples}, expected >= train.batch_size")
+    if exp.model.grows and exp.model.max_experts < 2:
+        errors.append(f"model.max_experts: got {exp.model.max_experts}, expected >= 2 for method dylora")
+    return errors
+
+
+FAMILY = Family(
+    name="dylora",
+    model=DyLoRAConfig,
+    data=StreamData,
+    recipe="trainables.dylora.recipe:DyLoRARecipe",
+    checkpoint="trainables.dylora.checkpoint:load_model_from",
+    strategies=("ddp",),
+    metrics=("step", "train_loss", "lr", "tokens_per_s", "tokens_seen", "train_time_s", "phase",
+             "val_loss", "router_entropy"),
+    metric_prefixes=("skill/", "dylora/", "lr/", "mbpp/", "humaneval/", "registry/", "cl/"),
+    progress=(("train_loss", "train_loss"), ("val_loss", "heldout_loss"), ("dylora/num_experts", "experts")),
+    evaluate=CodeEvalSection,
+    evaluator="trainables.dylora.evaluation:evaluate_checkpoint",
+    eval_metrics=("eval_time_s",),
+    eval_metric_prefixes=("cl/", "eval/"),
+    checks=_stream_checks,
+)
