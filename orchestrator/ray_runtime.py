@@ -2,10 +2,12 @@
 
 - No address (and no ``RAY_ADDRESS``): a local Ray starts with ``num_cpus`` CPUs, on
   loopback only (``start_local_ray``: GCS, raylet, workers, agents and dashboard listen on
-  127.0.0.1), and a custom resource ``tune_driver`` (one unit per
+  127.0.0.1), and a custom resource ``tune_driver`` (four units per
   CPU) that Tune trial driver functions request instead of a CPU, so the trials' Ray
   Train workers can use every CPU (a trial holding a CPU would starve its own workers on
-  a small machine).
+  a small machine). A driver idles while its workers train, so the units only bound how
+  many trials may wait on workers; ``sweep.max_concurrent_trials`` (default: CPUs //
+  CPUs per trial) is the real cap, and fractional ``scaling.cpus_per_worker`` can reach it.
 - ``--address``/``RAY_ADDRESS``: joins an existing cluster. Ray's token authentication is
   on by default, so the client sets ``RAY_AUTH_MODE=token`` unless already set (the token
   comes from ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token`` as usual). Clusters should give the
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 DRIVER_RESOURCE = "tune_driver"
+DRIVER_UNITS_PER_CPU = 4  # trial drivers idle while their workers train (module docstring)
 # Ray Train V2 knobs that cut per-run overhead on small runs (each can be overridden from the environment):
 # the controller polls its workers every 2 s by default, which delays every report and the end of a run;
 # the preemption watcher is one more actor per run, useless on a laptop.
@@ -43,8 +46,8 @@ LOOPBACK_ONLY_ENV = {CLUSTER_SWITCH: "0"}
 
 def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
     """``ray.init`` of a local Ray that nothing outside this machine can reach (see
-    ``LOOPBACK_ONLY_ENV``; the dashboard binds to 127.0.0.1), with ``num_cpus`` CPUs and as many
-    ``tune_driver`` units. Ray's token authentication stays on (its default for a new local Ray)."""
+    ``LOOPBACK_ONLY_ENV``; the dashboard binds to 127.0.0.1), with ``num_cpus`` CPUs and four
+    ``tune_driver`` units per CPU. Ray's token authentication stays on (its default for a new local Ray)."""
     import ray
     from ray._private import ray_constants
 
@@ -52,7 +55,8 @@ def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
         os.environ.setdefault(key, value)
     # Ray reads the switch once, when it is first imported; this process may have imported it already
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[CLUSTER_SWITCH] != "0"
-    return ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: num_cpus}, include_dashboard=dashboard,
+    return ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: DRIVER_UNITS_PER_CPU * num_cpus},
+                    include_dashboard=dashboard,
                     dashboard_host=LOOPBACK)
 
 

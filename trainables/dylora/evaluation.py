@@ -9,7 +9,8 @@
 - ``evaluate_checkpoint`` (the family contract's evaluator, ``evaluate.at_end``): reads the rows the
   recipe measured at step 0 and at every phase end from the checkpoint's metadata, computes the
   continual-learning metrics (``cl/*``, ``trainables.dylora.metrics``) and draws
-  ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything.
+  ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything. With
+  ``evaluate.rescore`` it also scores the checkpoint's code benchmarks again (e.g. pass@k over n samples).
 """
 
 from __future__ import annotations
@@ -150,6 +151,20 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
         code = ", ".join(f"{k} {v:.3f}" for k, v in row["code"].items() if "pass_at_" in k)
         request.log(f"after phase {row['phase']} (step {row['step']}, {row['num_experts']} experts): {scores}"
                     + (f"; {code}" if code else ""))
+    if request.settings.rescore:
+        metrics.update(_rescore(request))
     request.log(", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     metrics["eval_time_s"] = time.time() - started
     return metrics
+
+
+def _rescore(request: Any) -> dict[str, float]:
+    """The checkpoint's code benchmarks scored again with the ``evaluate:`` settings (``eval/`` prefix)."""
+    from trainables.dylora.checkpoint import load_pool
+
+    model, tokenizer, manifest = load_pool(request.checkpoint_dir)
+    settings = request.settings
+    problems = code_problems(settings, request.data_root)
+    scores = code_scores(model, tokenizer, problems, settings, seed=int(manifest.metadata.get("seed", 0)),
+                         log=request.log)
+    return {f"eval/{k}": v for k, v in scores.items()}

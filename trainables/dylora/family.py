@@ -64,6 +64,9 @@ class CodeEvalSection(EvaluateSection):
     batch_size: int = 8
     timeout_s: float = 10.0  # per program, in the sandbox
     memory_mb: int = 1024
+    # the evaluator (evaluate.at_end, moe-orch evaluate) scores the code benchmarks of the checkpoint
+    # again with these settings, e.g. n_samples=5 k=[1,5] for pass@5 (eval/<bench>/pass_at_<k>)
+    rescore: bool = False
 
     def errors(self) -> list[str]:
         errors = []

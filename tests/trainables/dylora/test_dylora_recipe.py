@@ -72,3 +72,21 @@ def test_dylora_grows_at_the_boundary_and_checkpoints_everything(tmp_path: Path)
     assert "mbpp/pass_at_1" in continual["rows"][2]["code"]
     assert {"dylora/train_loss", "dylora/detector_value", "lr/expert_1"} <= set(continual["curves"])
     assert manifest.extra["detector"]["decisions"] and manifest.extra["pool"]["experts"][0]["frozen_step"]
+
+
+def test_the_evaluator_reads_the_matrix_and_can_rescore_pass_at_k(tmp_path: Path) -> None:
+    from orchestrator.contract import EvalRequest
+    from trainables.dylora.evaluation import evaluate_checkpoint
+    from trainables.dylora.family import CodeEvalSection
+
+    _drive("dylora", tmp_path, "model.loss_threshold=0.0001")
+    settings = CodeEvalSection(rescore=True, mbpp_limit=2, humaneval_limit=0, n_samples=3, k=[1, 3],
+                               max_new_tokens=8)
+    out = tmp_path / "evaluation"
+    out.mkdir()
+    lines: list[str] = []
+    metrics = evaluate_checkpoint(EvalRequest(tmp_path / "model", settings, out, str(SHARED_DATA), log=lines.append))
+    assert {"cl/avg_final", "cl/bwt", "cl/forgetting", "cl/fwt", "dylora/false_novelty"} <= set(metrics)
+    assert metrics["eval/mbpp/pass_at_3"] == 0.0 and metrics["eval/mbpp/n_problems"] == 2  # random model: 0
+    assert {p.name for p in out.iterdir()} == {"accuracy_matrix.png", "expert_lifecycle.png", "continual.json"}
+    assert any(line.startswith("after phase 2") for line in lines)
