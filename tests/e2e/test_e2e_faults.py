@@ -13,24 +13,13 @@ import psutil
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from support import ray_processes
 
 from orchestrator.cli import main
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 EVAL_EVERY, MAX_STEPS = 20, 200
-
-
-def _train_workers() -> list[psutil.Process]:
-    """This test's Ray Train worker processes (descendants of this process: the Ray it started)."""
-    found = []
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.cmdline()[:1] and proc.cmdline()[0].startswith("ray::RayTrainWorker"):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def _kill_a_worker_after_first_checkpoint(uri: str, killed: dict, deadline_s: float = 600.0) -> None:
@@ -44,7 +33,7 @@ def _kill_a_worker_after_first_checkpoint(uri: str, killed: dict, deadline_s: fl
         if not runs:
             continue
         steps = [m.step for m in client.get_metric_history(runs[0].info.run_id, "val_loss")]
-        workers = _train_workers()
+        workers = ray_processes("ray::RayTrainWorker")
         if steps and workers:
             killed.update(step=max(steps), pid=workers[0].pid)
             os.kill(workers[0].pid, signal.SIGKILL)

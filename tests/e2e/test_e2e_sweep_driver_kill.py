@@ -8,12 +8,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import pytest
 from mlflow.tracking import MlflowClient
+from support import wait_for
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
 pytestmark = pytest.mark.slow
@@ -26,14 +26,6 @@ def _moe_orch(workdir: Path, *args: str) -> list[str]:
             "sweep.scheduler=none", *args]
 
 
-def _wait_for(condition, proc: subprocess.Popen, deadline_s: float) -> None:
-    deadline = time.monotonic() + deadline_s
-    while not condition():
-        assert proc.poll() is None, f"the sweep ended (exit {proc.returncode}) before it could be killed"
-        assert time.monotonic() < deadline, "the sweep did not get that far in time"
-        time.sleep(0.2)
-
-
 def test_a_killed_sweep_driver_resumes(workdir: Path) -> None:
     sweep_dir = workdir / "ray_results" / "tiny" / "sweep"
     first, second = sweep_dir / "tiny_000", sweep_dir / "tiny_001"
@@ -41,7 +33,7 @@ def test_a_killed_sweep_driver_resumes(workdir: Path) -> None:
         proc = subprocess.Popen(_moe_orch(workdir), cwd=workdir, stdout=log, stderr=subprocess.STDOUT)
         try:
             # the first trial has finished and the second is training when the driver dies
-            _wait_for(lambda: (first / "final.json").exists() and (second / "mlflow_run_id").exists(), proc, 900)
+            wait_for(lambda: (first / "final.json").exists() and (second / "mlflow_run_id").exists(), 900, alive=proc)
             started = psutil.Process(proc.pid).children(recursive=True)  # the local Ray it started
             os.kill(proc.pid, signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL

@@ -6,7 +6,6 @@ import ipaddress
 import os
 import signal
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
+from support import ray_processes, wait_for
 
 from orchestrator.registry import family_ref
 from trainables.ensemble.family import EnsembleServe
@@ -131,21 +131,7 @@ def test_overload_is_shed_with_503_and_never_hangs(app_url: str, logged_run: dic
 
 def _replica_pids(app_name: str) -> set[int]:
     """Process ids of the Serve replicas of ``app_name`` (descendants of this test process)."""
-    found = set()
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if proc.cmdline()[:1] and proc.cmdline()[0].startswith(f"ray::ServeReplica:{app_name}:"):
-                found.add(proc.pid)
-        except psutil.Error:
-            continue
-    return found
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    return {proc.pid for proc in ray_processes(f"ray::ServeReplica:{app_name}:")}
 
 
 def test_a_killed_replica_is_replaced_and_only_its_requests_fail(app_url: str, logged_run: dict[str, Any],
@@ -164,7 +150,7 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_fail(app_url: str, l
                              health_check_period_s=1.0)
     url = app.start(logged_run, family_ref("ensemble"), "faults", settings)
     try:
-        _wait_for(lambda: len(_replica_pids("faults")) == 2, 120)
+        wait_for(lambda: len(_replica_pids("faults")) == 2, 120)
         victim = sorted(_replica_pids("faults"))[0]
 
         def one(i: int) -> int:
@@ -181,9 +167,9 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_fail(app_url: str, l
             statuses = list(pool.map(one, range(160)))
         failed = [s for s in statuses if s != 200]
         assert len(failed) <= settings.max_ongoing_requests, statuses  # at most what the victim held
-        _wait_for(lambda: len(_replica_pids("faults") - {victim}) == 2, 120)  # a replacement replica
+        wait_for(lambda: len(_replica_pids("faults") - {victim}) == 2, 120)  # a replacement replica
         # the replacement removed the checkpoint download the killed replica could not clean up
-        _wait_for(lambda: not list(Path(tempfile.gettempdir()).glob(f"moe-orch-*-pid{victim}-*")), 120)
+        wait_for(lambda: not list(Path(tempfile.gettempdir()).glob(f"moe-orch-*-pid{victim}-*")), 120)
         with ThreadPoolExecutor(8) as pool:
             after = list(pool.map(lambda i: requests.post(f"{url}/predict", json={"texts": TEXTS},
                                                           timeout=60).status_code, range(40)))
