@@ -29,7 +29,7 @@ def _invoke(*args: str) -> str:
 def test_stream_registers_phases_and_resumes_mid_stream(workdir: Path) -> None:
     uri = f"sqlite:///{workdir}/mlflow.db"
     out = _invoke("train", str(TINY), f"tracking.uri={uri}", "tracking.registered_model=dylora-e2e",
-                  "model.loss_threshold=0.005")  # a random model's loss barely moves: detect on any rise
+                  "model.loss_z_threshold=0.01")  # a random model's loss barely moves: detect any change
     run_id = out.rsplit("MLflow run: ", 1)[1].split()[0]
     client = MlflowClient(tracking_uri=uri)
     metrics = client.get_run(run_id).data.metrics
@@ -57,7 +57,7 @@ def test_stream_registers_phases_and_resumes_mid_stream(workdir: Path) -> None:
 
     # --resume with the stream grown by a phase: same run, the pool restored, the new phase registered
     out = _invoke("train", str(TINY), "--resume", f"tracking.uri={uri}", "tracking.registered_model=dylora-e2e",
-                  "model.loss_threshold=0.005", THREE_PHASES, "train.max_steps=18")
+                  "model.loss_z_threshold=0.01", THREE_PHASES, "train.max_steps=18")
     assert f"MLflow run: {run_id}" in out
     run = client.get_run(run_id)
     assert run.data.metrics["resumed_from_step"] == 12 and run.info.status == "FINISHED"
@@ -71,7 +71,7 @@ def test_stream_registers_phases_and_resumes_mid_stream(workdir: Path) -> None:
 def test_the_stream_trains_with_ddp_on_two_workers(workdir: Path) -> None:
     uri = f"sqlite:///{workdir}/mlflow.db"
     out = _invoke("train", str(TINY), f"tracking.uri={uri}", "scaling.num_workers=2", "evaluate.at_end=false",
-                  "model.loss_threshold=0.005")
+                  "model.loss_z_threshold=0.01")
     run_id = out.rsplit("MLflow run: ", 1)[1].split()[0]
     metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
     # the code problems are split across the ranks and merged: every problem counted once

@@ -43,8 +43,9 @@ class DyLoRAConfig(FamilyConfig):
     plateau_tolerance: float = 0.01  # relative improvement below this over a window counts as a plateau
     # novelty detector
     entropy_threshold: float = 0.6  # normalised router entropy H / log E above this is novel (E >= 2)
-    loss_threshold: float = 0.25  # one expert: window loss above (1 + this) x the reference loss is novel
-    detector_window: int = 5  # steps averaged
+    loss_z_threshold: float = 3.0  # one expert: |z| of the loss change between two windows above this is novel
+    detector_window: int = 8  # steps per window
+    detector_patience: int = 1  # novel windows in a row before an expert is added
     cooldown_steps: int = 20  # no novelty decision within this many steps of an expert's birth
     # two-phase learning rate, as multipliers of train.lr
     seed_steps: int = 20  # a new expert's high-rate seeding
@@ -61,7 +62,7 @@ class DyLoRAConfig(FamilyConfig):
             errs.append(f"method: got {self.method!r}, expected one of {', '.join(METHODS)}")
         errs += base_reference_errors(self.base)
         for name in ("max_experts", "rank", "max_length", "maturity_steps", "plateau_window", "detector_window",
-                     "seed_steps", "seed_cycle_steps"):
+                     "detector_patience", "seed_steps", "seed_cycle_steps"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 errs.append(f"{name}: got {value!r}, expected an integer >= 1")
@@ -77,7 +78,7 @@ class DyLoRAConfig(FamilyConfig):
         if self.maturity not in MATURITY:
             errs.append(f"maturity: got {self.maturity!r}, expected one of {', '.join(MATURITY)}")
         for name in ("alpha", "router_temperature", "seed_lr_multiplier", "consolidation_lr_multiplier",
-                     "loss_threshold"):
+                     "loss_z_threshold"):
             if not getattr(self, name) > 0:
                 errs.append(f"{name}: got {getattr(self, name)!r}, expected > 0")
         if not 0.0 < self.entropy_threshold < 1.0:

@@ -239,9 +239,19 @@ class DyLoRAModel(nn.Module):
         self.last_routing = (features, weights, probs)
         return features, weights, probs
 
+    def route_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The routing weights (B, E) of whole prompts, for a generation engine that routes once per
+        sequence and passes them back as ``routing_weights`` on every forward."""
+        return self.route(input_ids, attention_mask, None)[1]
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, **kwargs: Any) -> Any:
-        self.route(input_ids, attention_mask, labels)
+                labels: torch.Tensor | None = None, routing_weights: torch.Tensor | None = None,
+                **kwargs: Any) -> Any:
+        """Route on the prompt (``labels`` marks it), or use ``routing_weights`` (B, E) as they are."""
+        if routing_weights is not None:
+            self.context.weights = routing_weights
+        else:
+            self.route(input_ids, attention_mask, labels)
         return self.base(input_ids=input_ids, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()

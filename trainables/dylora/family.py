@@ -12,6 +12,7 @@ from orchestrator.contract import DataSection, EvaluateSection, Family
 from orchestrator.schema import fmt
 from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.stream import SKILLS
+from trainables.lm.sections import LMServe
 
 
 @dataclass
@@ -125,4 +126,6 @@ FAMILY = Family(
     eval_metrics=("eval_time_s",),
     eval_metric_prefixes=("cl/", "eval/"),
     checks=_stream_checks,
+    serve=LMServe,
+    endpoint="trainables.lm.serving:LMEndpoint",
 )

@@ -329,6 +329,17 @@ def load_base(ref: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     return model.eval(), tokenizer
 
 
+def load_tokenizer(ref: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of base ``ref`` alone (with a pad token), without loading its weights."""
+    if ref == TINY_LLAMA:
+        tokenizer = byte_level_tokenizer()
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(ensure_smollm2_cache()) if ref == SMOLLM2 else ref)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def base_reference(ref: str) -> dict[str, Any]:
     """A JSON-able description of a base, for checkpoint manifests.
 

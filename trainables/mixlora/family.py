@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
 from orchestrator.schema import fmt
+from trainables.lm.sections import LMServe
 from trainables.mixlora.config import MixLoRAConfig
 
 SOURCES = ("arc_easy", "hellaswag", "code_alpaca")
@@ -76,4 +77,6 @@ FAMILY = Family(
     history=("routing/", ("/entropy", "/cv")),
     base_models=True,
     generator="trainables.mixlora.generation:generate",
+    serve=LMServe,
+    endpoint="trainables.lm.serving:LMEndpoint",
 )

@@ -101,16 +101,22 @@ def test_cyclical_seeding_and_state_round_trip() -> None:
 # -- NoveltyDetector -------------------------------------------------------------------------------
 
 
-def test_loss_criterion_fires_on_a_jump_after_the_cooldown_only() -> None:
-    detector = NoveltyDetector(DyLoRAConfig(detector_window=2, cooldown_steps=4, loss_threshold=0.2))
-    decisions = [detector.observe(step, 1, 0.0, loss, pool_full=False)
-                 for step, loss in enumerate([5.0, 9.0, 1.0, 1.0, 1.0, 0.9, 1.0, 1.5, 1.5], start=1)]
-    assert decisions[:3] == [None, None, None]  # cooldown: the 9.0 at step 2 decides nothing
-    made = [d for d in decisions if d is not None]
-    assert all(d.criterion == "loss" and d.threshold == 0.2 for d in made)
-    assert [d.novel for d in made] == [False, False, False, False, True, True]
-    assert made[-2].step == 8 and made[-2].value == pytest.approx(1.25 / 0.95 - 1)  # reference: lowest window
-    assert len(detector.decisions) == 6
+def test_loss_criterion_is_a_two_sided_change_test_after_the_cooldown() -> None:
+    cfg = DyLoRAConfig(detector_window=4, cooldown_steps=2, loss_z_threshold=3.0, detector_patience=2)
+    detector = NoveltyDetector(cfg)
+    # a noisy plateau around 1.0 after a first outlier, then the loss *drops* to 0.7: an easier skill is new too
+    losses = [3.0, 1.05, 0.95, 1.02, 0.98, 1.03, 0.97, 1.0, 0.72, 0.68, 0.71, 0.69, 0.70]
+    made = [detector.observe(step, 1, 0.0, loss, pool_full=False) for step, loss in enumerate(losses, start=1)]
+    assert made[:7] == [None] * 7  # two full windows are needed
+    decided = {d.step: d for d in made if d is not None}
+    assert all(d.criterion == "loss" and d.threshold == 3.0 for d in decided.values())
+    before, now = [1.03, 0.97, 1.0, 0.72], [0.68, 0.71, 0.69, 0.70]
+    m0, m1 = sum(before) / 4, sum(now) / 4
+    pooled = (sum((x - m0) ** 2 for x in before) + sum((x - m1) ** 2 for x in now)) / 6
+    assert decided[13].value == pytest.approx((m1 - m0) / (pooled * 2 / 4) ** 0.5)  # z of the last two windows
+    assert [abs(decided[s].value) > 3.0 for s in range(8, 14)] == [False, False, False, False, True, True]
+    # patience 2: the first window over the threshold decides nothing, the second adds the expert
+    assert [decided[s].novel for s in range(8, 14)] == [False] * 5 + [True]
 
 
 def test_entropy_criterion_and_a_full_pool() -> None:

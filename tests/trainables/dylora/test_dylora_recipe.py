@@ -51,14 +51,14 @@ def _drive(method: str, tmp_path: Path, *overrides: str) -> tuple[DyLoRARecipe, 
 
 @pytest.mark.parametrize("method", ["naive", "joint"])
 def test_baselines_keep_one_expert(method: str, tmp_path: Path) -> None:
-    recipe, metrics = _drive(method, tmp_path, "model.loss_threshold=0.0001")
+    recipe, metrics = _drive(method, tmp_path, "model.loss_z_threshold=0.01")
     assert recipe.detector is None and recipe.manager.num_active == 1
     assert metrics["dylora/num_experts"] == 1 and metrics["registry/phase"] == 2
     assert metrics["lr/expert_0"] > 0  # the one expert keeps learning through both phases
 
 
 def test_dylora_grows_at_the_boundary_and_checkpoints_everything(tmp_path: Path) -> None:
-    recipe, metrics = _drive("dylora", tmp_path, "model.loss_threshold=0.0001", "model.max_experts=2")
+    recipe, metrics = _drive("dylora", tmp_path, "model.loss_z_threshold=0.01", "model.max_experts=2")
     assert recipe.manager.num_active == 2  # the pool is full after one detection: no more
     added = [e for e in recipe.events if e["kind"] == "expert_added" and e["detected"]]
     assert len(added) == 1 and added[0]["criterion"] == "loss"
@@ -79,7 +79,7 @@ def test_the_evaluator_reads_the_matrix_and_can_rescore_pass_at_k(tmp_path: Path
     from trainables.dylora.evaluation import evaluate_checkpoint
     from trainables.dylora.family import CodeEvalSection
 
-    _drive("dylora", tmp_path, "model.loss_threshold=0.0001")
+    _drive("dylora", tmp_path, "model.loss_z_threshold=0.01")
     settings = CodeEvalSection(rescore=True, mbpp_limit=2, humaneval_limit=0, n_samples=3, k=[1, 3],
                                max_new_tokens=8)
     out = tmp_path / "evaluation"

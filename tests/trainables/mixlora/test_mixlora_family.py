@@ -92,8 +92,8 @@ def test_tiny_experiment_validates_and_bad_values_are_named() -> None:
     assert exp.family == "mixlora" and exp.model.method == "mixlora" and exp.train.grad_accum_steps == 2
     with pytest.raises(ExperimentError) as info:
         load_experiment(TINY_YAML, ["model.method=dora", "model.top_k=9", "data.sources=[wiki]",
-                                    "evaluate.tasks=[mmlu]", "serve.port=1"])
+                                    "evaluate.tasks=[mmlu]", "serve.max_n=0"])
     errors = "\n".join(info.value.errors)
     for needle in ("model.method: got 'dora'", "model.top_k: got 9", "data.sources: got 'wiki'",
-                   "evaluate.tasks: got 'mmlu'", "serve: got a section, expected none (family mixlora has no serve"):
+                   "evaluate.tasks: got 'mmlu'", "serve.max_n: got 0, expected >= 1"):
         assert needle in errors, errors

@@ -1,0 +1,338 @@
+"""Continuous batching for the LM families: many requests decoded together over one KV cache.
+
+``GenerationEngine(model, tokenizer)`` runs one background thread. ``submit(prompt_ids, params)``
+queues a request and returns a ``GenerationStream`` of ``Event``s (new text, finish reason). The
+loop, each iteration:
+
+1. **join**: waiting requests (up to ``max_batch_size`` running in all) are prefilled together,
+   left-padded, into a cache of their own; their first token is sampled; that cache is merged
+   into the running one (the shorter of the two is left-padded with masked zeros along time:
+   keys already carry their rotary positions, so padding never shifts a sequence);
+2. **decode**: one forward over the last token of every running sequence, ``position_ids`` per
+   row (its own real length), the attention mask marking each row's real positions; one token
+   sampled per row with its own temperature, top-p and seeded generator;
+3. **leave**: a row that produced EOS, hit ``max_tokens`` or a stop string finishes (its stream
+   gets the finish reason) and is dropped from the cache; columns no row needs any more are
+   trimmed from the left.
+
+No repetition penalty, no logits shaping beyond temperature and top-p. A model that routes per
+sequence (DyLoRA-MoE: ``route_prompts(input_ids, attention_mask) -> weights (B, E)``) is routed
+once at prefill; its rows' weights travel with the batch and are passed to every forward as
+``routing_weights``, and each event carries them as ``moe``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request decoding settings (OpenAI's meaning)."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Event:
+    """What one decode step added to a request: ``text`` (may be empty while a multi-byte character is
+    incomplete), and on the last event ``finish_reason`` (``stop`` | ``length``) and the usage counts."""
+
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    moe: dict[str, Any] | None = None
+
+
+class GenerationStream:
+    """The events of one request, in order: iterate or ``collect()`` from a thread, or, when submitted
+    with an event ``loop``, ``await next_event()`` / ``await collect_async()`` on that loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._events: queue.Queue[Event | BaseException] = queue.Queue()
+        self._loop = loop
+        self._async: asyncio.Queue[Event | BaseException] | None = asyncio.Queue() if loop is not None else None
+        self.submitted = time.monotonic()
+        self.first_token_at: float | None = None
+
+    def put(self, event: Event | BaseException) -> None:
+        """Called by the engine's thread."""
+        if self.first_token_at is None:
+            self.first_token_at = time.monotonic()
+        if self._loop is not None and self._async is not None:
+            self._loop.call_soon_threadsafe(self._async.put_nowait, event)
+        else:
+            self._events.put(event)
+
+    async def next_event(self) -> Event:
+        assert self._async is not None, "submitted without an event loop"
+        item = await self._async.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    async def collect_async(self) -> Event:
+        """``collect`` on the event loop."""
+        parts, last = [], Event("")
+        while last.finish_reason is None:
+            last = await self.next_event()
+            parts.append(last.text)
+        return Event("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.moe)
+
+    def get(self, timeout: float | None = None) -> Event:
+        item = self._events.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[Event]:
+        while True:
+            event = self.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    def collect(self) -> Event:
+        """Wait for the end: one ``Event`` with the whole text, the finish reason and usage."""
+        parts, last = [], Event("")
+        for last in self:
+            parts.append(last.text)
+        return Event("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.moe)
+
+
+@dataclass
+class _Row:
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: GenerationStream
+    generator: torch.Generator
+    generated: list[int] = field(default_factory=list)
+    emitted: int = 0  # characters of the decoded completion already sent
+    moe: dict[str, Any] | None = None
+
+
+class GenerationEngine:
+    """Continuous batching over ``model`` (a Hugging Face causal LM, or a wrapper with its forward).
+
+    Args:
+        model: eval mode; called as ``model(input_ids, attention_mask, position_ids, cache,
+            use_cache=True)`` (plus ``routing_weights`` when it has ``route_prompts``).
+        tokenizer: decodes the completion (``skip_special_tokens``); its EOS ends a row.
+        max_batch_size: running sequences at most; more requests wait for a row to leave.
+        expert_names: names of the routing weights' columns for ``moe`` (default ``E0``, ``E1``...).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 16,
+                 expert_names: list[str] | None = None) -> None:
+        self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
+        self.routes = callable(getattr(model, "route_prompts", None))
+        self.expert_names = expert_names
+        configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        self.eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
+        self.eos.discard(None)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.device = next(model.parameters()).device
+        self._waiting: queue.Queue[_Row] = queue.Queue()
+        self._rows: list[_Row] = []
+        self._cache: DynamicCache | None = None
+        self._mask: torch.Tensor | None = None  # (B, T) 1 on each row's real positions
+        self._lengths: torch.Tensor | None = None  # (B,) real tokens in the cache per row
+        self._next: torch.Tensor | None = None  # (B,) the token each row feeds next
+        self._weights: torch.Tensor | None = None  # (B, E) routing weights, for models that route per prompt
+        self._stop = threading.Event()
+        self.steps = 0  # decode steps done (for tests and stats)
+        self.max_running = 0  # the most rows decoded together so far
+        self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
+        self._thread.start()
+
+    # -- public -----------------------------------------------------------------------------
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams,
+               loop: asyncio.AbstractEventLoop | None = None) -> GenerationStream:
+        """Queue one request; its events arrive on the returned stream (on ``loop``, if given)."""
+        if not prompt_ids:
+            raise ValueError("empty prompt")
+        generator = torch.Generator().manual_seed(params.seed if params.seed is not None
+                                                  else int(torch.randint(0, 2**31 - 1, ()).item()))
+        row = _Row(list(prompt_ids), params, GenerationStream(loop), generator)
+        self._waiting.put(row)
+        return row.stream
+
+    @property
+    def running(self) -> int:
+        return len(self._rows)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._admit()
+                if self._rows:
+                    self._decode()
+            except Exception as exc:  # never leave a caller waiting: fail every running request
+                for row in self._rows:
+                    row.stream.put(RuntimeError(f"generation failed: {type(exc).__name__}: {exc}"))
+                self._rows, self._cache = [], None
+
+    def _admit(self) -> bool:
+        """Prefill waiting requests into the batch; True if any joined. Blocks briefly when idle."""
+        new: list[_Row] = []
+        room = self.max_batch_size - len(self._rows)
+        try:
+            if room > 0:
+                new.append(self._waiting.get(timeout=0.05 if not self._rows else 0.0) if not self._rows
+                           else self._waiting.get_nowait())
+                while len(new) < room:
+                    new.append(self._waiting.get_nowait())
+        except queue.Empty:
+            pass
+        if not new:
+            return False
+        self._prefill(new)
+        return True
+
+    @torch.no_grad()
+    def _prefill(self, new: list[_Row]) -> None:
+        width = max(len(r.prompt_ids) for r in new)
+        ids = torch.full((len(new), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(new), width), dtype=torch.long)
+        for i, row in enumerate(new):
+            ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
+            mask[i, width - len(row.prompt_ids):] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        extra: dict[str, Any] = {}
+        weights = None
+        if self.routes:
+            weights = self.model.route_prompts(ids, mask)  # (k, E)
+            extra["routing_weights"] = weights
+            names = self.expert_names or [f"E{e}" for e in range(weights.shape[-1])]
+            for row, w in zip(new, weights.tolist(), strict=True):
+                row.moe = {"experts": {n: round(v, 4) for n, v in zip(names, w, strict=True) if v > 0}}
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, **extra)
+        first = self._sample(out.logits[:, -1], new)
+        self._merge(new, cache, mask, mask.sum(-1), first, weights)
+        self._emit(first.tolist(), offset=len(self._rows) - len(new))
+
+    @torch.no_grad()
+    def _decode(self) -> None:
+        assert self._cache is not None and self._mask is not None and self._next is not None
+        self._mask = torch.cat([self._mask, torch.ones_like(self._mask[:, :1])], dim=1)
+        extra = {"routing_weights": self._weights} if self.routes else {}
+        out = self.model(input_ids=self._next[:, None], attention_mask=self._mask,
+                         position_ids=self._lengths[:, None], cache=self._cache, use_cache=True, **extra)
+        self._lengths = self._lengths + 1
+        self._next = self._sample(out.logits[:, -1], self._rows)
+        self.steps += 1
+        self._emit(self._next.tolist())
+
+    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
+        """One token per row (B,) from ``logits`` (B, V): greedy at temperature 0, else top-p sampling."""
+        tokens = []
+        for row, row_logits in zip(rows, logits.float(), strict=True):
+            p = row.params
+            if p.temperature <= 0:
+                tokens.append(int(row_logits.argmax()))
+                continue
+            probs = torch.softmax(row_logits / p.temperature, dim=-1).cpu()
+            if p.top_p < 1.0:
+                sorted_probs, order = probs.sort(descending=True)
+                keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # the smallest set reaching top_p
+                probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+            tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+        return torch.tensor(tokens, device=logits.device)
+
+    def _merge(self, new: list[_Row], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor,
+               first: torch.Tensor, weights: torch.Tensor | None) -> None:
+        """Append the prefilled rows to the running batch, left-padding the shorter cache along time."""
+        if self._cache is None or not self._rows:
+            self._rows, self._cache, self._mask, self._lengths, self._next = list(new), cache, mask, lengths, first
+            self._weights = weights
+            self.max_running = max(self.max_running, len(self._rows))
+            return
+        t_old, t_new = self._mask.shape[1], mask.shape[1]
+        width = max(t_old, t_new)
+        pad = lambda t, n: torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t  # (B, H, T, D): left in T
+        for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
+            old_layer.keys = torch.cat([pad(old_layer.keys, width - t_old), pad(new_layer.keys, width - t_new)])
+            old_layer.values = torch.cat([pad(old_layer.values, width - t_old),
+                                          pad(new_layer.values, width - t_new)])
+        pad_mask = lambda m, n: torch.nn.functional.pad(m, (n, 0)) if n else m
+        self._mask = torch.cat([pad_mask(self._mask, width - t_old), pad_mask(mask, width - t_new)])
+        self._lengths = torch.cat([self._lengths, lengths])
+        self._next = torch.cat([self._next, first])
+        if weights is not None:
+            self._weights = torch.cat([self._weights, weights])
+        self._rows += new
+        self.max_running = max(self.max_running, len(self._rows))
+
+    def _emit(self, tokens: list[int], offset: int = 0) -> None:
+        """Send rows ``offset..`` their new token's text; finish and drop the rows that are done.
+
+        Text that could still grow into a stop string is held back until it cannot.
+        """
+        done = []
+        for i, token in enumerate(tokens, start=offset):
+            row = self._rows[i]
+            finish = "stop" if token in self.eos else None
+            if finish is None:
+                row.generated.append(token)
+            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            hits = [text.find(s) for s in row.params.stop if s and s in text]
+            if hits:
+                text, finish = text[:min(hits)], "stop"
+            elif finish is None and len(row.generated) >= row.params.max_tokens:
+                finish = "length"
+            if finish is None:
+                hold = max((len(s) - 1 for s in row.params.stop), default=0)
+                text = text[:len(text) - hold] if hold else text
+                if text.endswith("\ufffd"):
+                    text = text[:-1]  # an incomplete multi-byte character: wait for the next token
+            delta = text[row.emitted:]
+            row.emitted = max(row.emitted, len(text))
+            if finish is None:
+                if delta:
+                    row.stream.put(Event(delta, moe=row.moe))
+            else:
+                row.stream.put(Event(delta, finish, len(row.prompt_ids), len(row.generated), row.moe))
+                done.append(i)
+        if done:
+            self._drop(done)
+
+    def _drop(self, done: list[int]) -> None:
+        """Remove finished rows from the batch, and the cache columns no remaining row uses."""
+        keep = [i for i in range(len(self._rows)) if i not in set(done)]
+        self._rows = [self._rows[i] for i in keep]
+        if not self._rows:
+            self._cache = self._mask = self._lengths = self._next = self._weights = None
+            return
+        index = torch.tensor(keep, device=self._mask.device)
+        self._mask = self._mask[index]
+        start = int((self._mask.sum(0) > 0).nonzero()[0])
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+        self._lengths, self._next = self._lengths[index], self._next[index]
+        if self._weights is not None:
+            self._weights = self._weights[index]
