@@ -83,7 +83,8 @@ def test_completions_chat_and_streaming_through_the_openai_client(client: openai
 
 
 def test_sampling_is_seeded_and_n_gives_several_choices(client: openai.OpenAI) -> None:
-    ask = lambda seed: client.completions.create(prompt="abc", max_tokens=8, temperature=1.0, seed=seed, n=2)
+    ask = lambda seed: client.completions.create(model="pool-test", prompt="abc", max_tokens=8, temperature=1.0,
+                                                 seed=seed, n=2)
     first, again = ask(5), ask(5)
     assert [c.text for c in first.choices] == [c.text for c in again.choices] and len(first.choices) == 2
 
@@ -91,7 +92,8 @@ def test_sampling_is_seeded_and_n_gives_several_choices(client: openai.OpenAI) -
 def test_concurrent_requests_are_decoded_together(client: openai.OpenAI, lm_url: str) -> None:
     prompts = [f"request number {i} says" for i in range(12)]
     with ThreadPoolExecutor(12) as pool:
-        answers = list(pool.map(lambda p: client.completions.create(prompt=p, max_tokens=24, temperature=0), prompts))
+        answers = list(pool.map(lambda p: client.completions.create(model="pool-test", prompt=p, max_tokens=24,
+                                                                    temperature=0), prompts))
     assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
     health = requests.get(f"{lm_url}/healthz", timeout=30).json()
     assert health["max_running"] > 1  # the engine decoded several sequences in one batch
@@ -99,7 +101,7 @@ def test_concurrent_requests_are_decoded_together(client: openai.OpenAI, lm_url:
 
 def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.OpenAI, lm_url: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(prompt="x", max_tokens=1000)
+        client.completions.create(model="pool-test", prompt="x", max_tokens=1000)
     assert info.value.body["param"] == "max_tokens" and info.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-5", prompt="x", max_tokens=2)
@@ -109,4 +111,4 @@ def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.Open
     reply = requests.post(f"{lm_url}/v1/chat/completions", data=b"{not json", timeout=60,
                           headers={"content-type": "application/json"})
     assert reply.status_code == 400
-    assert client.completions.create(prompt="still alive", max_tokens=2).choices[0].finish_reason
+    assert client.completions.create(model="pool-test", prompt="still alive", max_tokens=2).choices[0].finish_reason
