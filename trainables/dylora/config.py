@@ -41,7 +41,10 @@ class DyLoRAConfig(FamilyConfig):
     maturity_steps: int = 40
     plateau_window: int = 10
     plateau_tolerance: float = 0.01  # relative improvement below this over a window counts as a plateau
-    # novelty detector
+    # novelty detector (trainables.dylora.novelty)
+    single_expert_criterion: str = "prototype"  # one expert: prototype | loss
+    multi_expert_criterion: str = "entropy"  # two or more: entropy (the spec's) | prototype
+    distance_threshold: float = 0.0065  # prototype: cosine distance of the window's mean feature to the nearest
     entropy_threshold: float = 0.6  # normalised router entropy H / log E above this is novel (E >= 2)
     loss_z_threshold: float = 3.0  # one expert: |z| of the loss change between two windows above this is novel
     detector_window: int = 8  # steps per window
@@ -75,10 +78,14 @@ class DyLoRAConfig(FamilyConfig):
             errs.append(f"target_modules: got {list(self.target_modules)!r}, expected some of {', '.join(known)}")
         if self.seed_schedule not in SCHEDULES:
             errs.append(f"seed_schedule: got {self.seed_schedule!r}, expected one of {', '.join(SCHEDULES)}")
+        if self.single_expert_criterion not in ("prototype", "loss"):
+            errs.append(f"single_expert_criterion: got {self.single_expert_criterion!r}, expected prototype or loss")
+        if self.multi_expert_criterion not in ("entropy", "prototype"):
+            errs.append(f"multi_expert_criterion: got {self.multi_expert_criterion!r}, expected entropy or prototype")
         if self.maturity not in MATURITY:
             errs.append(f"maturity: got {self.maturity!r}, expected one of {', '.join(MATURITY)}")
         for name in ("alpha", "router_temperature", "seed_lr_multiplier", "consolidation_lr_multiplier",
-                     "loss_z_threshold"):
+                     "loss_z_threshold", "distance_threshold"):
             if not getattr(self, name) > 0:
                 errs.append(f"{name}: got {getattr(self, name)!r}, expected > 0")
         if not 0.0 < self.entropy_threshold < 1.0:

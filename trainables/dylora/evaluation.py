@@ -140,7 +140,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     metrics.update(detection_summary(continual["events"], continual["boundaries"]))
     out = request.out_dir
     accuracy_heatmap_png({method: acc}, skills, out / "accuracy_matrix.png",
-                         f"{method}: held-out answer-token accuracy R[i][j] after phase i on skill j")
+                         f"{method}: held-out answer-token accuracy R[i][j], after phase i on skill j")
     lifecycle_png(continual["events"], continual["curves"], out / "expert_lifecycle.png",
                   f"{method}: expert lifecycle over the stream ({' -> '.join(skills)})")
     (out / "continual.json").write_text(json.dumps({"matrix_acc": acc.to_dict(), "matrix_loss": loss.to_dict(),

@@ -32,6 +32,7 @@ Pictures (matplotlib, Agg backend, ``layout="constrained"``):
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,14 +153,14 @@ def accuracy_heatmap_png(matrices: Mapping[str, ContinualMatrix], skills: Sequen
                 ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=9,
                         color="black" if shade > 0.55 else "white")
         ax.set_xticks(range(T), list(skills), rotation=30, ha="right")
-        ax.set_yticks(range(T), [f"after {i}: {s}" for i, s in enumerate(skills)] if k == 0 else [])
+        ax.set_yticks(range(T), [f"after phase {i + 1} ({s})" for i, s in enumerate(skills)] if k == 0 else [])
         summary = m.summary()
         sub = ", ".join(f"{k[3:]} {v:+.3f}" for k, v in summary.items() if k != "cl/avg_final")
         ax.set_title(f"{name}\nfinal {m.avg_final():.3f}" + (f"\n{sub}" if sub else ""), fontsize=10)
         ax.set_xlabel("evaluated skill")
     axes[0][0].set_ylabel("model after phase")
     fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="score")
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 70))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -280,7 +281,7 @@ def lifecycle_png(events: Sequence[Mapping[str, Any]], curves: Mapping[str, Sequ
         lr_ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     axes[-1].set_xlabel("optimizer step")
     axes[-1].set_xlim(0, last_step)
-    fig.suptitle(title)
+    fig.suptitle(textwrap.fill(title, 70))
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -161,9 +161,15 @@ class DyLoRARecipe(Recipe):
         self._curve("dylora/train_loss", step, loss)
         self._curve("dylora/router_entropy", step, entropy)
         if self.detector is not None:
-            decision = self.detector.observe(step, self.manager.num_active, entropy, loss, self.manager.full)
+            distance = self._window_distance()
+            if distance is not None:
+                self._curve("dylora/prototype_distance", step, distance)
+            decision = self.detector.observe(step, self.manager.num_active, entropy, loss, self.manager.full,
+                                             distance)
             if decision is not None:
-                self._curve("dylora/detector_value", step, decision.value)
+                # the loss test is two-sided: its curve is |z|, against the one threshold line
+                self._curve("dylora/detector_value", step,
+                            abs(decision.value) if decision.criterion == "loss" else decision.value)
                 self._curve("dylora/threshold", step, decision.threshold)
                 if decision.novel:
                     self._add_expert(step, decision)
@@ -171,6 +177,17 @@ class DyLoRARecipe(Recipe):
             self._curve(f"lr/expert_{slot}", step, self.scheduler.get_last_lr()[slot])
         if router.mode != mode_before:
             self.events.append({"step": step, "kind": "router_mode", "mode": router.mode})
+
+    def _window_distance(self) -> float | None:
+        """Cosine distance of the window's mean routing feature to the nearest expert prototype (None until
+        the window is full or while no prototype is set)."""
+        router = self.model.router
+        known = router.initialised[:router.num_active]
+        if len(self._window_features) < self.experiment.model.detector_window or not bool(known.any()):
+            return None
+        mean = torch.nn.functional.normalize(torch.stack(list(self._window_features)).mean(0), dim=-1)
+        prototypes = torch.nn.functional.normalize(router.prototypes[:router.num_active][known], dim=-1)
+        return float(1 - (prototypes @ mean).max())
 
     def _add_expert(self, step: int, decision: Any) -> None:
         prototype = torch.stack(list(self._window_features)).mean(0)  # the novel window's mean feature
@@ -182,6 +199,7 @@ class DyLoRARecipe(Recipe):
                 self.scheduler.expert_frozen(slot, step)
                 self.events.append({"step": step, "kind": "lr_phase", "expert": slot, "phase": "frozen"})
         self.detector.expert_added(step)
+        self._window_features.clear()
         self.events.append({"step": step, "kind": "expert_added", "expert": info.slot, "detected": True,
                             "seed_end": step + self.experiment.model.seed_steps, "criterion": decision.criterion,
                             "value": decision.value, "threshold": decision.threshold})

@@ -102,7 +102,8 @@ def test_cyclical_seeding_and_state_round_trip() -> None:
 
 
 def test_loss_criterion_is_a_two_sided_change_test_after_the_cooldown() -> None:
-    cfg = DyLoRAConfig(detector_window=4, cooldown_steps=2, loss_z_threshold=3.0, detector_patience=2)
+    cfg = DyLoRAConfig(single_expert_criterion="loss", detector_window=4, cooldown_steps=2, loss_z_threshold=3.0,
+                       detector_patience=2)
     detector = NoveltyDetector(cfg)
     # a noisy plateau around 1.0 after a first outlier, then the loss *drops* to 0.7: an easier skill is new too
     losses = [3.0, 1.05, 0.95, 1.02, 0.98, 1.03, 0.97, 1.0, 0.72, 0.68, 0.71, 0.69, 0.70]
@@ -117,6 +118,16 @@ def test_loss_criterion_is_a_two_sided_change_test_after_the_cooldown() -> None:
     assert [abs(decided[s].value) > 3.0 for s in range(8, 14)] == [False, False, False, False, True, True]
     # patience 2: the first window over the threshold decides nothing, the second adds the expert
     assert [decided[s].novel for s in range(8, 14)] == [False] * 5 + [True]
+
+
+def test_prototype_criterion_needs_a_window_and_compares_the_distance() -> None:
+    cfg = DyLoRAConfig(single_expert_criterion="prototype", multi_expert_criterion="prototype",
+                       distance_threshold=0.01, cooldown_steps=1)
+    detector = NoveltyDetector(cfg)
+    assert detector.observe(1, 1, 0.0, 1.0, False, distance=None) is None  # the window is not full yet
+    quiet = detector.observe(2, 1, 0.0, 1.0, False, distance=0.002)
+    assert quiet.criterion == "prototype" and not quiet.novel and quiet.threshold == 0.01
+    assert detector.observe(3, 2, 0.9, 1.0, False, distance=0.02).novel  # with two experts too, when configured
 
 
 def test_entropy_criterion_and_a_full_pool() -> None:
