@@ -261,13 +261,16 @@ def lifecycle_png(events: Sequence[Mapping[str, Any]], curves: Mapping[str, Sequ
     top.legend(handles=legend, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     top.set_title("experts")
 
-    drawn = False
-    for name, style in (("dylora/detector_value", {"color": "tab:blue", "label": "detector value"}),
+    drawn, values = False, []
+    for name, style in (("dylora/detector_value", {"color": "tab:blue", "marker": ".", "label": "detector value"}),
                         ("dylora/threshold", {"color": "tab:red", "ls": ":", "label": "threshold"})):
         pts = curves.get(name) or []
         if pts:
             det.plot([s for s, _ in pts], [v for _, v in pts], **style)
+            values += [v for _, v in pts]
             drawn = True
+    if values and min(values) > 0 and max(values) / min(values) > 50:
+        det.set_yscale("log")  # criteria of different scales (a distance of 0.001, an entropy of 0.3) stay readable
     det.set_ylabel("novelty detector")
     if drawn:
         det.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
