@@ -65,8 +65,8 @@ def code_problems(settings: Any, root: str | None) -> dict[str, list]:
 
 def code_scores(model: Any, tokenizer: Any, problems: dict[str, list], settings: Any, seed: int, rank: int = 0,
                 world_size: int = 1, log: Any = print) -> dict[str, float]:
-    """``{"mbpp/pass@1", "mbpp/pass@k"..., "humaneval/...", "<bench>/n_problems"}``: each rank runs its share
-    of the problems; the per-problem ``(n, correct)`` counts are gathered so every rank returns the same."""
+    """``{"mbpp/pass_at_1", "mbpp/pass_at_<k>"..., "humaneval/...", "<bench>/n_problems"}``: each rank runs its
+    share of the problems; the per-problem ``(n, correct)`` counts are gathered so every rank returns the same."""
     out: dict[str, float] = {}
     for bench, items in problems.items():
         started = time.time()
@@ -75,15 +75,13 @@ def code_scores(model: Any, tokenizer: Any, problems: dict[str, list], settings:
             temperature=settings.temperature, max_new_tokens=settings.max_new_tokens,
             batch_size=settings.batch_size, seed=seed, timeout_s=settings.timeout_s,
             memory_mb=settings.memory_mb, rank=rank, world_size=world_size, log=log)
-        counts = dict(result.per_problem)
+        parts: list[Any] = [result.per_problem]
         if dist.is_initialized() and world_size > 1:
-            gathered: list[Any] = [None] * world_size
-            dist.all_gather_object(gathered, counts)
-            counts = {k: v for part in gathered for k, v in part.items()}
-        for k in settings.k:
-            if k <= settings.n_samples:
-                values = [codeeval.pass_at_k(n, c, k) for n, c in counts.values()]
-                out[f"{bench}/pass_at_{k}"] = sum(values) / max(1, len(values))
+            parts = [None] * world_size
+            dist.all_gather_object(parts, result.per_problem)
+        counts = codeeval.merge_counts(parts)
+        for name, value in codeeval.pass_at_k_scores(counts, settings.k).items():
+            out[f"{bench}/{name.replace('@', '_at_')}"] = value  # MLflow metric names take no '@'
         out[f"{bench}/n_problems"] = float(len(counts))
         log(f"{bench}: pass@1 {out.get(f'{bench}/pass_at_1', float('nan')):.3f} on {len(counts)} problems "
             f"x {settings.n_samples} samples ({time.time() - started:.0f} s on this rank)")

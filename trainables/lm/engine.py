@@ -198,9 +198,8 @@ class GenerationEngine:
         new: list[_Row] = []
         room = self.max_batch_size - len(self._rows)
         try:
-            if room > 0:
-                new.append(self._waiting.get(timeout=0.05 if not self._rows else 0.0) if not self._rows
-                           else self._waiting.get_nowait())
+            if room > 0:  # idle: wait a little for the first request; decoding: take only what is queued
+                new.append(self._waiting.get(timeout=0.05) if not self._rows else self._waiting.get_nowait())
                 while len(new) < room:
                     new.append(self._waiting.get_nowait())
         except queue.Empty:
