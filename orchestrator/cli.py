@@ -123,12 +123,19 @@ def sweep(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
 @click.option("--port", type=int, default=None, help="HTTP port (default: serve.port, 8000).")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 @click.option("--address", default=None, help=ADDRESS_HELP)
+@click.option("--follow", is_flag=True,
+              help="With TARGET models:/<name>@<alias>: poll the alias and swap the replicas to each new "
+                   "version without restarting them (requests in flight finish on the old one).")
+@click.option("--poll-s", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="How often --follow asks the registry.")
 def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, host: str | None, port: int | None,
-              tracking_uri: str | None, address: str | None) -> None:
+              tracking_uri: str | None, address: str | None, follow: bool, poll_s: float) -> None:
     """Serve a trained model over HTTP with Ray Serve (FastAPI, batching, autoscaling).
 
-    TARGET is an experiment YAML (its newest `moe-orch train` checkpoint), an MLflow run id, or
-    a checkpoint directory of any family with a serve app (the Ensemble MoE: POST <route>/predict).
+    TARGET is an experiment YAML (its newest `moe-orch train` checkpoint), an MLflow run id, a
+    registered model version (models:/<name>@current, models:/<name>@latest, models:/<name>/3), or
+    a checkpoint directory of any family with a serve app (the Ensemble MoE: POST <route>/predict;
+    the LM families: OpenAI's /v1/completions and /v1/chat/completions).
     OVERRIDES such as serve.max_replicas=4 apply to the serve settings (for a run id or directory,
     only serve.* keys). The app answers GET <route>/healthz and <route>/docs on 127.0.0.1:8000 by
     default; Ctrl-C or SIGTERM stops it.
@@ -140,7 +147,8 @@ def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, ho
     from serve.run import ServeError, serve_target
 
     try:
-        serve_target(target, exp, overrides, emit_path, host, port, tracking_uri, address, echo=click.echo)
+        serve_target(target, exp, overrides, emit_path, host, port, tracking_uri, address, echo=click.echo,
+                     follow_s=poll_s if follow else None)
     except ServeError as exc:
         click.echo(str(exc), err=True)
         sys.exit(exc.exit_code)

@@ -185,6 +185,11 @@ class ServeEndpoint(Protocol):
         """Answer a batch of items (one per request), in order; runs in a worker thread."""
         ...
 
+    # Optional, for hot swaps (``moe-orch serve models:/<name>@<alias> --follow``, or a new
+    # ``user_config.source`` in a Serve config): ``reload(checkpoint_dir | None, version | None)`` loads
+    # another checkpoint (None: relabel the loaded one) in a worker thread and answers new requests from
+    # it, while requests in flight finish on the old one. Without it, a family's replicas are redeployed.
+
 
 # -- the family ----------------------------------------------------------------------------
 

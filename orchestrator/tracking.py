@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,6 +168,19 @@ class Run:
         return {k: sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, k)) for k in keys}
 
 
+MODEL_URI_RE = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[\w-]+)|/(?P<version>\d+))$")
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """One version of a registered model: where its files are (a folder of its run's artifacts)."""
+
+    name: str
+    version: str
+    run_id: str
+    artifact_path: str  # inside the run's artifacts, e.g. registered/step_000048
+
+
 @dataclass(frozen=True)
 class Store:
     """A tracking store: experiments and the runs in them."""
@@ -195,6 +209,29 @@ class Store:
             raise LookupError(f"run {run_id} not found in {self.uri} (set MLFLOW_TRACKING_URI or pass "
                               "--tracking-uri to look elsewhere)") from exc
         return Run(self.uri, run_id)
+
+    def model_version(self, uri: str) -> ModelVersion:
+        """The registered version that ``uri`` names now: ``models:/<name>@<alias>`` (the alias's
+        current target; ``@latest``: the newest version) or ``models:/<name>/<version>``; LookupError
+        if there is none, ValueError if ``uri`` has neither form."""
+        match = MODEL_URI_RE.match(uri)
+        if match is None:
+            raise ValueError(f"{uri}: expected models:/<name>@<alias> or models:/<name>/<version>")
+        name, alias, number = match.group("name", "alias", "version")
+        c = client(self.uri)
+        try:
+            if alias == "latest":  # MLflow reserves this alias: it means the newest version
+                versions = c.search_model_versions(f"name = '{name}'")
+                number = str(max(int(v.version) for v in versions)) if versions else "0"
+                alias = None
+            found = c.get_model_version_by_alias(name, alias) if alias else c.get_model_version(name, number)
+        except Exception as exc:  # MlflowException: RESOURCE_DOES_NOT_EXIST
+            raise LookupError(f"{uri}: no such registered model version in {self.uri}") from exc
+        run_root = c.get_run(found.run_id).info.artifact_uri.rstrip("/")
+        if not found.source.startswith(run_root + "/"):
+            raise LookupError(f"{uri}: version {found.version} is not a folder of its run's artifacts "
+                              f"({found.source})")
+        return ModelVersion(name, str(found.version), found.run_id, found.source[len(run_root) + 1:])
 
     def start_run(self, experiment_id: str, run_name: str, parent: Run | None = None,
                   tags: dict[str, str] | None = None) -> Run:

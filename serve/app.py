@@ -79,15 +79,21 @@ def replica_ingress() -> str:
 
 def fetch_checkpoint(source: dict[str, Any]) -> tuple[Path, Path | None]:
     """``(checkpoint dir, temporary folder or None)`` for ``source``: ``{"checkpoint": dir}``, or
-    ``{"run_id", "tracking_uri"}``, whose ``checkpoint`` artifact is downloaded into a fresh temporary
-    folder that the caller deletes when done."""
+    ``{"run_id", "tracking_uri", "artifact_path"}``, whose artifact folder (default ``checkpoint``; a
+    registered version's ``registered/step_*``) is downloaded into a fresh temporary folder that the
+    caller deletes when done. Other keys (``version``) are labels, not read here."""
     if source.get("checkpoint"):
         return Path(source["checkpoint"]), None
     from orchestrator.tracking import Store
 
     remove_orphaned_downloads()
     dst = Path(tempfile.mkdtemp(prefix=f"{DOWNLOAD_PREFIX}{source['run_id'][:8]}-pid{os.getpid()}-"))
-    return Store.at(source.get("tracking_uri")).run(source["run_id"]).download("checkpoint", dst), dst
+    try:
+        run = Store.at(source.get("tracking_uri")).run(source["run_id"])
+        return run.download(source.get("artifact_path") or "checkpoint", dst), dst
+    except BaseException:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise
 
 
 DOWNLOAD_PREFIX = "moe-orch-"
@@ -126,10 +132,46 @@ class ModelServer:
         self.settings = section_from(spec.serve, settings)
         torch.set_num_threads(max(1, int(self.settings.num_cpus_per_replica)))
         path, self.download_dir = fetch_checkpoint(source)  # a download is deleted in __del__
+        self.family, self.source, self.version = family, source, None  # the label comes with reconfigure
         self.endpoint = import_ref(spec.endpoint)(path, self.settings)
         self.batched.set_max_batch_size(self.settings.max_batch_size)
         self.batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.replica = serve.get_replica_context().replica_id.unique_id
+        self.swap_lock = asyncio.Lock()
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Serve calls this after ``__init__`` and whenever the deployment's ``user_config``
+        (``{"source", "version"}``, see ``serve_config``) changes: a lightweight update, the replica is
+        not restarted. A new source is fetched and handed to the endpoint's ``reload`` (families whose
+        endpoint has none cannot swap); requests in flight finish on the checkpoint they started on.
+
+        A replica that autoscaling starts after a swap loads the deployment's first source in
+        ``__init__``, then the current one here.
+        """
+        source = {k: v for k, v in (user_config.get("source") or self.source).items() if v}
+        version = user_config.get("version")
+        async with self.swap_lock:
+            if source == self.source and version == self.version:
+                return
+            reload = getattr(self.endpoint, "reload", None)
+            if source == self.source:  # the same files under a new label (the first call after __init__)
+                if reload is not None and version:
+                    await asyncio.to_thread(reload, None, version)
+            elif reload is None:
+                raise ValueError(f"family {self.family}: its serve endpoint has no reload(), so it cannot swap "
+                                 "checkpoints; redeploy instead")
+            else:
+                path, download_dir = await asyncio.to_thread(fetch_checkpoint, source)
+                try:
+                    await asyncio.to_thread(reload, path, version)
+                except BaseException:
+                    if download_dir is not None:
+                        shutil.rmtree(download_dir, ignore_errors=True)
+                    raise
+                if self.download_dir is not None:  # the old weights are in memory; their files can go
+                    shutil.rmtree(self.download_dir, ignore_errors=True)
+                self.download_dir = download_dir
+            self.source, self.version = source, version
 
     def __serve_build_asgi_app__(self) -> Any:
         """Serve calls this after ``__init__``: the family's FastAPI app for this replica, behind the
@@ -145,7 +187,7 @@ class ModelServer:
 
     def health(self) -> dict[str, Any]:
         """This replica's facts for ``/healthz``."""
-        return {"replica": self.replica, "ingress": replica_ingress()}
+        return {"replica": self.replica, "ingress": replica_ingress(), "source_version": self.version}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def batched(self, items: list[Any]) -> list[Any]:
@@ -176,25 +218,35 @@ def build_app(source: dict[str, Any], family: str, settings: ServeSection) -> Ap
 
 
 def app_builder(args: dict[str, Any]) -> Application:
-    """Application builder for Serve config files: ``args`` = ``{checkpoint | run_id + tracking_uri,
-    family, serve}``."""
+    """Application builder for Serve config files: ``args`` = ``{family, serve}`` plus the source's keys
+    (``checkpoint``, or ``run_id`` + ``tracking_uri`` + ``artifact_path``; ``version``)."""
     family = args["family"]
-    source = {k: args.get(k) for k in ("checkpoint", "run_id", "tracking_uri")}
+    source = {k: v for k, v in args.items() if k not in ("family", "serve")}
     return build_app(source, family, section_from(load_family(family).serve, args.get("serve")))
 
 
-def serve_config(source: dict[str, Any], family: str, app_name: str, settings: ServeSection) -> dict[str, Any]:
-    """A Serve config (``serve deploy`` / ``serve run`` file) equivalent to ``build_app``."""
+def serve_config(source: dict[str, Any], family: str, app_name: str, settings: ServeSection,
+                 current: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A Serve config (``serve deploy`` / ``serve run`` file) equivalent to ``build_app``.
+
+    The replicas start from ``source`` (the application's args) and then answer from ``current``
+    (default: ``source``), which travels in the deployment's ``user_config``. Deploying the same
+    config with only ``current`` changed is a lightweight update: each running replica's
+    ``reconfigure`` swaps its checkpoint without a restart (``swap``; on a cluster, edit
+    ``user_config.source`` and ``serve deploy`` again).
+    """
     source = {k: v for k, v in source.items() if v}
+    current = {k: v for k, v in (current or source).items() if v}
+    user_config = {"source": current, "version": current.get("version")}
     return {
         "proxy_location": "EveryNode",
-        "http_options": {"host": settings.host, "port": settings.port},
+        "http_options": {"host": settings.host, "port": proxy_port(settings)},
         "applications": [{
             "name": app_name,
             "route_prefix": settings.route_prefix,
             "import_path": IMPORT_PATH,
             "args": {**source, "family": family, "serve": dataclasses.asdict(settings)},
-            "deployments": [{"name": DEPLOYMENT_NAME, **deployment_options(settings)}],
+            "deployments": [{"name": DEPLOYMENT_NAME, **deployment_options(settings), "user_config": user_config}],
         }],
     }
 
@@ -218,9 +270,7 @@ def start(source: dict[str, Any], family: str, app_name: str, settings: ServeSec
     Must run inside a Ray session. With ``settings.ingress == "direct"`` that session's Ray must have
     been started with ``ray_env(settings)``; a RuntimeError says so if the replica runs behind a proxy.
     """
-    serve.start(http_options={"host": settings.host, "port": proxy_port(settings)})
-    serve.run(build_app(source, family, settings), name=app_name, route_prefix=settings.route_prefix,
-              blocking=False)
+    deploy(source, family, app_name, settings)
     url = f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
     try:
         health = wait_healthy(f"{url}/healthz", ready_timeout_s)
@@ -233,6 +283,44 @@ def start(source: dict[str, Any], family: str, app_name: str, settings: ServeSec
         raise RuntimeError(f"serve.ingress: got 'direct' but the replica runs behind Ray's proxy; "
                            f"start Ray with {env} in its environment")
     return url
+
+
+def deploy(source: dict[str, Any], family: str, app_name: str, settings: ServeSection,
+           current: dict[str, Any] | None = None) -> None:
+    """Deploy (or update) the app from ``serve_config``, as ``serve run config.yaml`` does: through the
+    Serve client of this Ray session, without the dashboard, beside the session's other apps.
+    Returns once the controller has it."""
+    from ray.serve._private.api import serve_start  # what `serve run <config>` calls; no public equivalent
+    from ray.serve.schema import ServeDeploySchema
+
+    config = serve_config(source, family, app_name, settings, current)
+    client = serve_start(http_options=config["http_options"])
+    # A config is the whole declarative state: apps it leaves out are deleted. Keep the others.
+    running = client.get_serve_details().get("applications", {})
+    others = [app["deployed_app_config"] for name, app in running.items()
+              if name != app_name and app.get("deployed_app_config")]
+    config["applications"] = others + config["applications"]
+    client.deploy_apps(ServeDeploySchema.model_validate(config))
+
+
+def swap(source: dict[str, Any], family: str, app_name: str, settings: ServeSection, current: dict[str, Any],
+         timeout_s: float = 600.0) -> None:
+    """Point the running app (deployed from ``source``) at checkpoint ``current`` without restarting its
+    replicas (see ``serve_config``), and wait until every replica answers from it; TimeoutError after
+    ``timeout_s``, RuntimeError if the update failed."""
+    import time
+
+    deploy(source, family, app_name, settings, current)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = serve.status().applications[app_name]
+        deployment = status.deployments[DEPLOYMENT_NAME]
+        if status.status == "DEPLOY_FAILED" or deployment.status == "DEPLOY_FAILED":
+            raise RuntimeError(f"swapping to {current}: {deployment.message or status.message}")
+        if status.status == "RUNNING" and deployment.status == "HEALTHY":  # DEPLOYING until every replica swapped
+            return
+        time.sleep(0.25)
+    raise TimeoutError(f"the replicas did not swap to {current} within {timeout_s:.0f}s")
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0) -> dict[str, Any]:

@@ -9,7 +9,10 @@ use (experiment file > checkpoint metadata > the family's defaults).
 - an MLflow run id (32 hex digits): the run's ``checkpoint`` artifact, downloaded once here;
   Serve config files keep ``{run_id, tracking_uri}`` so each replica downloads it itself;
 - a directory: a checkpoint (a ``config.json`` manifest), a Ray checkpoint (``model/``), or a
-  ``train-*`` run folder (its newest checkpoint).
+  ``train-*`` run folder (its newest checkpoint);
+- a registered model version: ``models:/<name>@<alias>`` (``@current`` moves to each version a run
+  registers; ``@latest`` is the newest) or ``models:/<name>/<version>``, downloaded once here;
+  replicas that swap to it later download it themselves (``{run_id, artifact_path}``).
 
 A family without a serve endpoint is refused with a message naming it.
 """
@@ -41,6 +44,7 @@ class Target:
     settings: ServeSection
     description: str
     download_dir: Path | None = None  # a temporary folder holding a downloaded run's checkpoint
+    version: str | None = None  # the registered version, for models:/ targets
 
     @property
     def family_ref(self) -> str:
@@ -96,18 +100,39 @@ def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str
         from orchestrator.tracking import Store
 
         store = Store.at(tracking_uri)
-        download = Path(tempfile.mkdtemp(prefix="moe-orch-serve-"))
+        source = {"run_id": target, "tracking_uri": store.uri, "artifact_path": "checkpoint"}
+        return _download_target(target, source, f"MLflow run {target} ({store.uri})")
+    if target.startswith("models:/"):
+        from orchestrator.tracking import Store
+
+        store = Store.at(tracking_uri)
         try:
-            local = find_checkpoint_dir(store.run(target).download("checkpoint", download))
-            if local is None:
-                raise TargetError(f"{target}: the run's checkpoint artifact has no config.json manifest")
-            family, settings = checkpoint_settings(local, f"MLflow run {target}")
-        except Exception as exc:  # unknown run, no artifact, unreachable store, a family without a serve app
-            shutil.rmtree(download, ignore_errors=True)
-            if isinstance(exc, (TargetError, UnsafeCheckpointError)):
-                raise
-            raise TargetError(f"{target}: could not download the run's checkpoint artifact from {store.uri}: "
-                              f"{exc}") from exc
-        return Target({"run_id": target, "tracking_uri": store.uri}, local, family, settings,
-                      f"MLflow run {target} ({store.uri})", download_dir=download)
-    raise TargetError(f"{target}: got neither an experiment YAML, an MLflow run id (32 hex digits) nor a directory")
+            version = store.model_version(target)
+        except (LookupError, ValueError) as exc:
+            raise TargetError(str(exc)) from exc
+        source = {"run_id": version.run_id, "tracking_uri": store.uri, "artifact_path": version.artifact_path,
+                  "version": version.version}
+        return _download_target(target, source, f"{target} (version {version.version}, run {version.run_id})")
+    raise TargetError(f"{target}: got neither an experiment YAML, an MLflow run id (32 hex digits), "
+                      "a models:/<name>@<alias> URI nor a directory")
+
+
+def _download_target(target: str, source: dict[str, Any], description: str) -> Target:
+    """A Target for a checkpoint in an MLflow run's artifacts (``source``), downloaded here once."""
+    from orchestrator.tracking import Store
+
+    download = Path(tempfile.mkdtemp(prefix="moe-orch-serve-"))
+    try:
+        run = Store.at(source["tracking_uri"]).run(source["run_id"])
+        local = find_checkpoint_dir(run.download(source["artifact_path"], download))
+        if local is None:
+            raise TargetError(f"{target}: the artifact {source['artifact_path']} has no config.json manifest")
+        family, settings = checkpoint_settings(local, description)
+    except Exception as exc:  # unknown run, no artifact, unreachable store, a family without a serve app
+        shutil.rmtree(download, ignore_errors=True)
+        if isinstance(exc, (TargetError, UnsafeCheckpointError)):
+            raise
+        raise TargetError(f"{target}: could not download {source['artifact_path']} of run {source['run_id']} "
+                          f"from {source['tracking_uri']}: {exc}") from exc
+    return Target(source, local, family, settings, description, download_dir=download,
+                  version=source.get("version"))

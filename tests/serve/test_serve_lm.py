@@ -1,26 +1,34 @@
-"""An LM checkpoint (a tiny DyLoRA-MoE pool) served on Ray Serve behind OpenAI's API, driven by the
-official ``openai`` client over real HTTP: completions, chat, streaming, batching, errors."""
+"""An LM checkpoint (a tiny DyLoRA-MoE pool) registered in MLflow and served on Ray Serve behind OpenAI's
+API, driven by the official ``openai`` client over real HTTP: completions, chat, streaming, batching,
+errors, and a hot swap to a newly registered version under load."""
 
 from __future__ import annotations
 
+import statistics
+import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 import requests
 import torch
+from support import wait_for
 
 from orchestrator.registry import family_ref
 from trainables.lm.sections import LMServe
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+MODEL = "pool-test"
+APP = "lm-test"
 
 
-@pytest.fixture(scope="module")
-def pool_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A tiny-llama pool of two DyLoRA experts with distinct prototypes and non-zero weights."""
+def save_tiny_pool(directory: Path, seed: int, step: int) -> Path:
+    """A tiny-llama pool of two DyLoRA experts with distinct prototypes and non-zero weights (``seed``)."""
     from trainables.dylora.checkpoint import save_pool
     from trainables.dylora.config import DyLoRAConfig
     from trainables.dylora.experts import DyLoRAModel, ExpertManager
@@ -31,26 +39,60 @@ def pool_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = DyLoRAModel(base, cfg)
     model.set_template(tokenizer)
     manager = ExpertManager(model, cfg)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     manager.add_expert(0, prototype=torch.randn(model.config.hidden_size))
     manager.add_expert(3, prototype=torch.randn(model.config.hidden_size))
     with torch.no_grad():
         for layer in model.expert_linears():
             for slot in (0, 1):
                 layer.lora_B[slot].normal_(0, 0.05)
-    directory = tmp_path_factory.mktemp("lm_pool") / "model"
-    return save_pool(model, manager, None, cfg, directory, {"step": 7, "experiment": "pool-test"})
+    return save_pool(model, manager, None, cfg, directory, {"step": step, "experiment": MODEL})
+
+
+@dataclass
+class Registry:
+    uri: str
+    run: Any  # orchestrator.tracking.Run holding every version's files
+
+    def register(self, checkpoint: Path, step: int) -> str:
+        """Log ``checkpoint`` as the run's ``registered/step_<step>`` and register it; the alias moves."""
+        path = f"registered/step_{step:06d}"
+        self.run.log_artifacts(checkpoint, path)
+        return self.run.register_version(MODEL, path, {"step": step})
 
 
 @pytest.fixture(scope="module")
-def lm_url(pool_checkpoint: Path, free_port: int) -> Iterator[str]:
-    from serve.app import shutdown, start
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    """A real MLflow store (SQLite) whose model ``pool-test`` has version 1: a pool saved at step 7."""
+    from orchestrator.tracking import Store
 
+    root = tmp_path_factory.mktemp("lm_registry")
+    store = Store.at(f"sqlite:///{root}/mlflow.db")
+    run = store.start_run(store.experiment_id("lm-serve-test"), "lm-serve-test/run")
+    found = Registry(store.uri, run)
+    assert found.register(save_tiny_pool(root / "v1", seed=0, step=7), 7) == "1"
+    return found
+
+
+@pytest.fixture(scope="module")
+def served(registry: Registry, free_port: int) -> Iterator[tuple[str, Any, dict[str, Any], LMServe]]:
+    """``models:/pool-test@current`` served as a user's ``moe-orch serve`` would: ``(url, target, first
+    source, settings)``; the replicas download the version themselves."""
+    from serve.app import shutdown, start
+    from serve.resolve import resolve_target
+
+    target = resolve_target(f"models:/{MODEL}@current", None, registry.uri)
     settings = LMServe(port=free_port, max_batch_size=8, max_tokens_limit=64, min_replicas=1, max_replicas=1,
                        access_log=False)
-    url = start({"checkpoint": str(pool_checkpoint)}, family_ref("dylora"), "lm-test", settings)
-    yield url
+    url = start(target.source, family_ref("dylora"), APP, settings)
+    yield url, target, target.source, settings
     shutdown()
+    target.cleanup()
+
+
+@pytest.fixture(scope="module")
+def lm_url(served: tuple[str, Any, dict[str, Any], LMServe]) -> str:
+    return served[0]
 
 
 @pytest.fixture()
@@ -60,7 +102,7 @@ def client(lm_url: str) -> openai.OpenAI:
 
 def test_completions_chat_and_streaming_through_the_openai_client(client: openai.OpenAI, lm_url: str) -> None:
     models = client.models.list().data
-    assert [m.id for m in models] == ["pool-test"]
+    assert [m.id for m in models] == ["pool-test"] and models[0].model_extra["version"] == "1"
 
     done = client.completions.create(model="pool-test", prompt="def add(a, b):", max_tokens=12, temperature=0)
     choice = done.choices[0]
@@ -79,7 +121,7 @@ def test_completions_chat_and_streaming_through_the_openai_client(client: openai
     assert pieces[-1].choices[0].finish_reason == chat.choices[0].finish_reason
 
     raw = requests.post(f"{lm_url}/v1/completions", json={"prompt": "x", "max_tokens": 2}, timeout=60)
-    assert raw.status_code == 200 and raw.headers["x-moe-orch-model-version"] == "7"
+    assert raw.status_code == 200 and raw.headers["x-moe-orch-model-version"] == "1"  # the registry's version
 
 
 def test_sampling_is_seeded_and_n_gives_several_choices(client: openai.OpenAI) -> None:
@@ -112,3 +154,79 @@ def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.Open
                           headers={"content-type": "application/json"})
     assert reply.status_code == 400
     assert client.completions.create(model="pool-test", prompt="still alive", max_tokens=2).choices[0].finish_reason
+
+
+@dataclass
+class Answer:
+    started: float
+    ended: float
+    status: int
+    version: str | None
+
+
+def test_following_the_alias_swaps_to_a_new_version_under_load_without_a_failed_request(
+        served: tuple[str, Any, dict[str, Any], LMServe], registry: Registry, tmp_path: Path) -> None:
+    """Runs last in this module: afterwards the app serves version 2."""
+    from serve.run import follow_alias
+
+    url, target, first_source, settings = served
+    answers: list[Answer] = []
+    swapped_at: list[float] = []
+    stop_load, stop_follow = threading.Event(), threading.Event()
+    log: list[str] = []
+
+    def echo(line: str) -> None:
+        log.append(line)
+        if "answering" in line:
+            swapped_at.append(time.monotonic())
+
+    def load(worker: int) -> None:  # bounded: at most 60 requests a worker, and 300 s
+        deadline = time.monotonic() + 300
+        for i in range(60):
+            if stop_load.is_set() or time.monotonic() > deadline:
+                return
+            started = time.monotonic()
+            try:
+                reply = requests.post(f"{url}/v1/completions", timeout=120, json={
+                    "prompt": f"worker {worker} request {i}", "max_tokens": 32, "temperature": 0})
+                status, version = reply.status_code, reply.headers.get("x-moe-orch-model-version")
+            except requests.RequestException:
+                status, version = 0, None
+            answers.append(Answer(started, time.monotonic(), status, version))
+
+    follower = threading.Thread(target=follow_alias, args=(f"models:/{MODEL}@current", target, APP,
+                                                           first_source, settings, 0.5, echo, stop_follow), daemon=True)
+    follower.start()
+    workers = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(4)]
+    for w in workers:
+        w.start()
+    try:
+        wait_for(lambda: len(answers) >= 8, 120)
+        registered_at = time.monotonic()
+        assert registry.register(save_tiny_pool(tmp_path / "v2", seed=1, step=9), 9) == "2"
+        try:
+            wait_for(lambda: bool(swapped_at) or any("refused" in line for line in log), 300)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; follower log: {log}") from None
+        assert swapped_at, log
+        after = len(answers)
+        wait_for(lambda: len(answers) >= after + 8, 120)
+    finally:
+        stop_load.set()
+        for w in workers:
+            w.join(timeout=150)
+        stop_follow.set()
+        follower.join(timeout=30)
+
+    failed = [a for a in answers if a.status != 200]
+    assert not failed, f"{len(failed)} of {len(answers)} requests failed during the swap: {failed[:3]}"
+    assert {a.version for a in answers} == {"1", "2"}
+    assert all(a.version == "2" for a in answers if a.started > swapped_at[0])
+    assert all(a.version == "1" for a in answers if a.ended < registered_at)
+    assert requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]["version"] == "2"
+    during = [a.ended - a.started for a in answers if a.ended > registered_at and a.started < swapped_at[0]]
+    before = [a.ended - a.started for a in answers if a.ended < registered_at]
+    print(f"\nswap: {len(answers)} requests, 0 failed; registered -> answering {swapped_at[0] - registered_at:.1f}s; "
+          f"latency p50 before {statistics.median(before) * 1000:.0f} ms, max during the swap "
+          f"{max(during, default=0) * 1000:.0f} ms; log: {log}")
+

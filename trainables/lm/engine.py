@@ -15,10 +15,34 @@ loop, each iteration:
    gets the finish reason) and is dropped from the cache; columns no row needs any more are
    trimmed from the left.
 
-No repetition penalty, no logits shaping beyond temperature and top-p. A model that routes per
-sequence (DyLoRA-MoE: ``route_prompts(input_ids, attention_mask) -> weights (B, E)``) is routed
-once at prefill; its rows' weights travel with the batch and are passed to every forward as
-``routing_weights``, and each event carries them as ``moe``.
+No repetition penalty, no logits shaping beyond temperature and top-p.
+
+Routing (each event's ``moe``), for the two kinds of MoE the engine meets, without naming a family:
+
+- a model that routes per sequence (DyLoRA-MoE: ``route_prompts(input_ids, attention_mask) -> weights
+  (B, E)``) is routed once at prefill; its rows' weights travel with the batch and are passed to every
+  forward as ``routing_weights``, and every event carries them as ``{"experts": {"E0": 0.7, ...}}``;
+- a model with submodules that route per token (MixLoRA's FFN blocks) is *traced*: any submodule with
+  a ``pop_expert_choices() -> Tensor (B, T, k) | None`` method (the top-k expert ids of each token of
+  its latest forward, highest weight first; None if it did not run) is read after every forward, in
+  ``model.modules()`` order, which numbers the routed layers 0..L-1. Generated token j is attributed
+  to the forward that computed its logits: the prompt's last position at prefill for the first one,
+  token j-1's decode step after that (so a token and its trace are known at the same step, and n
+  generated tokens have n routing records; prompt tokens are not reported). The *last* event of the
+  request (the one with the finish reason) then carries the summary of its generated tokens::
+
+      {"tokens": 5,                                  # generated tokens routed (= completion_tokens)
+       "top_k": 2,
+       "layers": [{"layer": 0, "experts": {"3": 4, "0": 3, "6": 2, "1": 1}},   # (token, expert)
+                  {"layer": 1, "experts": {"5": 5, "2": 3, "7": 2}}],        # picks, most used first
+       "per_token": [[[3, 0], [5, 2]], [[3, 6], [5, 7]], ...]}               # (n', L, k) expert ids
+
+  Each layer's counts sum to ``tokens * top_k``. ``per_token[j][l]`` lists the k experts of layer l
+  that carried token j, highest router weight first, for the first ``trace_tokens`` tokens only
+  (default 64, so a 30-layer top-2 model adds at most 64 x 30 x 2 small ints per choice). With both
+  kinds the keys merge. Earlier events carry only the per-sequence part (None for MixLoRA), and a
+  request that generated no token (EOS first) has no summary. A model with neither kind pays
+  nothing: no module is read, no record kept.
 """
 
 from __future__ import annotations
@@ -123,6 +147,7 @@ class _Row:
     generated: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of the decoded completion already sent
     moe: dict[str, Any] | None = None
+    trace: list[torch.Tensor] = field(default_factory=list)  # per generated token: (L, k) expert ids
 
 
 class GenerationEngine:
@@ -134,13 +159,18 @@ class GenerationEngine:
         tokenizer: decodes the completion (``skip_special_tokens``); its EOS ends a row.
         max_batch_size: running sequences at most; more requests wait for a row to leave.
         expert_names: names of the routing weights' columns for ``moe`` (default ``E0``, ``E1``...).
+        trace_tokens: per-token routing (``moe["per_token"]``) is reported for this many generated
+            tokens at most; the per-layer counts cover them all.
     """
 
     def __init__(self, model: Any, tokenizer: Any, max_batch_size: int = 16,
-                 expert_names: list[str] | None = None) -> None:
+                 expert_names: list[str] | None = None, trace_tokens: int = 64) -> None:
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
         self.routes = callable(getattr(model, "route_prompts", None))
         self.expert_names = expert_names
+        # submodules that route per token and report it (see the module docstring), in layer order
+        self.tracers = [m for m in model.modules() if callable(getattr(m, "pop_expert_choices", None))]
+        self.trace_tokens = trace_tokens
         configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
         self.eos = {tokenizer.eos_token_id, *(configured if isinstance(configured, list) else [configured])}
         self.eos.discard(None)
@@ -230,9 +260,10 @@ class GenerationEngine:
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, **extra)
+        trace = self._trace()
         first = self._sample(out.logits[:, -1], new)
         self._merge(new, cache, mask, mask.sum(-1), first, weights)
-        self._emit(first.tolist(), offset=len(self._rows) - len(new))
+        self._emit(first.tolist(), offset=len(self._rows) - len(new), trace=trace)
 
     @torch.no_grad()
     def _decode(self) -> None:
@@ -241,10 +272,38 @@ class GenerationEngine:
         extra = {"routing_weights": self._weights} if self.routes else {}
         out = self.model(input_ids=self._next[:, None], attention_mask=self._mask,
                          position_ids=self._lengths[:, None], cache=self._cache, use_cache=True, **extra)
+        trace = self._trace()
         self._lengths = self._lengths + 1
         self._next = self._sample(out.logits[:, -1], self._rows)
         self.steps += 1
-        self._emit(self._next.tolist())
+        self._emit(self._next.tolist(), trace=trace)
+
+    def _trace(self) -> torch.Tensor | None:
+        """The routing of the latest forward's last position: (B, L, k) expert ids on the CPU, or None
+        (no traced modules, or one that did not run). Left padding puts every row's last real token
+        at the last position, at prefill as in decode (one position)."""
+        if not self.tracers:
+            return None
+        choices = [m.pop_expert_choices() for m in self.tracers]  # L x (B, T, k)
+        if any(c is None for c in choices):
+            return None
+        return torch.stack([c[:, -1] for c in choices], dim=1).cpu()  # (B, L, k)
+
+    def _summary(self, row: _Row) -> dict[str, Any] | None:
+        """``row.moe`` plus, for a traced model, the routing summary of its generated tokens."""
+        if not row.trace:
+            return row.moe
+        ids = torch.stack(row.trace)  # (n, L, k)
+        n, layers, top_k = ids.shape
+        flat = ids.permute(1, 0, 2).reshape(layers, n * top_k)  # (L, n·k)
+        counts = torch.zeros(layers, int(ids.max()) + 1, dtype=torch.long)  # (L, E seen)
+        counts.scatter_add_(1, flat, torch.ones_like(flat))
+        summary = []
+        for layer, per_expert in enumerate(counts.tolist()):
+            used = sorted((e for e, c in enumerate(per_expert) if c), key=lambda e: -per_expert[e])  # most first
+            summary.append({"layer": layer, "experts": {str(e): per_expert[e] for e in used}})
+        return {**(row.moe or {}), "tokens": n, "top_k": top_k, "layers": summary,
+                "per_token": ids[:self.trace_tokens].tolist()}
 
     def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
         """One token per row (B,) from ``logits`` (B, V): greedy at temperature 0, else top-p sampling."""
@@ -286,17 +345,22 @@ class GenerationEngine:
         self._rows += new
         self.max_running = max(self.max_running, len(self._rows))
 
-    def _emit(self, tokens: list[int], offset: int = 0) -> None:
+    def _emit(self, tokens: list[int], offset: int = 0, trace: torch.Tensor | None = None) -> None:
         """Send rows ``offset..`` their new token's text; finish and drop the rows that are done.
 
-        Text that could still grow into a stop string is held back until it cannot.
+        ``trace`` (len(tokens), L, k): the routing that produced each token, kept with the row's
+        generated tokens (an EOS is not generated, so its routing is not kept either). Text that
+        could still grow into a stop string is held back until it cannot.
         """
         done = []
+        routes = trace.unbind(0) if trace is not None else None  # len(tokens) x (L, k)
         for i, token in enumerate(tokens, start=offset):
             row = self._rows[i]
             finish = "stop" if token in self.eos else None
             if finish is None:
                 row.generated.append(token)
+                if routes is not None:
+                    row.trace.append(routes[i - offset])
             text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
             hits = [text.find(s) for s in row.params.stop if s and s in text]
             if hits:
@@ -314,7 +378,7 @@ class GenerationEngine:
                 if delta:
                     row.stream.put(Event(delta, moe=row.moe))
             else:
-                row.stream.put(Event(delta, finish, len(row.prompt_ids), len(row.generated), row.moe))
+                row.stream.put(Event(delta, finish, len(row.prompt_ids), len(row.generated), self._summary(row)))
                 done.append(i)
         if done:
             self._drop(done)

@@ -24,9 +24,11 @@ that a request sends can stop the replica.
 # No `from __future__ import annotations`: FastAPI resolves the routes' annotations at definition.
 import asyncio
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -96,13 +98,62 @@ def load_lm(checkpoint_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
     return model.eval(), tokenizer, info
 
 
+@dataclass
+class LoadedLM:
+    """One checkpoint in memory: its model, tokenizer, engine, facts, and the requests it still owes."""
+
+    model: Any
+    tokenizer: Any
+    info: dict[str, Any]  # name, family, version, base, experts
+    engine: GenerationEngine
+    inflight: int = 0  # requests taken and not yet answered in full
+
+
 class LMEndpoint:
-    """One replica: an LM checkpoint, its generation engine and the OpenAI-compatible routes."""
+    """One replica: an LM checkpoint, its generation engine and the OpenAI-compatible routes.
+
+    ``reload(checkpoint_dir, version)`` swaps the checkpoint while serving: new requests go to the new
+    one at once, requests in flight finish on the one they started on, whose engine stops when its
+    last request is answered.
+    """
 
     def __init__(self, checkpoint_dir: Path, settings: Any) -> None:
         self.settings = settings  # LMServe
-        self.model, self.tokenizer, self.info = load_lm(checkpoint_dir)
-        self.engine = GenerationEngine(self.model, self.tokenizer, max_batch_size=settings.max_batch_size)
+        self._lock = threading.Lock()  # guards current and every LoadedLM.inflight
+        self.current = self._load(checkpoint_dir, None)
+
+    def _load(self, checkpoint_dir: Path, version: str | None) -> LoadedLM:
+        model, tokenizer, info = load_lm(checkpoint_dir)
+        if version:
+            info["version"] = str(version)
+        return LoadedLM(model, tokenizer, info,
+                        GenerationEngine(model, tokenizer, max_batch_size=self.settings.max_batch_size))
+
+    def reload(self, checkpoint_dir: Path | None, version: str | None) -> None:
+        """Answer new requests from ``checkpoint_dir`` (None: the loaded one, relabelled), labelled
+        ``version`` (default: the checkpoint's step). Blocking: call it from a worker thread."""
+        if checkpoint_dir is None:
+            with self._lock:
+                self.current.info["version"] = str(version or self.current.info["version"])
+            return
+        loaded = self._load(checkpoint_dir, version)
+        with self._lock:
+            old, self.current = self.current, loaded
+            idle = old.inflight == 0
+        if idle:
+            old.engine.close()
+
+    def _acquire(self) -> LoadedLM:
+        with self._lock:
+            self.current.inflight += 1
+            return self.current
+
+    def _release(self, loaded: LoadedLM) -> None:
+        with self._lock:
+            loaded.inflight -= 1
+            retired = loaded is not self.current and loaded.inflight == 0
+        if retired:  # its last request is answered: stop its engine thread (off the event loop)
+            threading.Thread(target=loaded.engine.close, name="retire-engine", daemon=True).start()
 
     def predict_batch(self, items: list[Any]) -> list[Any]:
         """Unused: the engine batches (continuously) on its own."""
@@ -110,26 +161,26 @@ class LMEndpoint:
 
     # -- requests -> engine -----------------------------------------------------------------
 
-    def _prompt_ids(self, request: CompletionRequest | ChatRequest) -> list[int]:
+    def _prompt_ids(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> list[int]:
         if isinstance(request, ChatRequest):
-            if not getattr(self.tokenizer, "chat_template", None):
+            if not getattr(lm.tokenizer, "chat_template", None):
                 raise OpenAIError(400, "this model has no chat template; use /v1/completions", "messages")
-            text = self.tokenizer.apply_chat_template([m.model_dump() for m in request.messages], tokenize=False,
+            text = lm.tokenizer.apply_chat_template([m.model_dump() for m in request.messages], tokenize=False,
                                                       add_generation_prompt=True)
         else:
             text = request.prompt
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) > self.settings.max_prompt_tokens:
             raise OpenAIError(400, f"the prompt has {len(ids)} tokens, expected at most "
                                    f"{self.settings.max_prompt_tokens}", "messages" if isinstance(
                                        request, ChatRequest) else "prompt")
         return ids
 
-    def _check(self, request: CompletionRequest | ChatRequest) -> None:
+    def _check(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> None:
         s = self.settings
-        if request.model not in (None, "", self.info["name"]):
+        if request.model not in (None, "", lm.info["name"]):
             raise OpenAIError(404, f"model {request.model!r} is not served here; this server has "
-                                   f"{self.info['name']!r}", "model", "not_found_error")
+                                   f"{lm.info['name']!r}", "model", "not_found_error")
         if request.max_tokens > s.max_tokens_limit:
             raise OpenAIError(400, f"max_tokens: got {request.max_tokens}, expected at most {s.max_tokens_limit}",
                               "max_tokens")
@@ -138,21 +189,21 @@ class LMEndpoint:
         if request.stream and request.n > 1:
             raise OpenAIError(400, "n > 1 cannot be streamed", "n")
 
-    def _submit(self, request: CompletionRequest | ChatRequest) -> tuple[list[Any], int]:
-        self._check(request)
-        ids = self._prompt_ids(request)
+    def _submit(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> tuple[list[Any], int]:
+        self._check(lm, request)
+        ids = self._prompt_ids(lm, request)
         stop = tuple([request.stop] if isinstance(request.stop, str) else (request.stop or []))
         streams = []
         for i in range(request.n):
             seed = None if request.seed is None else request.seed + i
-            streams.append(self.engine.submit(ids, SamplingParams(request.max_tokens, request.temperature,
+            streams.append(lm.engine.submit(ids, SamplingParams(request.max_tokens, request.temperature,
                                                                   request.top_p, stop, seed),
                                               loop=asyncio.get_running_loop()))
         return streams, len(ids)
 
     # -- answers ----------------------------------------------------------------------------
 
-    def _answer(self, kind: str, events: list[Event], prompt_tokens: int) -> dict[str, Any]:
+    def _answer(self, lm: LoadedLM, kind: str, events: list[Event], prompt_tokens: int) -> dict[str, Any]:
         choices = []
         for i, e in enumerate(events):
             choice: dict[str, Any] = {"index": i, "finish_reason": e.finish_reason}
@@ -166,7 +217,7 @@ class LMEndpoint:
         completion = sum(e.completion_tokens for e in events)
         return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
                 "object": "chat.completion" if kind == "chat" else "text_completion",
-                "created": int(time.time()), "model": self.info["name"], "choices": choices,
+                "created": int(time.time()), "model": lm.info["name"], "choices": choices,
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                           "total_tokens": prompt_tokens + completion}}
 
@@ -177,11 +228,19 @@ class LMEndpoint:
             if event.finish_reason is not None:
                 return
 
-    def _sse(self, kind: str, stream: Any) -> AsyncIterator[str]:
+    def _sse(self, lm: LoadedLM, kind: str, stream: Any) -> AsyncIterator[str]:
+        """The SSE body of one streamed request; releases ``lm`` when it ends."""
         chunk_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         created = int(time.time())
 
         async def body() -> AsyncIterator[str]:
+            try:
+                async for piece in pieces():
+                    yield piece
+            finally:
+                self._release(lm)
+
+        async def pieces() -> AsyncIterator[str]:
             first = True
             async for event in self._events(stream):
                 if kind == "chat":
@@ -191,10 +250,11 @@ class LMEndpoint:
                     choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": event.finish_reason}
                 else:
                     choice = {"index": 0, "text": event.text, "finish_reason": event.finish_reason, "logprobs": None}
-                if event.moe is not None and first:
+                if event.moe is not None and (first or event.finish_reason is not None):  # routing known at
+                    # prefill (per-sequence pools) comes first; per-token summaries complete on the last chunk
                     choice["moe"] = event.moe
                 first = False
-                yield "data: " + json.dumps({"id": chunk_id, "created": created, "model": self.info["name"],
+                yield "data: " + json.dumps({"id": chunk_id, "created": created, "model": lm.info["name"],
                                              "object": "chat.completion.chunk" if kind == "chat"
                                              else "text_completion", "choices": [choice]}) + "\n\n"
             yield "data: [DONE]\n\n"
@@ -202,15 +262,21 @@ class LMEndpoint:
         return body()
 
     async def _complete(self, kind: str, request: CompletionRequest | ChatRequest) -> Any:
+        lm = self._acquire()  # the checkpoint this request is answered from, even if a swap comes
         try:
-            streams, prompt_tokens = self._submit(request)
+            streams, prompt_tokens = self._submit(lm, request)
         except OpenAIError as exc:
+            self._release(lm)
             return exc.response()
-        headers = {VERSION_HEADER: self.info["version"]}
+        headers = {VERSION_HEADER: lm.info["version"]}
         if request.stream:
-            return StreamingResponse(self._sse(kind, streams[0]), media_type="text/event-stream", headers=headers)
-        events = await asyncio.gather(*(s.collect_async() for s in streams))
-        return JSONResponse(self._answer(kind, list(events), prompt_tokens), headers=headers)
+            return StreamingResponse(self._sse(lm, kind, streams[0]), media_type="text/event-stream",
+                                     headers=headers)
+        try:
+            events = await asyncio.gather(*(s.collect_async() for s in streams))
+        finally:
+            self._release(lm)
+        return JSONResponse(self._answer(lm, kind, list(events), prompt_tokens), headers=headers)
 
     def asgi_app(self, batched: Callable[[Any], Awaitable[Any]], health: Callable[[], dict[str, Any]]) -> FastAPI:
         """The replica's routes (``batched`` is unused: the engine batches)."""
@@ -225,15 +291,17 @@ class LMEndpoint:
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:
             """Liveness: the replica is up and its model is loaded."""
-            return {"status": "ok", "model": self.info["name"], "version": self.info["version"],
-                    "running": self.engine.running, "max_running": self.engine.max_running, **health()}
+            lm = self.current
+            return {"status": "ok", "model": lm.info["name"], "version": lm.info["version"],
+                    "running": lm.engine.running, "max_running": lm.engine.max_running, **health()}
 
         @api.get("/v1/models")
         async def models() -> dict[str, Any]:
             """The one model this server answers with, and its version."""
-            return {"object": "list", "data": [{"id": self.info["name"], "object": "model", "created": 0,
-                                                "owned_by": "moe-orch", "family": self.info["family"],
-                                                "version": self.info["version"], "base": self.info["base"]}]}
+            info = self.current.info
+            return {"object": "list", "data": [{"id": info["name"], "object": "model", "created": 0,
+                                                "owned_by": "moe-orch", "family": info["family"],
+                                                "version": info["version"], "base": info["base"]}]}
 
         @api.post("/v1/completions")
         async def completions(request: CompletionRequest) -> Any:

@@ -37,7 +37,9 @@ and shared by its k experts' gate and up LoRA, as a single dropout before a fuse
 dropout > 0, drawing the random masks was about a fifth of the block's time.
 
 ``apply_mixlora`` swaps every decoder layer's ``mlp`` for a ``MixLoRAMLP`` and freezes the
-base; ``apply_attention_lora`` puts plain peft LoRA on q/k/v/o_proj.
+base; ``apply_attention_lora`` puts plain peft LoRA on q/k/v/o_proj. Served, a ``MixLoRAMLP``
+reports its top-k choices to the generation engine (``pop_expert_choices``), which answers each
+request with a per-layer count of the experts its generated tokens were routed to.
 """
 
 from __future__ import annotations
@@ -296,6 +298,11 @@ class MixLoRAMLP(MixLoRAFFN):
     output tensor (what the decoder layer adds to its residual) and keeps the full
     ``MoEOutput`` of the latest call in ``self.last`` for ``router_outputs``.
 
+    ``pop_expert_choices`` is the routing hook of ``trainables.lm.engine``: with it, the
+    engine's ``moe`` for a MixLoRA model summarises, per layer, the experts that carried each
+    generated token (``{"tokens": n, "top_k": k, "layers": [{"layer": l, "experts": {"3": count,
+    ...}}, ...], "per_token": [[[e, e] per layer] per token]}``; see the engine's docstring).
+
     The frozen projections keep their names, so the base weights sit at the same state
     dict keys as in the base model (``...mlp.gate_proj.weight``)."""
 
@@ -305,6 +312,15 @@ class MixLoRAMLP(MixLoRAFFN):
         """``x``: (B, T, D) -> (B, T, D)."""
         self.last = super().forward(x)
         return self.last.output
+
+    def pop_expert_choices(self) -> torch.Tensor | None:
+        """The top-k expert ids of each token of the latest forward, (B, T, k) for an input
+        (B, T, D), highest router weight first; None if there was no forward since the last
+        call (it forgets ``last``, as ``router_outputs`` does, so nothing stale is read twice)."""
+        last, self.last = self.last, None
+        if last is None:
+            return None
+        return last.expert_indices.reshape(*last.output.shape[:-1], -1)  # (T, k) -> (B, T, k)
 
 
 # ---------------------------------------------------------------------------- model surgery

@@ -36,7 +36,8 @@ def test_batched_greedy_decoding_equals_generate_alone(tiny: tuple) -> None:
         assert answer.text == tokenizer.decode(alone[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
         assert answer.finish_reason == "length" and answer.completion_tokens == 6 + 3 * i
         assert answer.prompt_tokens == len(_ids(tokenizer, prompt))
-    assert engine.max_running == 3
+        assert answer.moe is None  # no routing: nothing traced, nothing reported
+    assert engine.max_running == 3 and engine.tracers == []
 
 
 def _printable_pair(text: str) -> int | None:
