@@ -46,6 +46,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from orchestrator import space as space_mod
 from orchestrator.callbacks import MlflowReportCallback, SweepProgress, overhead_split
 from orchestrator.config import Experiment
+from orchestrator.distinct import DistinctConfigs
 from orchestrator.ray_runtime import RaySession, default_concurrency
 from orchestrator.tracking import Run, Store
 from orchestrator.trainer import build_trainer, open_run, results_root
@@ -171,9 +172,9 @@ def build_search(exp: Experiment) -> tuple[Any, Any, dict[str, Any]]:
 
         sampler = (optuna.samplers.NSGAIISampler(seed=exp.sweep.seed) if multi
                    else optuna.samplers.TPESampler(seed=exp.sweep.seed))
-        search_alg = OptunaSearch(
+        search_alg = DistinctConfigs(OptunaSearch(  # TPE repeats configurations of a small discrete space
             metric=metrics if multi else None, mode=modes if multi else None, sampler=sampler,
-            points_to_evaluate=space_mod.grid_points(dims, exp.sweep.seed) or None)
+            points_to_evaluate=space_mod.grid_points(dims, exp.sweep.seed) or None))
     scheduler = None
     if exp.sweep.scheduler == "asha":
         # max_t one past the last report: ASHA stops a trial that reaches max_t, which would cut
