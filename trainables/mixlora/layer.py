@@ -309,9 +309,12 @@ class MixLoRAMLP(MixLoRAFFN):
     last: MoEOutput | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """``x``: (B, T, D) -> (B, T, D)."""
-        self.last = super().forward(x)
-        return self.last.output
+        """``x``: (B, T, D) -> (B, T, D). Safe to call from several threads at once (a server calling
+        ``generate`` per request): each call returns its own output; ``last`` is then whichever
+        finished last, which only the single-threaded training loop and engine read."""
+        out = super().forward(x)
+        self.last = out
+        return out.output
 
     def pop_expert_choices(self) -> torch.Tensor | None:
         """The top-k expert ids of each token of the latest forward, (B, T, k) for an input
