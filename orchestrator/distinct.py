@@ -18,13 +18,13 @@ Its own state (the configurations seen, their results) is saved with the wrapped
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import pickle
-import tempfile
 from typing import Any
 
 from ray.tune.search import Searcher
+
+STATE = ("seen", "results", "inner_id", "key_of", "repeats")  # what get_state saves
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -84,32 +84,18 @@ class DistinctConfigs(Searcher):
                             intermediate_values: list[float] | None = None) -> None:
         self.searcher.add_evaluated_point(parameters, value, error, pruned, intermediate_values)
 
-    # -- saved with the wrapped searcher's state ---------------------------------------------
+    # -- Tune's checkpoint protocol for wrappers ----------------------------------------------
+    # Tune's SearchGenerator saves each wrapper's get_state() and the innermost searcher's own files
+    # (it follows ``.searcher``), so --resume restores both.
+
+    def get_state(self) -> dict[str, Any]:
+        return copy.deepcopy({k: getattr(self, k) for k in STATE})
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
 
     def save(self, checkpoint_path: str) -> None:
-        directory = os.path.dirname(checkpoint_path) or "."
-        with tempfile.NamedTemporaryFile(dir=directory, delete=False) as tmp:
-            inner_path = tmp.name
-        try:
-            self.searcher.save(inner_path)
-            with open(inner_path, "rb") as f:
-                inner = f.read()
-        finally:
-            os.remove(inner_path)
-        mine = {k: getattr(self, k) for k in ("seen", "results", "inner_id", "key_of", "repeats")}
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"inner": inner, "distinct": mine}, f)
+        self.searcher.save(checkpoint_path)
 
     def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            # a file this class wrote into the sweep's own folder (Tune's searcher checkpoint)
-            state = pickle.load(f)  # noqa: S301
-        directory = os.path.dirname(checkpoint_path) or "."
-        with tempfile.NamedTemporaryFile(dir=directory, delete=False) as tmp:
-            tmp.write(state["inner"])
-            inner_path = tmp.name
-        try:
-            self.searcher.restore(inner_path)
-        finally:
-            os.remove(inner_path)
-        self.__dict__.update(state["distinct"])
+        self.searcher.restore(checkpoint_path)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import optuna
 from ray import tune
-from ray.tune.search import Searcher
+from ray.tune.search import Searcher, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.distinct import DistinctConfigs, config_key
@@ -60,12 +60,14 @@ def test_a_repeat_of_a_running_trial_is_not_handed_out() -> None:
         running.add(config_key(config))
 
 
-def test_the_seen_configurations_survive_save_and_restore(tmp_path: Path) -> None:
+def test_the_seen_configurations_survive_tunes_checkpoint(tmp_path: Path) -> None:
+    """Saved and restored the way Tune does it (``SearchGenerator.save_to_dir`` / ``restore_from_dir``)."""
     search = searcher()
     before = run_trials(search, 3)
-    search.save(str(tmp_path / "searcher.pkl"))
+    SearchGenerator(search).save_to_dir(str(tmp_path), "test")
     restored = searcher()
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    SearchGenerator(restored).restore_from_dir(str(tmp_path))
+    assert restored.seen == search.seen
     after = run_trials(restored, 10, start=3)
     keys = [config_key(c) for c in before + after]
     assert len(keys) == len(set(keys)) == 6
