@@ -1,0 +1,126 @@
+"""MixLoRA's inference fast path (eval mode, no autograd): the same function as the training path,
+to float32 rounding, at decode sizes (1 and 7 tokens) and at a prefill (200 tokens, through the
+fast path and through the default dispatch); the same routing and stats; the same greedy text
+through the generation engine; and training untouched by it."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from trainables.lm import load_base
+from trainables.lm.engine import GenerationEngine, SamplingParams
+from trainables.mixlora import mixlora_blocks
+from trainables.mixlora.checkpoint import apply_adapters
+from trainables.mixlora.config import MixLoRAConfig
+from trainables.mixlora.layer import MixLoRAFFN
+
+TIGHT = dict(rtol=1e-5, atol=1e-5)  # float32; the paths differ only in summation order
+PROMPTS = ["Hello there, how are", "x", "def f(a, b):\n    return"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer() -> Iterator[tuple]:
+    """Tiny Llama with MixLoRA (E = 8, k = 2): random non-zero LoRA B (fresh ones are zero) and a
+    decisive router (no near-ties between the experts' scores)."""
+    torch.manual_seed(0)
+    model, tokenizer = load_base("tiny-llama")
+    apply_adapters(model, MixLoRAConfig(num_experts=8, top_k=2, rank=4, alpha=8, dropout=0.0, attention_lora=False))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in mixlora_blocks(model):
+            block.router.gate.weight.copy_(torch.randn(block.router.gate.weight.shape, generator=generator))
+            for bank in (block.lora_gate, block.lora_up, block.lora_down):
+                bank.B.copy_(0.5 * torch.randn(bank.B.shape, generator=generator))
+    yield model.eval(), tokenizer
+
+
+def _set(model: torch.nn.Module, fast: bool, tokens: tuple[int, int] | None = None) -> None:
+    """Switch the fast path on or off, with (min, max) token bounds (default: the class's)."""
+    low, high = tokens or (MixLoRAFFN.inference_min_tokens, MixLoRAFFN.inference_max_tokens)
+    for block in mixlora_blocks(model):
+        block.fast_inference, block.inference_min_tokens, block.inference_max_tokens = fast, low, high
+
+
+def _run(model: torch.nn.Module, ids: torch.Tensor, fast: bool, tokens: tuple[int, int] | None) -> tuple:
+    """Logits and each block's ``MoEOutput`` of one eval forward under ``torch.no_grad``."""
+    _set(model, fast, tokens)
+    try:
+        with torch.no_grad():
+            logits = model(ids).logits
+        return logits, [block.last for block in mixlora_blocks(model)]
+    finally:
+        _set(model, True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "tokens"),
+    [((1, 1), (1, 128)), ((1, 1), None), ((7, 1), None), ((1, 7), None), ((2, 100), (1, 1000)), ((2, 100), None)],
+    ids=["N=1 fast", "N=1 default (sorted)", "N=7 decode", "N=7 prompt", "N=200 fast", "N=200 default (sorted)"],
+)
+def test_fast_path_equals_the_training_path(model_and_tokenizer: tuple, shape: tuple, tokens: tuple | None) -> None:
+    model, _ = model_and_tokenizer
+    ids = torch.randint(3, 259, shape, generator=torch.Generator().manual_seed(sum(shape)))
+    fast_logits, fast = _run(model, ids, True, tokens)
+    ref_logits, ref = _run(model, ids, False, tokens)
+    torch.testing.assert_close(fast_logits, ref_logits, **TIGHT)
+    for f, r in zip(fast, ref, strict=True):
+        torch.testing.assert_close(f.output, r.output, **TIGHT)
+        # the second layer's inputs differ by rounding, and its N(0, 1) router sums them into logits of ~10
+        torch.testing.assert_close(f.router_logits, r.router_logits, rtol=1e-5, atol=1e-4)
+        assert torch.equal(f.expert_indices, r.expert_indices)
+        assert torch.equal(f.stats.tokens_per_expert, r.stats.tokens_per_expert)
+        torch.testing.assert_close(f.stats.router_entropy, r.stats.router_entropy)
+        torch.testing.assert_close(f.stats.load_balance_cv, r.stats.load_balance_cv)
+        assert math.isnan(f.load_balance_loss.item()) and math.isnan(f.z_loss.item())  # skipped at inference
+        assert not math.isnan(r.load_balance_loss.item())
+
+
+def test_greedy_text_through_the_engine_is_unchanged(model_and_tokenizer: tuple) -> None:
+    model, tokenizer = model_and_tokenizer
+    texts = {}
+    for fast in (True, False):
+        _set(model, fast)
+        engine = GenerationEngine(model, tokenizer, max_batch_size=2)  # three requests, two rows: joins mid-decode
+        try:
+            streams = [engine.submit(tokenizer(p, add_special_tokens=False)["input_ids"],
+                                     SamplingParams(max_tokens=12, temperature=0)) for p in PROMPTS]
+            answers = [s.collect() for s in streams]
+        finally:
+            engine.close()
+            _set(model, True)
+        texts[fast] = [(a.text, a.moe) for a in answers]
+    assert texts[True] == texts[False]
+    assert any(text for text, _ in texts[True])
+
+
+def test_training_and_eval_with_autograd_take_the_original_path(model_and_tokenizer: tuple) -> None:
+    model, _ = model_and_tokenizer
+    ids = torch.randint(3, 259, (2, 9), generator=torch.Generator().manual_seed(1))
+    calls = []
+    original = MixLoRAFFN._mix_experts_inference
+
+    def spy(self: MixLoRAFFN, *args: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return original(self, *args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(MixLoRAFFN, "_mix_experts_inference", spy)
+        try:
+            model.train()  # dropout 0: the same function as eval
+            train_logits = model(ids).logits
+            losses = [block.last.load_balance_loss for block in mixlora_blocks(model)]
+            model.eval()
+            grad_logits = model(ids).logits  # eval, autograd on
+            assert calls == []
+            assert all(torch.isfinite(loss) for loss in losses) and train_logits.requires_grad
+            with torch.no_grad():
+                fast_logits = model(ids).logits
+            assert len(calls) == len(mixlora_blocks(model))
+        finally:
+            model.eval()
+    assert torch.equal(train_logits, grad_logits)
+    torch.testing.assert_close(fast_logits, grad_logits.detach(), **TIGHT)
