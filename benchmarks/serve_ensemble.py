@@ -7,9 +7,9 @@ else a small from-config ensemble (BERT + WordPiece and RoBERTa + BPE experts, h
 4 layers) built here in a temporary folder. The Flask server is the spec's deployment
 (``app.run``, threaded, ``model.predict`` on each request's texts); the Serve app is
 ``serve.app`` (the ensemble's endpoint) with ``--replicas`` replicas and ``@serve.batch`` dynamic batching, run once
-per ``--ingress`` mode: ``direct`` (the replica's own HTTP server, no proxy; one replica) and
-``proxy`` (Ray's HTTP proxy in front, as autoscaling needs). Each server gets the same torch
-thread count.
+per ``--ingress`` mode: ``direct`` (the replica's own HTTP server, no proxy; one replica), ``haproxy``
+(HAProxy in front of replicas that run their own HTTP servers; autoscaling works) and ``proxy`` (Ray's
+Python HTTP proxy in front, Serve's default). Each server gets the same torch thread count.
 
 Load: ``--requests`` requests (one SST-2 dev sentence each) at each concurrency (1, 8, 32),
 from an asyncio/aiohttp client in this process, after a short warm-up; every level is bounded
@@ -48,7 +48,8 @@ def free_port() -> int:
 
 
 def free_port_pair() -> int:
-    """A port p with p and p + 1 both free (direct ingress: the replica takes p, Ray's proxy p + 1)."""
+    """A port p with p and p + 1 both free (direct ingress: the replica takes p, Ray's proxy p + 1;
+    haproxy: HAProxy takes p, Ray's proxy p + 1)."""
     for _ in range(50):
         port = free_port()
         with socket.socket() as s:
@@ -178,7 +179,7 @@ def run_levels(server: str, url: str, texts: list[str], levels: list[int], timeo
 
 
 def label(record: dict[str, Any]) -> str:
-    """``flask``, or ``serve/direct`` / ``serve/proxy``."""
+    """``flask``, or ``serve/<ingress>``."""
     return f"{record['server']}/{record['ingress']}" if "ingress" in record else record["server"]
 
 
@@ -205,8 +206,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=512, help="requests per concurrency level")
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--servers", default="flask,serve", help="which servers to load, comma-separated")
-    parser.add_argument("--ingress", default="direct,proxy",
-                        help="Serve ingress modes to run, comma-separated (direct needs --replicas 1)")
+    parser.add_argument("--ingress", default="direct,haproxy,proxy",
+                        help="Serve ingress modes to run, comma-separated: direct (needs --replicas 1), haproxy, proxy")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads per server")
     parser.add_argument("--replicas", type=int, default=1, help="Serve replicas (each with --threads torch threads)")
     parser.add_argument("--max-batch-size", type=int, default=EnsembleServe.max_batch_size)
@@ -265,7 +266,7 @@ def bench_serve_ingress(checkpoint: Path, args: argparse.Namespace, texts: list[
     from serve import app
     from trainables.ensemble.family import EnsembleServe
 
-    port = free_port() if ingress != "direct" else free_port_pair()
+    port = free_port() if ingress == "proxy" else free_port_pair()
     settings = EnsembleServe(port=port, min_replicas=args.replicas, max_replicas=args.replicas,
                             num_cpus_per_replica=args.threads,
                             max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s,

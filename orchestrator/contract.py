@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from orchestrator.schema import fmt
 
-INGRESS_MODES = ("proxy", "direct")
+INGRESS_MODES = ("proxy", "direct", "haproxy")
 STRATEGIES = ("ddp", "deepspeed")
 
 
@@ -107,6 +107,8 @@ class ServeSection(Section):
     # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
     # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
     # Ray's own proxy then takes port + 1).
+    # "haproxy": HAProxy on host:port in front of replicas that each run their own HTTP server; Serve
+    # keeps its backend list in step with the replicas (autoscaling; Ray's proxy, its backup, port + 1).
     ingress: str = "proxy"
 
     def errors(self) -> list[str]:
@@ -114,7 +116,7 @@ class ServeSection(Section):
                   for key in ("min_replicas", "max_batch_size", "max_body_bytes") if not getattr(self, key) >= 1]
         if not self.max_replicas >= max(1, self.min_replicas):
             errors.append(f"max_replicas: got {fmt(self.max_replicas)}, expected >= {max(1, self.min_replicas)}")
-        top_port = 65534 if self.ingress == "direct" else 65535  # direct: Ray's proxy takes port + 1
+        top_port = 65534 if self.ingress in ("direct", "haproxy") else 65535  # Ray's proxy takes port + 1
         if not 0 < self.port <= top_port:
             errors.append(f"port: got {fmt(self.port)}, expected 1..{top_port}")
         if not self.route_prefix.startswith("/"):
@@ -136,7 +138,8 @@ class ServeSection(Section):
             for key in ("min_replicas", "max_replicas"):
                 if getattr(self, key) != 1:
                     errors.append(f"{key}: got {fmt(getattr(self, key))}, expected 1 with serve.ingress 'direct' "
-                                  "(one replica answers on serve.port; use serve.ingress 'proxy' to autoscale)")
+                                  "(one replica answers on serve.port; use serve.ingress 'haproxy' or 'proxy' "
+                                  "to autoscale)")
         return errors
 
 

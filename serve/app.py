@@ -17,10 +17,13 @@ Ingress (``serve.ingress``): ``proxy`` (default) puts Ray's HTTP proxy in front 
 so autoscaling works behind one port. ``direct`` uses Ray Serve's direct ingress: the one replica
 runs its own HTTP server on ``host:port``, which saves the proxy hop and the replica's call back
 to the proxy for each request body (Ray still starts its proxy on the head node; it gets
-``port + 1``). Ray reads that switch from the environment of its controller and replicas, so it
-must be set before Ray starts (``ray_env``; ``moe-orch serve`` does it for the local Ray it
-starts, a cluster sets it in ``ray start``'s environment), and ``start`` checks that the replica
-really answers directly.
+``port + 1``). ``haproxy`` keeps both: HAProxy on ``host:port`` balances over replicas that each run
+their own HTTP server, and Serve updates its backend list as replicas come and go, so autoscaling
+works (``serve.haproxy``: kept on loopback, files private; Serve's Python proxy, HAProxy's backup
+while no replica is up, gets ``port + 1``). Ray reads these switches from the environment of its
+processes, so they must be set before Ray starts (``ray_env``; ``moe-orch serve`` does it for the
+local Ray it starts, a cluster sets them in ``ray start``'s environment), and ``start`` checks that
+the replica answers through the ingress asked for.
 """
 
 from __future__ import annotations
@@ -38,13 +41,14 @@ from ray.serve import Application
 
 from orchestrator.contract import ServeSection, import_ref, section_from
 from orchestrator.registry import load_family
+from serve import haproxy
 from serve.body_limit import BodyLimit
 
 DEPLOYMENT_NAME = "ModelServer"
 IMPORT_PATH = "serve.app:app_builder"
 
 
-def ray_env(settings: ServeSection) -> dict[str, str]:
+def ray_env(settings: ServeSection, local: bool = True) -> dict[str, str]:
     """Environment Ray's processes need for ``settings`` (set it before Ray starts).
 
     Always: the proxy's ready-check and health-check timeouts and period (Serve reads them only
@@ -52,11 +56,15 @@ def ray_env(settings: ServeSection) -> dict[str, str]:
     pin its HTTP port range to ``settings.port``, so the single replica listens where a proxy
     would have. The replica's shutdown drain (Ray's default 30 s, for load balancers to
     deregister it) becomes 1 s: no balancer sits in front here; in-flight requests are still
-    finished. Set that variable yourself to keep a longer one.
+    finished. Set that variable yourself to keep a longer one. ``haproxy``: ``haproxy.env`` (HAProxy
+    in front of direct-ingress replicas; with ``local``, its private files and the wrapper that keeps
+    it on loopback, which ``start`` writes; without, only Ray's switches, for a cluster).
     """
     env = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": str(settings.proxy_ready_timeout_s),
            "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": str(settings.health_check_timeout_s),
            "RAY_SERVE_PROXY_HEALTH_CHECK_PERIOD_S": str(settings.health_check_period_s)}
+    if settings.ingress == "haproxy":
+        return {**env, **haproxy.env(settings.port, local)}
     if settings.ingress != "direct":
         return env
     drain = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
@@ -67,13 +75,16 @@ def ray_env(settings: ServeSection) -> dict[str, str]:
 
 
 def proxy_port(settings: ServeSection) -> int:
-    """Where Ray's HTTP proxy listens: ``settings.port``, or ``port + 1`` under direct ingress, where
-    the replica itself takes ``port`` (Ray still starts a proxy on the head node in that mode)."""
+    """Where Serve's HTTP proxy (Ray's, or HAProxy under ``haproxy``) listens: ``settings.port``, or
+    ``port + 1`` under direct ingress, where the replica itself takes ``port`` (Ray still starts a proxy
+    on the head node in that mode)."""
     return settings.port + 1 if settings.ingress == "direct" else settings.port
 
 
 def replica_ingress() -> str:
-    """The ingress this process (a replica) runs under: ``direct`` or ``proxy``."""
+    """The ingress this process (a replica) runs under: ``haproxy``, ``direct`` or ``proxy``."""
+    if os.environ.get("RAY_SERVE_ENABLE_HA_PROXY") == "1":  # Ray then turns direct ingress on too
+        return "haproxy"
     return "direct" if os.environ.get("RAY_SERVE_ENABLE_DIRECT_INGRESS") == "1" else "proxy"
 
 
@@ -257,8 +268,11 @@ def emit_config(path: str | Path, source: dict[str, Any], family: str, app_name:
     import yaml
 
     path = Path(path)
-    env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
+    env = " ".join(f"{k}={v}" for k, v in ray_env(settings, local=False).items())
     header = f"# Serve reads these from Ray's environment: start Ray with {env}\n"
+    if settings.ingress == "haproxy":
+        header += ("# Ray's HAProxy also listens on every interface on RAY_SERVE_HAPROXY_STATS_PORT (8404) and "
+                   "RAY_SERVE_HAPROXY_METRICS_PORT (9101), without authentication: firewall them\n")
     path.write_text(header + yaml.safe_dump(serve_config(source, family, app_name, settings), sort_keys=False))
     return path
 
@@ -267,9 +281,12 @@ def start(source: dict[str, Any], family: str, app_name: str, settings: ServeSec
           ready_timeout_s: float = 120.0) -> str:
     """Deploy the app answering on ``settings.host:port`` and return its base URL once ``/healthz`` answers.
 
-    Must run inside a Ray session. With ``settings.ingress == "direct"`` that session's Ray must have
-    been started with ``ray_env(settings)``; a RuntimeError says so if the replica runs behind a proxy.
+    Must run inside a Ray session. With ``settings.ingress`` ``direct`` or ``haproxy`` that session's Ray
+    must have been started with ``ray_env(settings)`` (``haproxy``: this writes the session's folder and
+    wrapper first); a RuntimeError says so if the replica answers through another ingress.
     """
+    if settings.ingress == "haproxy":
+        haproxy.prepare(settings.port)
     deploy(source, family, app_name, settings)
     url = f"http://{settings.host}:{settings.port}{settings.route_prefix.rstrip('/')}"
     try:
@@ -277,11 +294,12 @@ def start(source: dict[str, Any], family: str, app_name: str, settings: ServeSec
     except TimeoutError:
         shutdown()
         raise
-    if health.get("ingress", "proxy") != settings.ingress:
+    answered = health.get("ingress", "proxy")
+    if answered != settings.ingress:
         shutdown()
         env = " ".join(f"{k}={v}" for k, v in ray_env(settings).items())
-        raise RuntimeError(f"serve.ingress: got 'direct' but the replica runs behind Ray's proxy; "
-                           f"start Ray with {env} in its environment")
+        raise RuntimeError(f"serve.ingress: got {settings.ingress!r} but the replica answers through "
+                           f"{answered!r} ingress; start Ray with {env} in its environment")
     return url
 
 
@@ -342,5 +360,7 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> dict[str, Any]:
 
 
 def shutdown() -> None:
-    """Delete every Serve application and stop Serve (the Ray session stays up)."""
+    """Delete every Serve application and stop Serve (the Ray session stays up), then remove the
+    HAProxy files ``start`` set up, if any (``haproxy.cleanup``)."""
     serve.shutdown()
+    haproxy.cleanup()
