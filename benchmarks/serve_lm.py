@@ -520,7 +520,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every server")
     parser.add_argument("--method", choices=("mixlora", "lora"), default="mixlora", help="the checkpoint's adapters")
     parser.add_argument("--checkpoint", help="serve this MixLoRA-family checkpoint dir instead of building one")
-    parser.add_argument("--ingress", choices=("proxy", "direct"), default="proxy",
+    parser.add_argument("--ingress", choices=("proxy", "direct", "haproxy"), default="proxy",
                         help="serve.ingress of `moe-orch serve` (proxy: Ray's HTTP proxy, the default)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up requests per server")
     parser.add_argument("--level-timeout-s", type=float, default=600.0, help="bound on each load level")
