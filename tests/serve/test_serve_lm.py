@@ -17,7 +17,7 @@ import openai
 import pytest
 import requests
 import torch
-from support import wait_for
+from support import fuzz_openapi, wait_for
 
 from orchestrator.registry import family_ref
 from trainables.lm.sections import LMServe
@@ -154,6 +154,13 @@ def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.Open
                           headers={"content-type": "application/json"})
     assert reply.status_code == 400
     assert client.completions.create(model="pool-test", prompt="still alive", max_tokens=2).choices[0].finish_reason
+
+
+def test_schemathesis_finds_no_server_error(lm_url: str) -> None:
+    """Every route of the LM app's OpenAPI schema, fuzzed: never a 5xx, and the app answers after."""
+    statuses = fuzz_openapi(lm_url, max_examples=15)
+    assert 200 in statuses and 400 in statuses, sorted(set(statuses))  # OpenAI's 400 for invalid bodies
+    assert requests.get(f"{lm_url}/healthz", timeout=30).json()["status"] == "ok"
 
 
 @dataclass

@@ -73,7 +73,7 @@ def test_train_then_reload_and_emit_serve_config(local_ray: None, tiny_experts: 
 
     # the run id resolves to the checkpoint artifact, which reloads with the local checkpoint's outputs
     target = resolve_target(run_id, None, uri)
-    assert target.source == {"run_id": run_id, "tracking_uri": uri}
+    assert target.source == {"run_id": run_id, "tracking_uri": uri, "artifact_path": "checkpoint"}
     assert target.settings.max_batch_size == 4 and target.settings.max_texts_per_request == 3  # from metadata
     local = resolve_target(str(exp), _load(exp), uri)
     texts = ["a gorgeous , witty , seductive movie .", "the plot is nothing but boilerplate clichés"]
