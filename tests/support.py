@@ -63,3 +63,18 @@ def fuzz_openapi(app_url: str, max_examples: int = 30) -> list[int]:
             except Unsatisfiable:  # a route with no parameters and no body has no invalid input
                 assert mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET"
     return statuses
+
+
+def randomize_routing(model: Any, seed: int = 0) -> None:
+    """Give a MixLoRA model's routers N(0, 1) weights (decisive: no near-ties) and its expert LoRA B
+    0.5 * N(0, 1) (fresh ones are zero), seeded, so routing and outputs vary from token to token."""
+    import torch
+
+    from trainables.mixlora.layer import mixlora_blocks
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for block in mixlora_blocks(model):
+            block.router.gate.weight.copy_(torch.randn(block.router.gate.weight.shape, generator=generator))
+            for bank in (block.lora_gate, block.lora_up, block.lora_down):
+                bank.B.copy_(0.5 * torch.randn(bank.B.shape, generator=generator))

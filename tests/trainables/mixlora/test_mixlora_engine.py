@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from support import randomize_routing
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 
@@ -26,12 +27,7 @@ def mixlora() -> Iterator[tuple]:
     (so routing varies from token to token), and a decisive router (no near-ties, batched or alone)."""
     model, tokenizer = load_base("tiny-llama")
     apply_mixlora(model, MixLoRALayerConfig(num_experts=E, top_k=K, rank=4, alpha=8, dropout=0.0, attention_lora=False))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for block in mixlora_blocks(model):
-            block.router.gate.weight.copy_(torch.randn(block.router.gate.weight.shape, generator=generator))
-            for bank in (block.lora_gate, block.lora_up, block.lora_down):
-                bank.B.copy_(0.5 * torch.randn(bank.B.shape, generator=generator))
+    randomize_routing(model)
     model.eval()
     engine = GenerationEngine(model, tokenizer, max_batch_size=3, trace_tokens=TRACE_TOKENS)
     yield model, tokenizer, engine

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 import torch
+from support import randomize_routing
 
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
@@ -29,12 +30,7 @@ def model_and_tokenizer() -> Iterator[tuple]:
     torch.manual_seed(0)
     model, tokenizer = load_base("tiny-llama")
     apply_adapters(model, MixLoRAConfig(num_experts=8, top_k=2, rank=4, alpha=8, dropout=0.0, attention_lora=False))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for block in mixlora_blocks(model):
-            block.router.gate.weight.copy_(torch.randn(block.router.gate.weight.shape, generator=generator))
-            for bank in (block.lora_gate, block.lora_up, block.lora_down):
-                bank.B.copy_(0.5 * torch.randn(bank.B.shape, generator=generator))
+    randomize_routing(model)
     yield model.eval(), tokenizer
 
 
