@@ -23,6 +23,7 @@ BUILTIN: dict[str, str] = {
     "ensemble": "trainables.ensemble.family:FAMILY",
     "mixlora": "trainables.mixlora.family:FAMILY",
     "dylora": "trainables.dylora.family:FAMILY",
+    "llm_judge": "trainables.llm_judge.family:FAMILY",
 }
 
 _REFS: dict[str, str] = {}  # name -> "module:attribute", filled on first use

@@ -29,11 +29,11 @@ def more_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_builtin_families_are_registered_and_declared() -> None:
-    assert {"more", "ensemble", "mixlora", "dylora"} <= set(family_names())
+    assert {"more", "ensemble", "mixlora", "dylora", "llm_judge"} <= set(family_names())
     more, ensemble = get_family("more"), get_family("ensemble")
     assert more.strategies == ("ddp", "deepspeed") and ensemble.strategies == ("ddp",)
     assert more.evaluator and ensemble.evaluator is None and ensemble.endpoint and more.endpoint is None
-    with pytest.raises(KeyError, match="unknown family 'mixtral'; known: dylora, ensemble, mixlora, more"):
+    with pytest.raises(KeyError, match="unknown family 'mixtral'; known: dylora, ensemble, llm_judge, mixlora, more"):
         get_family("mixtral")
 
 

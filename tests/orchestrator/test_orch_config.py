@@ -47,7 +47,8 @@ BAD_CASES = {
     "unknown variant": ("model:\n  variant: more_z\n", ["model.variant: got 'more_z', expected one of base"]),
     "bad space key": ("sweep:\n  space:\n    model.nonsense: {choice: [1, 2]}\n",
                       ["sweep.space.model.nonsense: got an unknown key"]),
-    "unknown family": ("family: mixtral\n", ["family: got 'mixtral', expected one of dylora, ensemble, mixlora, more"]),
+    "unknown family": ("family: mixtral\n",
+                       ["family: got 'mixtral', expected one of dylora, ensemble, llm_judge, mixlora, more"]),
 }
 
 

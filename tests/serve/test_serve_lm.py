@@ -156,6 +156,37 @@ def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.Open
     assert client.completions.create(model="pool-test", prompt="still alive", max_tokens=2).choices[0].finish_reason
 
 
+def test_the_llm_judge_pipeline_runs_against_this_app(lm_url: str) -> None:
+    """The LLM-judge family's experts and judges over this OpenAI-compatible app (a tiny random model:
+    its judges give no scores, so the round must end with a clear error, never an exception)."""
+    import asyncio
+
+    from trainables.llm_judge.backends import Caller, OpenAIBackend
+    from trainables.llm_judge.config import JudgeConfig
+    from trainables.llm_judge.pipeline import Team, run_round
+    from trainables.llm_judge.tasks import load_questions
+
+    cfg = JudgeConfig(backend="openai", base_url=f"{lm_url}/v1", models=[MODEL], num_experts=3, n_judge=2,
+                      max_tokens=8, judge_max_tokens=6, judge_retries=1, frequency_penalty_range=[0.5, 1.0])
+    team = Team.draw(cfg, seed=0)
+
+    async def go() -> tuple[Any, dict[str, float]]:
+        caller = Caller(OpenAIBackend(cfg.base_url, "NO_KEY", 60), 8, 60, 1, 0.1)
+        question = load_questions("arc_easy", "validation", 1, None, seed=0)[0]
+        result = await run_round(caller, team, cfg, question, [0, 1, 2], seed=0, grade_all=True)
+        await caller.backend.aclose()
+        return result, caller.reset()
+
+    result, counts = asyncio.run(go())
+    assert set(result.answers) == {0, 1, 2} and not result.expert_failures  # penalties and seeds accepted
+    assert all(0 < a.completions[0].completion_tokens <= 8 for a in result.answers.values())
+    assert result.correct.keys() == {0, 1, 2} and counts["failed_calls"] == 0 and counts["completion_tokens"] > 0
+    if result.selection is None:  # the usual case for random weights
+        assert result.error.startswith("no judge scored any of the 3 candidates") and "gave no score" in result.error
+    else:
+        assert result.selected in (0, 1, 2)
+
+
 def test_schemathesis_finds_no_server_error(lm_url: str) -> None:
     """Every route of the LM app's OpenAPI schema, fuzzed: never a 5xx, and the app answers after."""
     statuses = fuzz_openapi(lm_url, max_examples=15)

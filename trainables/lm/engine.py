@@ -15,7 +15,8 @@ loop, each iteration:
    gets the finish reason) and is dropped from the cache; columns no row needs any more are
    trimmed from the left.
 
-No repetition penalty, no logits shaping beyond temperature and top-p.
+Logits shaping: OpenAI's frequency and presence penalties over the row's generated tokens
+(``logit -= frequency_penalty * count + presence_penalty * (count > 0)``), then temperature and top-p.
 
 Routing (each event's ``moe``), for the two kinds of MoE the engine meets, without naming a family:
 
@@ -68,6 +69,8 @@ class SamplingParams:
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    frequency_penalty: float = 0.0  # per earlier occurrence of a token in the completion
+    presence_penalty: float = 0.0  # once for any token already in the completion
 
 
 @dataclass
@@ -310,6 +313,10 @@ class GenerationEngine:
         tokens = []
         for row, row_logits in zip(rows, logits.float(), strict=True):
             p = row.params
+            if (p.frequency_penalty or p.presence_penalty) and row.generated:
+                counts = torch.bincount(torch.tensor(row.generated), minlength=row_logits.shape[-1])[
+                    :row_logits.shape[-1]].to(row_logits.device, row_logits.dtype)  # (V,)
+                row_logits = row_logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
             if p.temperature <= 0:
                 tokens.append(int(row_logits.argmax()))
                 continue

@@ -54,6 +54,8 @@ class _Sampling(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop: StrictStr | list[StrictStr] | None = None
     seed: int | None = None
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1)
     stream: bool = False
 
@@ -196,9 +198,9 @@ class LMEndpoint:
         streams = []
         for i in range(request.n):
             seed = None if request.seed is None else request.seed + i
-            streams.append(lm.engine.submit(ids, SamplingParams(request.max_tokens, request.temperature,
-                                                                  request.top_p, stop, seed),
-                                              loop=asyncio.get_running_loop()))
+            params = SamplingParams(request.max_tokens, request.temperature, request.top_p, stop, seed,
+                                    request.frequency_penalty, request.presence_penalty)
+            streams.append(lm.engine.submit(ids, params, loop=asyncio.get_running_loop()))
         return streams, len(ids)
 
     # -- answers ----------------------------------------------------------------------------

@@ -6,12 +6,14 @@ checkpoint manifest every family writes.
 Ray Train side.
 """
 
+from trainables.training.iterative import IterativeRecipe
 from trainables.training.manifest import FORMAT_FILE, Manifest, read_manifest, write_manifest
 from trainables.training.optim import build_optimizer, decay_groups, lr_multiplier
 from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
 
 __all__ = [
     "FORMAT_FILE",
+    "IterativeRecipe",
     "Manifest",
     "Recipe",
     "StepOutput",

@@ -20,6 +20,9 @@ Reported metrics: ``step``, the recipe's ``logs`` averaged since the last report
 ``<unit>_seen``, the recipe's evaluation metrics, ``train_time_s`` (seconds inside this loop,
 set-up included), ``setup_s`` (loop start to the first step), and ``loop_started_at`` /
 ``worker_started_at`` (unix times, so drivers can split their overhead).
+
+A recipe that is a ``trainables.training.iterative.IterativeRecipe`` (no model to optimise: one
+iteration per step, e.g. value learning over LLM calls) runs ``run_iterations`` instead.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import ray.train
 import torch
 from ray.train import Checkpoint
 
+from trainables.training.iterative import IterativeRecipe, run_iterations
 from trainables.training.optim import build_optimizer
 from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
 from trainables.training.strategies import make_strategy
@@ -55,7 +59,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     use_gpu = experiment.scaling.use_gpu
     worker = WorkerInfo(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
                         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"))
-    run(experiment, import_ref(family.recipe)(experiment, worker))
+    recipe = import_ref(family.recipe)(experiment, worker)
+    if isinstance(recipe, IterativeRecipe):  # a family that learns without gradient steps
+        run_iterations(experiment, recipe)
+    else:
+        run(experiment, recipe)
 
 
 def run(experiment: Any, recipe: Recipe) -> None:

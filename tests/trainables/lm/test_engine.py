@@ -60,3 +60,34 @@ def test_stop_strings_seeds_and_streamed_pieces(tiny: tuple) -> None:
     pieces = list(engine.submit(ids, SamplingParams(max_tokens=20, temperature=1.0, seed=seed)))
     assert "".join(p.text for p in pieces) == first.text and pieces[-1].finish_reason == first.finish_reason
     assert all(p.finish_reason is None for p in pieces[:-1])
+
+
+def test_frequency_and_presence_penalties_follow_openai(tiny: tuple) -> None:
+    """logit -= frequency_penalty * count + presence_penalty * (count > 0), over the completion's tokens."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    model, tokenizer, engine = tiny
+
+    class Penalties(LogitsProcessor):
+        def __init__(self, start: int, frequency: float, presence: float) -> None:
+            self.start, self.frequency, self.presence = start, frequency, presence
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            for row in range(scores.shape[0]):
+                counts = torch.bincount(input_ids[row, self.start:], minlength=scores.shape[-1]).to(scores.dtype)
+                scores[row] -= self.frequency * counts + self.presence * (counts > 0).to(scores.dtype)
+            return scores
+
+    changed = 0
+    for prompt, frequency, presence in (("aaaa", 1.5, 0.0), ("Hello there", 0.0, 2.0), ("xyz xyz", 0.7, 0.4)):
+        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        start = ids["input_ids"].shape[1]
+        expected = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                                  logits_processor=LogitsProcessorList([Penalties(start, frequency, presence)]))
+        got = engine.submit(_ids(tokenizer, prompt), SamplingParams(12, 0.0, frequency_penalty=frequency,
+                                                                   presence_penalty=presence)).collect()
+        assert got.text == tokenizer.decode(expected[0, start:], skip_special_tokens=True)
+        plain = engine.submit(_ids(tokenizer, prompt), SamplingParams(12, 0.0)).collect()
+        changed += plain.text != got.text
+    assert changed >= 1  # the penalties did something

@@ -1,0 +1,101 @@
+"""The LLM-judge MoE family's declaration (``orchestrator.contract.Family``): random expert configs
+over LLMs (local or OpenAI-compatible), judges that select an answer, rewards and value learning
+(``../shared/specs/llm-judge-moe.md``). Registered in ``orchestrator/registry.py``.
+
+It learns without gradients: its recipe is a ``trainables.training.IterativeRecipe`` (one question
+per iteration), run by the same Ray Train worker, reports, checkpoints and MLflow as every family.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.contract import DataSection, EvaluateSection, Family
+from orchestrator.schema import fmt
+from trainables.llm_judge.config import JudgeConfig
+from trainables.llm_judge.tasks import DATASETS, MBPP_SPLITS
+
+SPLITS = ("train", "validation", "test")
+EVAL_TASKS = ("arc_easy", "mbpp")
+
+
+@dataclass
+class QuestionData(DataSection):
+    """The questions iterated over: ``limit`` of ``dataset``/``split``, shuffled with ``train.seed``."""
+
+    dataset: str = "arc_easy"  # arc_easy | mbpp | prompts (a JSONL of {"prompt", "context"}; no ground truth)
+    split: str = "train"
+    limit: int | None = 200  # null = all
+    prompts_file: str | None = None  # dataset prompts: the JSONL file
+
+    def errors(self) -> list[str]:
+        errors = []
+        if self.dataset not in DATASETS:
+            errors.append(f"dataset: got {fmt(self.dataset)}, expected one of {', '.join(DATASETS)}")
+        if self.split not in SPLITS:
+            errors.append(f"split: got {fmt(self.split)}, expected one of {', '.join(SPLITS)}")
+        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
+            errors.append(f"limit: got {fmt(self.limit)}, expected null or >= 1")
+        if self.dataset == "prompts" and not self.prompts_file:
+            errors.append("prompts_file: got null, expected a JSONL file of prompts with dataset 'prompts'")
+        return errors
+
+
+@dataclass
+class JudgeEvaluate(EvaluateSection):
+    """Every expert answers each question; the judge-selected answer against a random expert, the
+    best single expert, the highest-valued expert and the oracle (``evaluation.py``)."""
+
+    tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
+    split: str = "test"  # ARC-Easy's test split; MBPP's test task ids (11-510)
+    limit: int = 20  # questions per task (the split's first ones after a fixed shuffle, seed 0)
+    concurrent_questions: int = 4  # questions in flight at once (their calls share the backend's batch)
+
+    def errors(self) -> list[str]:
+        errors = [f"tasks: got {fmt(t)}, expected some of {', '.join(EVAL_TASKS)}" for t in self.tasks
+                  if t not in EVAL_TASKS]
+        if not self.tasks:
+            errors.append(f"tasks: got [], expected some of {', '.join(EVAL_TASKS)}")
+        if self.split not in SPLITS:
+            errors.append(f"split: got {fmt(self.split)}, expected one of {', '.join(SPLITS)}")
+        for key in ("limit", "concurrent_questions"):
+            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
+                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected an integer >= 1")
+        return errors
+
+
+def _checks(exp: Any) -> list[str]:
+    errors = []
+    if exp.scaling.num_workers != 1:
+        errors.append(f"scaling.num_workers: got {exp.scaling.num_workers}, expected 1 (the llm_judge family "
+                      "runs its iterations on one worker; its models run in their own Ray actors)")
+    if exp.data.dataset == "prompts" and exp.model.external_reward != "random":
+        errors.append(f"model.external_reward: got {fmt(exp.model.external_reward)}, expected 'random' with "
+                      "data.dataset 'prompts' (open prompts have no ground truth)")
+    if exp.data.dataset == "mbpp" and exp.data.split not in MBPP_SPLITS:
+        errors.append(f"data.split: got {fmt(exp.data.split)}, expected one of {', '.join(MBPP_SPLITS)}")
+    return errors
+
+
+FAMILY = Family(
+    name="llm_judge",
+    model=JudgeConfig,
+    data=QuestionData,
+    recipe="trainables.llm_judge.recipe:JudgeRecipe",
+    checkpoint="trainables.llm_judge.checkpoint:load",
+    strategies=("ddp",),
+    metrics=("step", "accuracy", "correct", "cumulative_reward", "total_reward", "intrinsic_reward",
+             "external_reward", "judge_score", "selected_expert", "credited_expert", "exploration_rate",
+             "explored", "experts_answered", "expert_failures", "judge_failures", "skipped", "iterations_skipped",
+             "tokens", "prompt_tokens", "completion_tokens", "calls", "failed_calls", "retries", "iteration_s",
+             "train_time_s"),
+    metric_prefixes=("value/",),
+    progress=(("total_reward", "reward"), ("cumulative_reward", "sum"), ("accuracy", "acc"),
+              ("exploration_rate", "eps")),
+    evaluate=JudgeEvaluate,
+    evaluator="trainables.llm_judge.evaluation:evaluate_checkpoint",
+    eval_metrics=("eval_time_s",),
+    eval_metric_prefixes=("arc_easy/", "mbpp/"),
+    checks=_checks,
+)
