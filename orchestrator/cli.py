@@ -222,6 +222,34 @@ def generate_cmd(target: str, prompt: str, max_tokens: int, temperature: float, 
     click.echo()
 
 
+@main.command("report")
+@click.argument("sweep_run_id")
+@click.option("--metric", "metrics", multiple=True,
+              help="A metric to compare (repeatable; default: the sweep's metric). Each trial's final value.")
+@click.option("--by", multiple=True,
+              help="Group by this param (repeatable; default: the swept keys). Seeds are always averaged over.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for report.md, report.csv and report.png (default: report-<run id prefix>).")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def report_cmd(sweep_run_id: str, metrics: tuple[str, ...], by: tuple[str, ...], out: str | None,
+               tracking_uri: str | None) -> None:
+    """Compare a sweep's trials: a table (markdown and CSV) and a bar chart with error bars.
+
+    SWEEP_RUN_ID is the sweep's MLflow parent run (`moe-orch sweep` prints it). Trials are grouped
+    by the swept keys and averaged over seeds (mean and sample std); the files are also logged to
+    the parent run under report/.
+    """
+    from orchestrator.report import ReportError, report_sweep
+
+    try:
+        report, files = report_sweep(sweep_run_id, tracking_uri, out, list(metrics) or None, list(by) or None)
+    except ReportError as exc:
+        click.echo(f"report: {exc}", err=True)
+        sys.exit(2)
+    click.echo(files[0].read_text())
+    click.echo(f"wrote {', '.join(str(f) for f in files)}; logged to run {report.parent_id} under report/")
+
+
 def _fail(command: str, exc: BaseException) -> NoReturn:
     """One line on stderr naming the error (the traceback is already in Ray's output above), exit 1."""
     first = str(exc).splitlines()[0] if str(exc) else ""

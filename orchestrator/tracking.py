@@ -182,6 +182,17 @@ class ModelVersion:
 
 
 @dataclass(frozen=True)
+class RunSummary:
+    """A finished look at one run: its params and each metric's latest value."""
+
+    run_id: str
+    name: str
+    status: str  # FINISHED | FAILED | RUNNING | KILLED
+    params: dict[str, str]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
 class Store:
     """A tracking store: experiments and the runs in them."""
 
@@ -232,6 +243,15 @@ class Store:
             raise LookupError(f"{uri}: version {found.version} is not a folder of its run's artifacts "
                               f"({found.source})")
         return ModelVersion(name, str(found.version), found.run_id, found.source[len(run_root) + 1:])
+
+    def children(self, parent_id: str) -> list[RunSummary]:
+        """The runs nested under ``parent_id`` (a sweep's trials), oldest first."""
+        c = client(self.uri)
+        experiment_id = c.get_run(parent_id).info.experiment_id
+        runs = c.search_runs([experiment_id], filter_string=f"tags.{PARENT_TAG} = '{parent_id}'",
+                             order_by=["attributes.start_time ASC"], max_results=5000)
+        return [RunSummary(r.info.run_id, r.info.run_name or r.info.run_id, r.info.status, dict(r.data.params),
+                           dict(r.data.metrics)) for r in runs]
 
     def start_run(self, experiment_id: str, run_name: str, parent: Run | None = None,
                   tags: dict[str, str] | None = None) -> Run:

@@ -103,3 +103,35 @@ def test_config_errors_name_the_field() -> None:
         assert any(e.startswith(f"{key}:") for e in errors), key
     assert JudgeConfig(backend="openai").errors() == [
         "base_url: got null, expected the endpoint's URL with backend 'openai' (e.g. http://127.0.0.1:8000/v1)"]
+
+
+def test_ground_truth_grades_arc_letters_and_runs_mbpp_code_in_the_sandbox() -> None:
+    from trainables.llm_judge.tasks import grade, load_questions
+
+    arc = load_questions("arc_easy", "validation", 3, None, seed=0)
+    assert len(arc) == 3 and arc == load_questions("arc_easy", "validation", 3, None, seed=0)
+    q = arc[0]
+    wrong = next(label for label in q.labels if label != q.answer)
+    assert grade(q, f"{q.answer}. because") and not grade(q, f"{wrong}. because") and not grade(q, "no idea")
+    mbpp = load_questions("mbpp", "test", 1, None, seed=0)[0]
+    assert grade(mbpp, f"```python\n{mbpp.problem.reference}\n```")
+    assert not grade(mbpp, "```python\ndef nothing():\n    pass\n```")
+
+
+def test_open_prompts_need_the_random_reward(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from orchestrator.cli import main
+    from trainables.llm_judge.tasks import load_questions
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "Evaluate AI.", "context": "Acme invests."}\n{"prompt": "Name a colour."}\n')
+    questions = load_questions("prompts", "train", None, None, prompts_file=str(prompts), shuffle=False)
+    assert [q.context for q in questions] == ["Acme invests.", "Name a colour."] and not questions[0].gradable
+    experiment = tmp_path / "judge.yaml"
+    experiment.write_text(f"name: j\nfamily: llm_judge\ndata: {{dataset: prompts, prompts_file: {prompts}}}\n")
+    result = CliRunner().invoke(main, ["validate", str(experiment)])
+    assert result.exit_code == 2 and "model.external_reward: got 'ground_truth', expected 'random'" in result.output
+    result = CliRunner().invoke(main, ["validate", str(experiment), "model.external_reward=random",
+                                       "scaling.num_workers=2"])
+    assert result.exit_code == 2 and "scaling.num_workers: got 2, expected 1" in result.output
