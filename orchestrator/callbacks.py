@@ -151,6 +151,9 @@ def overhead_split(started: float, ended: float, metrics: dict[str, Any],
     - ``worker_init_s``: worker process creation to loop start (imports, process group);
     - ``loop_setup_s``: inside the loop, before the first step;
     - ``teardown_s``: last report to the driver's return (checkpoint upload, shutdown).
+
+    When the loop runs in the driver's own process (a 1-worker sweep trial), ``spawn_s`` and
+    ``worker_init_s`` are 0.
     """
     out: dict[str, float | None] = {
         "wall_time_s": ended - started, "train_time_s": metrics.get("train_time_s"),
@@ -164,6 +167,7 @@ def overhead_split(started: float, ended: float, metrics: dict[str, Any],
         out["startup_s"] = loop_start - started
         out["teardown_s"] = ended - (loop_start + train)
     if worker_start is not None and loop_start is not None:
-        out["spawn_s"] = worker_start - started
-        out["worker_init_s"] = loop_start - worker_start
+        in_process = worker_start <= started  # the loop ran in the driver's own process: no worker to spawn
+        out["spawn_s"] = 0.0 if in_process else worker_start - started
+        out["worker_init_s"] = 0.0 if in_process else loop_start - worker_start
     return out

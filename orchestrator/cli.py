@@ -80,8 +80,9 @@ def train(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
     except Exception as exc:  # the traceback is already in the Ray output above
         _fail("train", exc)
     m = summary["metrics"]
-    click.echo(f"done in {summary['wall_time_s']:.1f}s: step {m.get('step')} "
-               f"val_loss {m.get('val_loss', float('nan')):.4f} "
+    shown = " ".join(f"{label} {m[key]:.4f}" for key, label in exp.family_spec.progress
+                     if isinstance(m.get(key), int | float))  # the family's progress metrics
+    click.echo(f"done in {summary['wall_time_s']:.1f}s: step {m.get('step')} {shown} "
                f"(train loop {m.get('train_time_s', 0):.1f}s)")
     click.echo(f"checkpoint: {summary['checkpoint']}")
     click.echo(f"MLflow run: {summary['run_id']} ({summary['tracking_uri']})")

@@ -1,13 +1,21 @@
 """Ray Tune driver: Optuna (TPE, or NSGA-II with several metrics) + ASHA over ``sweep.space``.
 
-Each trial is a driver *function* (``sweep_trial``, a Tune trial actor holding one
-``tune_driver`` resource, see ``ray_runtime``) that builds a ``TorchTrainer`` and fits it;
-``TuneReportCallback`` forwards the workers' reports to Tune (the Ray Train V2 pattern).
+Each trial is a driver *function* (``sweep_trial``) in a Tune trial actor:
+
+- a 1-worker CPU trial (``runs_in_process``) runs the shared worker loop in that process, under
+  an ``InProcessSession`` (``trainables/training/session.py``): no Train controller, no worker
+  process, and Tune reuses the warm actor for the next trial (``reuse_actors``), so a trial
+  costs a fraction of a second beyond its training loop. It holds ``scaling.cpus_per_worker``
+  CPUs; its checkpoints are kept under ``<trial>/train/`` and a failure restarts the loop from
+  the newest one, up to ``train.max_failures`` times;
+- any other trial (several workers, a GPU, DeepSpeed) holds one ``tune_driver`` resource (see
+  ``ray_runtime``) and fits a ``TorchTrainer``; ``TuneReportCallback`` forwards the workers'
+  reports to Tune (the Ray Train V2 pattern).
 
 Layout under ``./ray_results/<name>/sweep`` (deterministic, so ``--resume`` works):
 
     <name>_000/               Tune trial dir (trial names are ``{experiment}_{index:03d}``)
-      train/checkpoint_*      the trial's Ray Train run (restored if the trial is re-run)
+      train/checkpoint_*      the trial's checkpoints (a re-run trial resumes from the newest)
       mlflow_run_id           its nested MLflow run
       timing.json             driver-function wall time (written when the trial finishes)
       final.json              the trial's last result, written once its MLflow run is closed
@@ -61,7 +69,8 @@ STATE_SAVE_PERIOD_S = "2"  # Tune's experiment-state save period (its own defaul
 
 
 def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -> None:
-    """One trial: apply the sampled ``config`` (dotted keys) to the validated ``base`` and fit a TorchTrainer."""
+    """One trial: apply the sampled ``config`` (dotted keys) to the validated ``base`` and train it, in this
+    process or with a TorchTrainer (module docstring)."""
     started = time.time()
     exp = base.with_values(config)
     trial_name = tune.get_context().get_trial_name()
@@ -79,33 +88,73 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
         run.log_params({k: v for k, v in exp.to_dict().items() if k != "sweep"})
 
     registered = f"{exp.tracking.registered_model}-{trial_name}" if exp.tracking.registered_model else None
-    callbacks = [MlflowReportCallback(run, registered), TuneReportCallback()]
-    trainer = build_trainer(exp, "train", trial_dir, callbacks)
     with run.failed_on_error():
-        result = trainer.fit()
+        if runs_in_process(exp):
+            metrics, checkpoint_dir, error = _fit_in_process(exp, trial_name, trial_dir / "train", run, registered)
+        else:
+            trainer = build_trainer(exp, "train", trial_dir, [MlflowReportCallback(run, registered),
+                                                              TuneReportCallback()])
+            result = trainer.fit()
+            metrics, error = dict(result.metrics or {}), result.error
+            checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint is not None else None
     wall = time.time() - started
-    metrics = dict(result.metrics or {})
     import psutil  # a Ray dependency
 
     timing = overhead_split(started, time.time(), metrics, process_started=psutil.Process().create_time())
     (trial_dir / TIMING_FILE).write_text(json.dumps(timing))
-    if result.checkpoint is not None:
-        run.log_artifacts(Path(result.checkpoint.path) / "model", "checkpoint")
+    if checkpoint_dir is not None:
+        run.log_artifacts(checkpoint_dir / "model", "checkpoint")
     evaluation: dict[str, float] = {}
-    if exp.evaluates_at_end and result.checkpoint is not None and result.error is None:
+    if exp.evaluates_at_end and checkpoint_dir is not None and error is None:
         from orchestrator.evaluate import evaluate_at_end
 
         with run.failed_on_error():  # the family's evaluator, logged into the trial's run
-            evaluation = evaluate_at_end(exp, run, Path(result.checkpoint.path) / "model")
+            evaluation = evaluate_at_end(exp, run, checkpoint_dir / "model")
     run.log_metrics({"trial_wall_time_s": wall, "overhead_s": wall - metrics.get("train_time_s", wall)},
                     step=int(metrics.get("step", 0)))
-    run.end(ok=result.error is None)
-    if result.error is not None:
-        raise RuntimeError(f"trial {trial_name} failed: {result.error}")
+    run.end(ok=error is None)
+    if error is not None:
+        raise RuntimeError(f"trial {trial_name} failed: {error}")
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     _write_atomically(trial_dir / FINAL_FILE, json.dumps({**numeric, **evaluation}))
     if evaluation:  # one last Tune result with the evaluation, so sweep.metric may name e.g. babi_qa2_acc
         tune.report({**numeric, **evaluation})
+
+
+def runs_in_process(exp: Experiment) -> bool:
+    """Whether a trial runs its training loop in its own process: one CPU worker with DDP (nothing to
+    distribute), so no Ray Train controller and worker are started for it (``session.py``)."""
+    s = exp.scaling
+    return s.num_workers == 1 and not s.use_gpu and s.strategy == "ddp"
+
+
+def _fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run,
+                    registered: str | None) -> tuple[dict[str, Any], Path | None, BaseException | None]:
+    """The worker loop in this process, reporting to the trial's MLflow run and to Tune; restarted from
+    its newest checkpoint after a failure, up to ``train.max_failures`` times, as Ray Train would.
+    Returns ``(last metrics, newest checkpoint folder, error or None)``."""
+    from trainables.training.loop import train_loop_per_worker
+    from trainables.training.session import InProcessSession, use
+
+    mlflow_callback = MlflowReportCallback(run, registered)
+
+    def on_report(metrics: dict[str, Any], checkpoint: Any) -> None:
+        mlflow_callback.after_report(None, [metrics], checkpoint)
+        tune.report(metrics)  # no Tune checkpoint: a re-run trial resumes from run_dir itself
+
+    session = InProcessSession(run_dir, exp.train.keep_checkpoints, on_report)
+    failures = 0
+    while True:
+        try:
+            with use(session):
+                train_loop_per_worker({"experiment": exp, "family": exp.family_ref})
+            return session.last_metrics, session.latest(), None
+        except Exception as exc:  # noqa: BLE001 - a failed loop is retried like a failed Train worker
+            failures += 1
+            if 0 <= exp.train.max_failures < failures:
+                return session.last_metrics, session.latest(), exc
+            print(f"[{trial_name}] failed ({type(exc).__name__}: {exc}); restarting from "
+                  f"{session.latest() or 'the start'} ({failures}/{exp.train.max_failures})", flush=True)
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -191,6 +240,8 @@ def expected_reports(exp: Experiment) -> int:
 
 def _trainable(exp: Experiment, session: RaySession, ctx: dict[str, Any]) -> Any:
     fn = tune.with_parameters(sweep_trial, base=exp, ctx=ctx)
+    if runs_in_process(exp):  # the trial trains itself: it holds the worker's CPUs
+        return tune.with_resources(fn, {"CPU": exp.scaling.cpus_per_worker})
     return tune.with_resources(fn, session.trial_resources())
 
 
@@ -236,6 +287,7 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
             tune_config=tune.TuneConfig(
                 num_samples=exp.sweep.num_samples, search_alg=search_alg, scheduler=scheduler,
                 max_concurrent_trials=concurrency, trial_name_creator=namer, trial_dirname_creator=namer,
+                reuse_actors=runs_in_process(exp),  # a warm process (torch imported) runs the next trial
                 **metric_kwargs),
             run_config=tune.RunConfig(name="sweep", storage_path=str(base), callbacks=[_InterruptAfter(), progress],
                                       verbose=0),

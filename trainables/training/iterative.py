@@ -58,15 +58,17 @@ class IterativeRecipe:
 
 
 def run_iterations(experiment: Any, recipe: IterativeRecipe) -> None:
-    """The worker loop for an ``IterativeRecipe`` (``ray.train`` context required)."""
+    """The worker loop for an ``IterativeRecipe`` (reports to ``trainables.training.session.current()``)."""
     import dataclasses
 
-    import ray.train
     from ray.train import Checkpoint
 
+    from trainables.training.session import current
+
+    session = current()
     started = time.time()
     train = experiment.train
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     iteration = 0
     if checkpoint is not None:
         with checkpoint.as_directory() as restored:
@@ -85,15 +87,15 @@ def run_iterations(experiment: Any, recipe: IterativeRecipe) -> None:
             metrics.update(step=iteration, train_time_s=time.time() - started, setup_s=setup_s,
                            loop_started_at=started, worker_started_at=psutil.Process().create_time())
             if not (last or iteration % train.eval_every == 0):
-                ray.train.report(metrics)
+                session.report(metrics)
                 continue
             metadata = {"step": iteration, "experiment": experiment.name, "finished": recipe.finished()}
             if experiment.serve is not None:
                 metadata["serve"] = dataclasses.asdict(experiment.serve)
             with tempfile.TemporaryDirectory() as tmp:
                 recipe.save_model(Path(tmp) / "model", metadata)
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                                 checkpoint_dir_name=f"checkpoint_{iteration:06d}")
+                session.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
+                               checkpoint_dir_name=f"checkpoint_{iteration:06d}")
     finally:
         recipe.close()
 

@@ -12,8 +12,9 @@
    drawn with a generator seeded by ``seed * 1000 + rank + step`` (a different data order per
    rank, and a resumed run does not replay the batches it saw); ``recipe.step`` holds the optimizer
    steps done, and ``recipe.on_step_end(module, step)`` runs on every rank after each step;
-4. every ``train.eval_every`` steps and at the last one: evaluate, then ``ray.train.report``
-   the metrics with a checkpoint (``strategies.py`` describes its layout).
+4. every ``train.eval_every`` steps and at the last one: evaluate, then report the metrics with a
+   checkpoint (``strategies.py`` describes its layout) to the session: ``ray.train`` in a Train
+   worker, or the sweep trial's own process (``session.py``).
 
 Reported metrics: ``step``, the recipe's ``logs`` averaged since the last report (e.g.
 ``train_loss``), ``lr`` (the first group's), ``<unit>_per_s`` (all workers) and
@@ -44,20 +45,23 @@ from ray.train import Checkpoint
 from trainables.training.iterative import IterativeRecipe, run_iterations
 from trainables.training.optim import build_optimizer
 from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
+from trainables.training.session import current
 from trainables.training.strategies import make_strategy
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: run the family's recipe in the shared loop (see the module docstring)."""
+    """Ray Train entry point: run the family's recipe in the shared loop (see the module docstring).
+
+    Also called directly, in a sweep trial's own process, under an ``InProcessSession``."""
     from orchestrator.contract import import_ref
     from orchestrator.registry import load_family
 
     _quiet_report_logs()
     experiment = config["experiment"]
     family = load_family(config["family"])
-    ctx = ray.train.get_context()
+    session = current()
     use_gpu = experiment.scaling.use_gpu
-    worker = WorkerInfo(rank=ctx.get_world_rank(), world_size=ctx.get_world_size(),
+    worker = WorkerInfo(rank=session.rank, world_size=session.world_size,
                         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"))
     recipe = import_ref(family.recipe)(experiment, worker)
     if isinstance(recipe, IterativeRecipe):  # a family that learns without gradient steps
@@ -71,11 +75,12 @@ def run(experiment: Any, recipe: Recipe) -> None:
     started = time.time()
     exp, train, worker = experiment, experiment.train, recipe.worker
     torch.set_num_threads(max(1, int(exp.scaling.cpus_per_worker)))
-    strategy = make_strategy(exp.scaling, train, worker.rank, recipe.standalone)
+    strategy = make_strategy(exp.scaling, train, worker.rank, recipe.standalone, worker.world_size)
+    session = current()
 
     # 1. set-up (and 2. resume, while the restored checkpoint's folder exists)
     recipe.setup()
-    checkpoint = ray.train.get_checkpoint()
+    checkpoint = session.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
         resume_dir = Path(restored) if restored is not None else None
         torch.manual_seed(train.seed)
@@ -126,8 +131,8 @@ def run(experiment: Any, recipe: Recipe) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 wrote = strategy.save(Path(tmp), model, optimizer, scheduler, step,
                                       lambda m, d, meta=metadata: recipe.save_model(m, d, meta))
-                ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if wrote else None,
-                                 checkpoint_dir_name=f"checkpoint_{step:06d}")
+                session.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if wrote else None,
+                               checkpoint_dir_name=f"checkpoint_{step:06d}")
             window = _Window()
 
 

@@ -37,10 +37,12 @@ TRAIN_STATE = "train_state.pt"
 class DDPStrategy:
     """PyTorch DDP through ``ray.train.torch.prepare_model``."""
 
-    def __init__(self, rank: int, grad_accum_steps: int = 1) -> None:
-        self.rank, self.grad_accum_steps = rank, grad_accum_steps
+    def __init__(self, rank: int, grad_accum_steps: int = 1, world_size: int | None = None) -> None:
+        self.rank, self.grad_accum_steps, self.world_size = rank, grad_accum_steps, world_size
 
     def wrap(self, model: nn.Module, optimizer: Any, scheduler: Any) -> tuple[nn.Module, Any, Any]:
+        if self.world_size == 1:  # nothing to synchronise (and maybe no Train worker: a sweep trial's process)
+            return model, optimizer, scheduler
         import ray.train.torch
 
         wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
@@ -141,10 +143,10 @@ class DeepSpeedStrategy:
         return int(client_state["step"])
 
 
-def make_strategy(scaling: Any, train: Any, rank: int, standalone: Callable[[nn.Module], nn.Module]
-                  ) -> DDPStrategy | DeepSpeedStrategy:
+def make_strategy(scaling: Any, train: Any, rank: int, standalone: Callable[[nn.Module], nn.Module],
+                  world_size: int | None = None) -> DDPStrategy | DeepSpeedStrategy:
     """The strategy named by ``scaling.strategy`` (validation already checked the family supports it)."""
     if scaling.strategy == "deepspeed":
         return DeepSpeedStrategy(rank, scaling.zero_stage, train.batch_size, train.grad_clip, standalone,
                                  train.grad_accum_steps)
-    return DDPStrategy(rank, train.grad_accum_steps)
+    return DDPStrategy(rank, train.grad_accum_steps, world_size)
