@@ -44,6 +44,7 @@ import math
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
     registered = f"{exp.tracking.registered_model}-{trial_name}" if exp.tracking.registered_model else None
     with run.failed_on_error():
         if runs_in_process(exp):
-            metrics, checkpoint_dir, error = _fit_in_process(exp, trial_name, trial_dir / "train", run, registered)
+            metrics, checkpoint_dir, error = fit_in_process(exp, trial_name, trial_dir / "train", run, registered)
         else:
             trainer = build_trainer(exp, "train", trial_dir, [MlflowReportCallback(run, registered),
                                                               TuneReportCallback()])
@@ -128,10 +129,11 @@ def runs_in_process(exp: Experiment) -> bool:
     return s.num_workers == 1 and not s.use_gpu and s.strategy == "ddp"
 
 
-def _fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run,
-                    registered: str | None) -> tuple[dict[str, Any], Path | None, BaseException | None]:
-    """The worker loop in this process, reporting to the trial's MLflow run and to Tune; restarted from
-    its newest checkpoint after a failure, up to ``train.max_failures`` times, as Ray Train would.
+def fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run, registered: str | None,
+                   report: Callable[[dict[str, Any]], None] = tune.report
+                   ) -> tuple[dict[str, Any], Path | None, BaseException | None]:
+    """The worker loop in this process, reporting to the trial's MLflow run and to ``report`` (Tune); restarted
+    from its newest checkpoint after a failure, up to ``train.max_failures`` times, as Ray Train would.
     Returns ``(last metrics, newest checkpoint folder, error or None)``."""
     from trainables.training.loop import train_loop_per_worker
     from trainables.training.session import InProcessSession, use
@@ -140,7 +142,7 @@ def _fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run,
 
     def on_report(metrics: dict[str, Any], checkpoint: Any) -> None:
         mlflow_callback.after_report(None, [metrics], checkpoint)
-        tune.report(metrics)  # no Tune checkpoint: a re-run trial resumes from run_dir itself
+        report(metrics)  # no Tune checkpoint: a re-run trial resumes from run_dir itself
 
     session = InProcessSession(run_dir, exp.train.keep_checkpoints, on_report)
     failures = 0

@@ -1,0 +1,62 @@
+"""A 1-worker sweep trial's loop in its own process (``orchestrator.sweep.fit_in_process``): every report
+reaches MLflow and the searcher, checkpoints stay under the trial, and a failure restarts the loop from
+the newest checkpoint (up to ``train.max_failures``), keeping one continuous metric history."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from orchestrator import registry
+from orchestrator.config import load_experiment
+from orchestrator.sweep import fit_in_process
+from orchestrator.tracking import Store
+
+
+@pytest.fixture(autouse=True)
+def _registrations_undone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The toy families are registered for this module only (other tests list the known families)."""
+    monkeypatch.setattr(registry, "_REFS", dict(registry._refs()))
+    monkeypatch.setattr(registry, "_LOADED", dict(registry._LOADED))
+
+
+def _experiment(tmp_path: Path, max_failures: int):
+    import example_family.flaky as flaky
+
+    registry.register("example_family.family:FAMILY")
+    registry.register("example_family.flaky:FAMILY")
+    flaky.FAILED["once"] = False
+    path = tmp_path / "flaky.yaml"
+    path.write_text(yaml.safe_dump({
+        "name": "flaky", "family": "flaky_toy", "model": {"dim": 4}, "data": {"noise": 0.01},
+        "train": {"max_steps": 40, "batch_size": 16, "lr": 0.2, "warmup_steps": 1, "eval_every": 10,
+                  "max_failures": max_failures, "keep_checkpoints": 2}}))
+    return load_experiment(path)
+
+
+def test_a_failed_loop_restarts_from_its_newest_checkpoint(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path, max_failures=1)
+    store = Store.at(f"sqlite:///{tmp_path}/mlflow.db")
+    run = store.start_run(store.experiment_id("flaky"), "flaky_000")
+    reports: list[dict] = []
+    metrics, checkpoint, error = fit_in_process(exp, "flaky_000", tmp_path / "train", run, None, reports.append)
+    assert error is None and metrics["step"] == 40
+    assert [r["step"] for r in reports] == [10, 20, 30, 40]  # failed at 25, resumed from 20
+    assert reports[2]["resumed_from_step"] == 20
+    assert checkpoint == tmp_path / "train" / "checkpoint_000040"
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["checkpoint_000030", "checkpoint_000040"]
+    history = run.metric_history("val_loss")["val_loss"]
+    assert [step for step, _ in history] == [10, 20, 30, 40] and history[-1][1] < history[0][1]
+
+
+def test_past_max_failures_the_error_is_returned(tmp_path: Path) -> None:
+    exp = _experiment(tmp_path, max_failures=0)
+    store = Store.at(f"sqlite:///{tmp_path}/mlflow.db")
+    run = store.start_run(store.experiment_id("flaky"), "flaky_000")
+    reports: list[dict] = []
+    metrics, checkpoint, error = fit_in_process(exp, "flaky_000", tmp_path / "train", run, None, reports.append)
+    assert isinstance(error, RuntimeError) and "injected failure at step 25" in str(error)
+    assert metrics["step"] == 20 and checkpoint == tmp_path / "train" / "checkpoint_000020"
+    assert [r["step"] for r in reports] == [10, 20]
