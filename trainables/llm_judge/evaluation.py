@@ -52,8 +52,10 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
             questions = load_questions(task, request.settings.split, request.settings.limit, request.data_root,
                                        seed=0)
             request.log(f"evaluate: {task}, {len(questions)} questions, {len(checkpoint.team.experts)} experts each")
+            task_started = time.time()
             rounds = loop.run_until_complete(_answer_all(caller, checkpoint, questions, request))
-            metrics.update(_score(task, rounds, checkpoint, caller.reset(), request.out_dir))
+            metrics.update(_score(task, rounds, checkpoint, caller.reset(), time.time() - task_started,
+                                  request.out_dir))
             request.log(f"evaluate: {task} " + ", ".join(f"{row} {metrics[f'{task}/{row}_acc']:.3f}"
                                                          for row, _ in ROWS))
     finally:
@@ -83,7 +85,7 @@ async def _answer_all(caller: Caller, checkpoint: JudgeCheckpoint, questions: li
     return list(await asyncio.gather(*(one(i, q) for i, q in enumerate(questions))))
 
 
-def _score(task: str, rounds: list[Round], checkpoint: JudgeCheckpoint, counts: dict[str, float],
+def _score(task: str, rounds: list[Round], checkpoint: JudgeCheckpoint, counts: dict[str, float], wall_s: float,
            out_dir: Path) -> dict[str, float]:
     n, experts = len(rounds), len(checkpoint.team.experts)
     right = [[bool(r.correct.get(e)) for e in range(experts)] for r in rounds]  # (questions, experts)
@@ -97,7 +99,8 @@ def _score(task: str, rounds: list[Round], checkpoint: JudgeCheckpoint, counts: 
         "oracle": sum(any(row) for row in right) / n,
     }
     cost = {"tokens_per_question": (counts["prompt_tokens"] + counts["completion_tokens"]) / n,
-            "calls_per_question": counts["calls"] / n, "seconds_per_question": sum(r.seconds for r in rounds) / n,
+            "calls_per_question": counts["calls"] / n, "seconds_per_question": wall_s / n,  # wall clock
+            "latency_per_question_s": sum(r.seconds for r in rounds) / n,  # one question, start to end
             "undecided": sum(r.selection is None for r in rounds) / n,
             "judge_failures_per_question": sum(len(r.selection.failures) for r in rounds if r.selection) / n}
     _write(task, rounds, checkpoint, acc, per_expert, top_value, cost, out_dir)
@@ -118,7 +121,8 @@ def _write(task: str, rounds: list[Round], checkpoint: JudgeCheckpoint, acc: dic
         lines.append(f"| E{e}{mark} | {config.model} | {config.temperature:.2f} | {config.top_p:.2f} | "
                      f"{values[e]:.3f} | {per_expert[e]:.3f} |")
     lines += ["", f"Cost per question: {cost['tokens_per_question']:.0f} tokens, {cost['calls_per_question']:.1f} "
-              f"calls, {cost['seconds_per_question']:.1f} s; undecided (no judge score): {cost['undecided']:.1%}."]
+              f"calls, {cost['seconds_per_question']:.1f} s of wall clock ({cost['latency_per_question_s']:.1f} s "
+              f"from its first call to its last); undecided (no judge score): {cost['undecided']:.1%}."]
     (out_dir / f"{task}_table.md").write_text("\n".join(lines) + "\n")
     with (out_dir / f"{task}_questions.csv").open("w", newline="") as f:
         writer = csv.writer(f)
