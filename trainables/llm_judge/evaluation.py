@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -42,6 +43,9 @@ ROWS = (("selected", "judge-selected answer"), ("random_expert", "random expert 
 def evaluate_checkpoint(request: Any) -> dict[str, float]:
     """The family's evaluator (``EvalRequest`` -> metrics ``<task>/<row>_acc`` and costs)."""
     checkpoint = load(request.checkpoint_dir, read_manifest(request.checkpoint_dir))
+    if request.settings.max_tokens is not None:  # the same experts, with another answer budget
+        checkpoint.team.experts = [dataclasses.replace(e, max_tokens=request.settings.max_tokens)
+                                   for e in checkpoint.team.experts]
     started = time.time()
     metrics: dict[str, float] = {}
     loop = asyncio.new_event_loop()

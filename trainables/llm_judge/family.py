@@ -51,6 +51,7 @@ class JudgeEvaluate(EvaluateSection):
     split: str = "test"  # ARC-Easy's test split; MBPP's test task ids (11-510)
     limit: int = 20  # questions per task (the split's first ones after a fixed shuffle, seed 0)
     concurrent_questions: int = 4  # questions in flight at once (their calls share the backend's batch)
+    max_tokens: int | None = None  # the experts' answer budget here (MBPP code needs more); null = as trained
 
     def errors(self) -> list[str]:
         errors = [f"tasks: got {fmt(t)}, expected some of {', '.join(EVAL_TASKS)}" for t in self.tasks
@@ -59,6 +60,8 @@ class JudgeEvaluate(EvaluateSection):
             errors.append(f"tasks: got [], expected some of {', '.join(EVAL_TASKS)}")
         if self.split not in SPLITS:
             errors.append(f"split: got {fmt(self.split)}, expected one of {', '.join(SPLITS)}")
+        if self.max_tokens is not None and not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
+            errors.append(f"max_tokens: got {fmt(self.max_tokens)}, expected null or an integer >= 1")
         for key in ("limit", "concurrent_questions"):
             if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
                 errors.append(f"{key}: got {fmt(getattr(self, key))}, expected an integer >= 1")
