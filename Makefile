@@ -8,7 +8,7 @@ STAMP := $(VENV)/.setup-stamp
 # The datasets live beside the repo, in ../shared/data, unless MOE_ORCH_DATA says otherwise.
 export MOE_ORCH_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup sweep test
+.PHONY: setup sweep test test-under-load
 
 setup: $(STAMP)
 
@@ -28,3 +28,7 @@ sweep: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest
+
+# The same suite with two CPU-bound processes beside it (a busy laptop): tests/under_load.py.
+test-under-load: $(STAMP)
+	$(VENV)/bin/python tests/under_load.py --hogs 2 -- $(VENV)/bin/python -m pytest
