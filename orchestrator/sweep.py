@@ -6,8 +6,9 @@ Each trial is a driver *function* (``sweep_trial``) in a Tune trial actor:
   an ``InProcessSession`` (``trainables/training/session.py``): no Train controller, no worker
   process, and Tune reuses the warm actor for the next trial (``reuse_actors``), so a trial
   costs a fraction of a second beyond its training loop. It holds ``scaling.cpus_per_worker``
-  CPUs; its checkpoints are kept under ``<trial>/train/`` and a failure restarts the loop from
-  the newest one, up to ``train.max_failures`` times;
+  CPUs; its checkpoints are kept under ``<trial>/train/``. After a failure (an error, or its
+  actor or node lost) Tune runs the trial again, up to ``train.max_failures`` times, and it
+  resumes from the newest checkpoint in the same MLflow run;
 - any other trial (several workers, a GPU, DeepSpeed) holds one ``tune_driver`` resource (see
   ``ray_runtime``) and fits a ``TorchTrainer``; ``TuneReportCallback`` forwards the workers'
   reports to Tune (the Ray Train V2 pattern).
@@ -132,8 +133,8 @@ def runs_in_process(exp: Experiment) -> bool:
 def fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run, registered: str | None,
                    report: Callable[[dict[str, Any]], None] = tune.report
                    ) -> tuple[dict[str, Any], Path | None, BaseException | None]:
-    """The worker loop in this process, reporting to the trial's MLflow run and to ``report`` (Tune); restarted
-    from its newest checkpoint after a failure, up to ``train.max_failures`` times, as Ray Train would.
+    """The worker loop in this process, reporting to the trial's MLflow run and to ``report`` (Tune), resuming
+    from the newest checkpoint under ``run_dir`` (a trial Tune runs again after a failure: ``train.max_failures``).
     Returns ``(last metrics, newest checkpoint folder, error or None)``."""
     from trainables.training.loop import train_loop_per_worker
     from trainables.training.session import InProcessSession, use
@@ -145,18 +146,12 @@ def fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run, re
         report(metrics)  # no Tune checkpoint: a re-run trial resumes from run_dir itself
 
     session = InProcessSession(run_dir, exp.train.keep_checkpoints, on_report)
-    failures = 0
-    while True:
-        try:
-            with use(session):
-                train_loop_per_worker({"experiment": exp, "family": exp.family_ref})
-            return session.last_metrics, session.latest(), None
-        except Exception as exc:  # noqa: BLE001 - a failed loop is retried like a failed Train worker
-            failures += 1
-            if 0 <= exp.train.max_failures < failures:
-                return session.last_metrics, session.latest(), exc
-            print(f"[{trial_name}] failed ({type(exc).__name__}: {exc}); restarting from "
-                  f"{session.latest() or 'the start'} ({failures}/{exp.train.max_failures})", flush=True)
+    try:
+        with use(session):
+            train_loop_per_worker({"experiment": exp, "family": exp.family_ref})
+    except Exception as exc:  # noqa: BLE001 - reported like a failed Train run; Tune may run the trial again
+        return session.last_metrics, session.latest(), exc
+    return session.last_metrics, session.latest(), None
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -291,8 +286,11 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
                 max_concurrent_trials=concurrency, trial_name_creator=namer, trial_dirname_creator=namer,
                 reuse_actors=runs_in_process(exp),  # a warm process (torch imported) runs the next trial
                 **metric_kwargs),
-            run_config=tune.RunConfig(name="sweep", storage_path=str(base), callbacks=[_InterruptAfter(), progress],
-                                      verbose=0),
+            run_config=tune.RunConfig(
+                name="sweep", storage_path=str(base), callbacks=[_InterruptAfter(), progress], verbose=0,
+                # an in-process trial that failed (an error, its actor or node lost) runs again, resuming from
+                # its newest checkpoint; a TorchTrainer trial's restarts are Ray Train's (train.max_failures)
+                failure_config=tune.FailureConfig(max_failures=exp.train.max_failures if runs_in_process(exp) else 0)),
         )
     print(f"sweeping {len(exp.dims)} keys, {exp.sweep.num_samples} samples, {concurrency} at a time", flush=True)
     grid = tuner.fit()

@@ -11,7 +11,7 @@ from example_family.family import FAMILY as TOY
 from example_family.family import ToyRecipe
 
 FAIL_AT_STEP = 25
-FAILED: dict[str, bool] = {"once": False}  # per process: the in-process restart does not fail again
+FAILED: dict[str, bool] = {"once": False}  # per process: a trial run again in it does not fail again
 
 
 class FlakyRecipe(ToyRecipe):

@@ -1,6 +1,6 @@
 """A 1-worker sweep trial's loop in its own process (``orchestrator.sweep.fit_in_process``): every report
-reaches MLflow and the searcher, checkpoints stay under the trial, and a failure restarts the loop from
-the newest checkpoint (up to ``train.max_failures``), keeping one continuous metric history."""
+reaches MLflow and the searcher, checkpoints stay under the trial, and a trial run again after a failure
+resumes from its newest checkpoint, keeping one continuous metric history."""
 
 from __future__ import annotations
 
@@ -36,27 +36,20 @@ def _experiment(tmp_path: Path, max_failures: int):
     return load_experiment(path)
 
 
-def test_a_failed_loop_restarts_from_its_newest_checkpoint(tmp_path: Path) -> None:
+def test_a_failed_trial_run_again_resumes_from_its_newest_checkpoint(tmp_path: Path) -> None:
     exp = _experiment(tmp_path, max_failures=1)
-    store = Store.at(f"sqlite:///{tmp_path}/mlflow.db")
-    run = store.start_run(store.experiment_id("flaky"), "flaky_000")
-    reports: list[dict] = []
-    metrics, checkpoint, error = fit_in_process(exp, "flaky_000", tmp_path / "train", run, None, reports.append)
-    assert error is None and metrics["step"] == 40
-    assert [r["step"] for r in reports] == [10, 20, 30, 40]  # failed at 25, resumed from 20
-    assert reports[2]["resumed_from_step"] == 20
-    assert checkpoint == tmp_path / "train" / "checkpoint_000040"
-    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["checkpoint_000030", "checkpoint_000040"]
-    history = run.metric_history("val_loss")["val_loss"]
-    assert [step for step, _ in history] == [10, 20, 30, 40] and history[-1][1] < history[0][1]
-
-
-def test_past_max_failures_the_error_is_returned(tmp_path: Path) -> None:
-    exp = _experiment(tmp_path, max_failures=0)
     store = Store.at(f"sqlite:///{tmp_path}/mlflow.db")
     run = store.start_run(store.experiment_id("flaky"), "flaky_000")
     reports: list[dict] = []
     metrics, checkpoint, error = fit_in_process(exp, "flaky_000", tmp_path / "train", run, None, reports.append)
     assert isinstance(error, RuntimeError) and "injected failure at step 25" in str(error)
     assert metrics["step"] == 20 and checkpoint == tmp_path / "train" / "checkpoint_000020"
-    assert [r["step"] for r in reports] == [10, 20]
+
+    # what Tune does next (FailureConfig(max_failures=train.max_failures)): the same trial, called again
+    metrics, checkpoint, error = fit_in_process(exp, "flaky_000", tmp_path / "train", run, None, reports.append)
+    assert error is None and metrics["step"] == 40
+    assert [r["step"] for r in reports] == [10, 20, 30, 40] and reports[2]["resumed_from_step"] == 20
+    assert checkpoint == tmp_path / "train" / "checkpoint_000040"
+    assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["checkpoint_000030", "checkpoint_000040"]
+    history = run.metric_history("val_loss")["val_loss"]
+    assert [step for step, _ in history] == [10, 20, 30, 40] and history[-1][1] < history[0][1]
