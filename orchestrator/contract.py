@@ -89,6 +89,8 @@ class ServeSection(Section):
     min_replicas: int = 1
     max_replicas: int = 2
     target_ongoing_requests: float = 16.0  # autoscaling target per replica
+    upscale_delay_s: float = 30.0  # load above target this long before a replica is added (Ray's default)
+    downscale_delay_s: float = 600.0  # load below target this long before a replica is removed (Ray's default)
     max_ongoing_requests: int | None = None  # per replica; None = 2 * max_batch_size (must be >= max_batch_size)
     max_batch_size: int = 32  # requests per @serve.batch call
     # requests waiting at each caller (Ray's proxy) beyond the replicas' max_ongoing_requests; past it
@@ -126,6 +128,9 @@ class ServeSection(Section):
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
             errors.append(f"max_ongoing_requests: got {self.max_ongoing_requests}, expected null or "
                           f">= max_batch_size ({self.max_batch_size})")
+        for key in ("upscale_delay_s", "downscale_delay_s"):
+            if not getattr(self, key) >= 0:
+                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected >= 0")
         for key in ("target_ongoing_requests", "num_cpus_per_replica", "proxy_ready_timeout_s",
                     "health_check_period_s", "health_check_timeout_s"):
             if not getattr(self, key) > 0:

@@ -215,7 +215,9 @@ def deployment_options(settings: ServeSection) -> dict[str, Any]:
         "max_ongoing_requests": settings.max_ongoing_requests or 2 * settings.max_batch_size,
         "max_queued_requests": settings.max_queued_requests,  # over it: 503 from the proxy, no wait
         "autoscaling_config": {"min_replicas": settings.min_replicas, "max_replicas": settings.max_replicas,
-                               "target_ongoing_requests": settings.target_ongoing_requests},
+                               "target_ongoing_requests": settings.target_ongoing_requests,
+                               "upscale_delay_s": settings.upscale_delay_s,
+                               "downscale_delay_s": settings.downscale_delay_s},
         "ray_actor_options": {"num_cpus": settings.num_cpus_per_replica},
         "logging_config": {"enable_access_log": settings.access_log},
     }

@@ -174,6 +174,51 @@ def test_a_killed_replica_is_replaced_and_only_its_requests_fail(app_url: str, l
         serve.delete("faults")
 
 
+def test_autoscaling_adds_replicas_up_to_the_maximum_under_load(app_url: str, logged_run: dict[str, Any],
+                                                                 free_port: int) -> None:
+    """An app of 1 to 3 replicas (target 1 ongoing request each, 1 s upscale delay) under a bounded
+    load of 12 threads: Serve adds replicas until there are 3 and never more; every request ends
+    with 200 or 503 within its timeout."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ray import serve
+
+    from serve import app
+
+    settings = EnsembleServe(port=free_port, route_prefix="/scale", max_batch_size=2, max_ongoing_requests=2,
+                             min_replicas=1, max_replicas=3, target_ongoing_requests=1.0, upscale_delay_s=1.0,
+                             num_cpus_per_replica=0.25, access_log=False)
+    url = app.start(logged_run, family_ref("ensemble"), "scale", settings)
+    try:
+        counts: list[int] = []
+        done = threading.Event()
+        deadline = time.monotonic() + 180  # the load stops at 3 replicas, or after 180 s at most
+
+        def load(worker: int) -> list[int]:
+            statuses = []
+            for i in range(400):  # bounded in count as well
+                if done.is_set() or time.monotonic() > deadline:
+                    break
+                statuses.append(requests.post(f"{url}/predict", json={"texts": [f"{TEXTS[i % 2]} {worker} {i}"] * 8},
+                                              timeout=60).status_code)
+            return statuses
+
+        with ThreadPoolExecutor(12) as pool:
+            futures = [pool.submit(load, w) for w in range(12)]
+            while not done.is_set() and time.monotonic() < deadline:
+                counts.append(len(_replica_pids("scale")))
+                done.set() if counts[-1] >= settings.max_replicas else time.sleep(0.5)
+            done.set()
+            statuses = [s for f in futures for s in f.result()]
+        assert max(counts) == settings.max_replicas, counts  # scaled up to the maximum, not past it
+        assert set(statuses) <= {200, 503} and statuses.count(200) > 0, sorted(set(statuses))
+        print(f"autoscaling: 1 -> {max(counts)} replicas after {len(statuses)} requests")
+    finally:
+        serve.delete("scale")
+
+
 def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[str, Any]) -> None:
     import yaml
     from ray.serve.schema import ServeDeploySchema
