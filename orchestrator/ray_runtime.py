@@ -42,16 +42,23 @@ LOOPBACK = "127.0.0.1"
 # join such a Ray, which is the point: a cluster is started with `ray start` / `ray up`.
 CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOOPBACK_ONLY_ENV = {CLUSTER_SWITCH: "0"}
+# Ray starts its worker processes at nice 15, below everything else on the machine. On a laptop
+# busy with anything at normal priority (a build, a browser, another job) the workers then get
+# a few percent of a CPU: training, Tune trials and Serve replicas crawl and miss their health
+# checks. A local Ray runs the user's own job, so its workers run at normal priority (what Ray's
+# job manager does for its own supervisors). Set RAY_worker_niceness to override.
+WORKER_NICENESS_ENV = {"RAY_worker_niceness": "0"}
 
 
 def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
     """``ray.init`` of a local Ray that nothing outside this machine can reach (see
-    ``LOOPBACK_ONLY_ENV``; the dashboard binds to 127.0.0.1), with ``num_cpus`` CPUs and four
-    ``tune_driver`` units per CPU. Ray's token authentication stays on (its default for a new local Ray)."""
+    ``LOOPBACK_ONLY_ENV``; the dashboard binds to 127.0.0.1), whose workers run at normal priority
+    (``WORKER_NICENESS_ENV``), with ``num_cpus`` CPUs and four ``tune_driver`` units per CPU.
+    Ray's token authentication stays on (its default for a new local Ray)."""
     import ray
     from ray._private import ray_constants
 
-    for key, value in LOOPBACK_ONLY_ENV.items():  # inherited by Ray's processes
+    for key, value in {**LOOPBACK_ONLY_ENV, **WORKER_NICENESS_ENV}.items():  # inherited by Ray's processes
         os.environ.setdefault(key, value)
     # Ray reads the switch once, when it is first imported; this process may have imported it already
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[CLUSTER_SWITCH] != "0"

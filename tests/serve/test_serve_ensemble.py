@@ -281,6 +281,14 @@ def test_ray_and_serve_listen_on_loopback_only(app_url: str) -> None:
     assert len(replica_grpc) <= 1 and set(exposed) == set(replica_grpc), exposed  # one replica here
 
 
+def test_rays_workers_run_at_normal_priority(app_url: str) -> None:
+    """Ray starts its workers at nice 15; on a busy laptop they would get a few percent of a CPU and the
+    replicas would miss their health checks. The local Ray that moe-orch starts runs them at nice 0."""
+    workers = [p for p in psutil.Process().children(recursive=True) if p.name().startswith("ray::")]
+    assert any(p.name().startswith("ray::ServeReplica") for p in workers), [p.name() for p in workers]
+    assert {p.name(): p.nice() for p in workers if p.nice() != 0} == {}
+
+
 def test_the_app_outlives_the_fuzzing(app_url: str) -> None:
     replica = requests.get(f"{app_url}/healthz", timeout=10).json()["replica"]
     assert requests.post(f"{app_url}/predict", json={"texts": TEXTS}, timeout=30).status_code == 200
