@@ -193,13 +193,16 @@ class Caller:
         self.backend = backend
         self.timeout_s, self.retries, self.backoff_s = timeout_s, retries, backoff_s
         self._slots = asyncio.Semaphore(max_concurrency)
-        self.reset()
+        self.counts = self._zero()
 
     def reset(self) -> dict[str, float]:
         """The counters since the last reset: calls, failed calls, retries, prompt and completion tokens."""
-        counts = dict(getattr(self, "counts", {}))
-        self.counts = {"calls": 0, "failed_calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        counts, self.counts = self.counts, self._zero()
         return counts
+
+    @staticmethod
+    def _zero() -> dict[str, float]:
+        return {"calls": 0, "failed_calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     async def chat(self, config: GenerationConfig, messages: Messages, seed: int | None,
                    max_tokens: int | None = None) -> Completion:

@@ -82,7 +82,7 @@ async def _answer_all(caller: Caller, checkpoint: JudgeCheckpoint, questions: li
             result = await run_round(caller, checkpoint.team, checkpoint.config, question, everyone,
                                      seed_for("eval", i), grade_all=True, log=lambda line: None)
         done += 1
-        if done % 5 == 0 or done == len(questions):
+        if done % max(1, len(questions) // 20) == 0 or done == len(questions):  # about 20 lines a task
             request.log(f"evaluate: {done}/{len(questions)} questions")
         return result
 

@@ -13,7 +13,7 @@ import csv
 import io
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from trainables.llm_judge.backends import Caller, CallFailed, GenerationConfig
@@ -50,8 +50,6 @@ class Team:
         return cls(experts, gating, random_config(rng, cfg, cfg.judge_max_tokens))
 
     def to_json(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
         return {"experts": [asdict(e) for e in self.experts], "gating": asdict(self.gating),
                 "reward": asdict(self.reward)}
 

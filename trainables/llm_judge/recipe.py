@@ -92,8 +92,7 @@ class JudgeRecipe(IterativeRecipe):
             metrics.update(skipped=0.0, selected_expert=selected, credited_expert=credited,
                            judge_score=result.selection.scores[selected], intrinsic_reward=result.intrinsic_reward,
                            external_reward=external, total_reward=total)
-        learner.state.iterations += 1
-        learner.update_exploration_rate(iteration)
+        learner.end_iteration(iteration)
         ck.counts["tokens"] += metrics["tokens"]
         ck.candidates_csv += csv_text(result.csv_rows(iteration, ck.team), header=False)
         metrics.update({f"value/E{i}": v for i, v in enumerate(learner.state.values)},

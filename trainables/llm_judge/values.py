@@ -88,6 +88,11 @@ class ValueLearner:
         self.state.cumulative_reward += reward
         return values[expert]
 
+    def end_iteration(self, iteration: int) -> None:
+        """Count iteration ``iteration`` (0-based) as done and apply the exploration schedule after it."""
+        self.state.iterations += 1
+        self.update_exploration_rate(iteration)
+
     def update_exploration_rate(self, iteration: int) -> float:
         """The tutorial's schedule, after iteration ``iteration`` (0-based)."""
         self.state.exploration_rate = max(0.1, 1.0 - iteration / self.cfg.min_iterations)

@@ -19,6 +19,7 @@ Every iteration is reported (``step`` = iterations done); a checkpoint goes with
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from pathlib import Path
@@ -59,8 +60,6 @@ class IterativeRecipe:
 
 def run_iterations(experiment: Any, recipe: IterativeRecipe) -> None:
     """The worker loop for an ``IterativeRecipe`` (reports to ``trainables.training.session.current()``)."""
-    import dataclasses
-
     from ray.train import Checkpoint
 
     from trainables.training.session import current
