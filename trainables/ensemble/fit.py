@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from trainables.ensemble.model import EnsembleMoE, EnsembleOutput
+from trainables.ensemble.significance import mcnemar_p, paired_bootstrap_ci
 from trainables.training.optim import decay_groups
 
 
@@ -54,6 +55,8 @@ def evaluate(model: EnsembleMoE, examples: list[tuple[str, int]], batch_size: in
 
     ``val_loss`` (mixture NLL), ``val_accuracy`` (ensemble), ``val_acc/<expert>`` (each expert
     alone), ``val_best_expert_accuracy``, ``val_gain_over_best`` (ensemble minus best expert),
+    paired tests of that gain on these examples (``significance``): ``val_gain_ci_low`` and
+    ``val_gain_ci_high`` (95 % paired bootstrap, 2000 resamples) and ``val_mcnemar_p`` (exact),
     ``gate_entropy`` (mean, normalised by log E) and per expert the distribution of its gate
     weight: ``gate/<expert>/mean``, ``/std``, ``/p10``, ``/p50``, ``/p90`` and ``/top1_frac``
     (share of inputs where it has the largest weight).
@@ -61,24 +64,27 @@ def evaluate(model: EnsembleMoE, examples: list[tuple[str, int]], batch_size: in
     was_training = model.training
     model.eval()
     names = model.expert_names
-    nll, correct = 0.0, 0
-    expert_correct = torch.zeros(len(names))
-    weights = []
+    nll = 0.0
+    correct, expert_correct, weights = [], [], []  # (n,) bool, (n, E) bool, (n, E) float per chunk
+    examples = sorted(examples, key=lambda ex: len(ex[0].split()))  # less padding; every metric is order-free
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         labels = torch.tensor([y for _, y in chunk])
         out = model([t for t, _ in chunk], labels, all_experts=True)
         nll += out.nll.item() * len(chunk)
-        correct += (out.log_probs.argmax(-1).cpu() == labels).sum().item()
-        expert_correct += (out.expert_log_probs.argmax(-1).cpu() == labels[:, None]).sum(0).float()  # (E,)
+        correct.append(out.log_probs.argmax(-1).cpu() == labels)
+        expert_correct.append(out.expert_log_probs.argmax(-1).cpu() == labels[:, None])
         weights.append(out.gate_weights.cpu())
     model.train(was_training)
     n = len(examples)
-    w = torch.cat(weights)  # (N, E)
-    acc = correct / n
-    expert_acc = (expert_correct / n).tolist()
-    metrics = {"val_loss": nll / n, "val_accuracy": acc, "val_best_expert_accuracy": max(expert_acc),
-               "val_gain_over_best": acc - max(expert_acc)}
+    w, right, expert_right = torch.cat(weights), torch.cat(correct), torch.cat(expert_correct)  # (N, E) (N,) (N, E)
+    acc = right.float().mean().item()
+    expert_acc = expert_right.float().mean(0).tolist()
+    best = max(range(len(names)), key=lambda e: expert_acc[e])
+    low, high = paired_bootstrap_ci(right, expert_right[:, best])
+    metrics = {"val_loss": nll / n, "val_accuracy": acc, "val_best_expert_accuracy": expert_acc[best],
+               "val_gain_over_best": acc - expert_acc[best], "val_gain_ci_low": low, "val_gain_ci_high": high,
+               "val_mcnemar_p": mcnemar_p(right, expert_right[:, best])}
     entropy = -(w.clamp_min(1e-12).log() * w).sum(-1).mean().item()
     metrics["gate_entropy"] = entropy / math.log(len(names)) if len(names) > 1 else 0.0
     top1 = torch.nn.functional.one_hot(w.argmax(-1), len(names)).float().mean(0)
@@ -92,11 +98,23 @@ def evaluate(model: EnsembleMoE, examples: list[tuple[str, int]], batch_size: in
     return metrics
 
 
-def batches(examples: list[tuple[str, int]], batch_size: int, generator: torch.Generator
+def batches(examples: list[tuple[str, int]], batch_size: int, generator: torch.Generator, bucket_pool: int = 0
             ) -> Any:  # Iterator[tuple[list[str], torch.Tensor]]
-    """Endless shuffled batches ``(texts, labels (B,))``, reshuffled every epoch."""
+    """Endless shuffled batches ``(texts, labels (B,))``, reshuffled every epoch.
+
+    ``bucket_pool`` k > 1: each run of k batches of the shuffled order is sorted by sentence
+    length (words), cut into batches and those k batches are shuffled, so a batch holds
+    sentences of similar length and is padded less; every example is still seen once an epoch.
+    """
     while True:
         order = torch.randperm(len(examples), generator=generator).tolist()
-        for i in range(0, len(order) - batch_size + 1, batch_size):
-            chunk = [examples[j] for j in order[i:i + batch_size]]
-            yield [t for t, _ in chunk], torch.tensor([y for _, y in chunk])
+        usable = len(order) - len(order) % batch_size
+        pool = batch_size * max(bucket_pool, 1)
+        for start in range(0, usable, pool):
+            ids = order[start:min(start + pool, usable)]
+            if bucket_pool > 1:
+                ids.sort(key=lambda j: len(examples[j][0].split()))
+            chunks = [ids[i:i + batch_size] for i in range(0, len(ids), batch_size)]
+            for c in torch.randperm(len(chunks), generator=generator).tolist():
+                chunk = [examples[j] for j in chunks[c]]
+                yield [t for t, _ in chunk], torch.tensor([y for _, y in chunk])

@@ -26,7 +26,7 @@ from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from trainables.ensemble.config import EnsembleConfig
-from trainables.ensemble.experts import build_expert, head_parameters
+from trainables.ensemble.experts import build_expert, head_parameters, trainable_parameters
 from trainables.ensemble.gate import HashedNgramGate, balance_loss, gate_weights
 
 
@@ -72,11 +72,18 @@ class EnsembleMoE(nn.Module):
         return self.cfg.expert_names
 
     def apply_expert_training(self) -> None:
-        """Set ``requires_grad`` per ``cfg.expert_training`` (the gate always trains)."""
-        for expert in self.experts:
-            trainable = {id(p) for p in head_parameters(expert)} if self.cfg.expert_training == "heads" else set()
+        """Set ``requires_grad`` per ``cfg.expert_training`` and each spec's ``train_layers``.
+
+        The gate always trains."""
+        mode = self.cfg.expert_training
+        for expert, spec in zip(self.experts, self.cfg.experts, strict=True):
+            if mode == "all":
+                trainable = trainable_parameters(expert, spec.get("train_layers"))
+            else:
+                trainable = head_parameters(expert) if mode == "heads" else []
+            ids = {id(p) for p in trainable}
             for p in expert.parameters():
-                p.requires_grad_(self.cfg.expert_training == "all" or id(p) in trainable)
+                p.requires_grad_(id(p) in ids)
 
     def train(self, mode: bool = True) -> EnsembleMoE:
         """Like ``nn.Module.train``, but frozen experts stay in eval mode."""

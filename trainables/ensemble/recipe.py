@@ -1,7 +1,8 @@
 """The Ensemble MoE's recipe for the shared training loop (``trainables.training.loop``; DDP only).
 
 - data: a seeded subset (``model.max_train_examples``) of SST-2 train, and the validation
-  split (``model.max_eval_examples`` caps it; ``train.eval_batches`` is not used);
+  split (``model.max_eval_examples`` caps it; ``train.eval_batches`` is not used); batches
+  of similar lengths with ``data.bucket_pool``;
 - model: pretrained experts loaded, from-config experts built with tokenizers trained on the
   training subset; a resumed run rebuilds it from the checkpoint's ``model/`` folder;
 - optimizer: one AdamW group per part (the gate at ``model.gate_lr``, each expert at its own
@@ -10,7 +11,8 @@
   reports average ``train_loss`` (the mixture NLL), ``expert_loss`` and ``balance_loss``;
 - evaluation: ``trainables.ensemble.fit.evaluate`` on the whole validation split on every rank
   (it is small, so no collective): ``val_loss``, ``val_accuracy``, ``val_acc/<expert>``,
-  ``val_best_expert_accuracy``, ``val_gain_over_best``, ``gate_entropy``,
+  ``val_best_expert_accuracy``, ``val_gain_over_best`` with its paired bootstrap CI and McNemar p,
+  ``gate_entropy``,
   ``gate/<expert>/{mean,std,p10,p50,p90,top1_frac}``; rank 0 prints a summary line;
 - checkpoint: ``trainables.ensemble.save_checkpoint`` (metadata: step, experiment, dev metrics,
   the serve section).
@@ -58,7 +60,8 @@ class EnsembleRecipe(Recipe):
         return decay_groups(param_parts(model, train.lr), train.weight_decay)  # type: ignore[arg-type]
 
     def batches(self, generator: torch.Generator) -> Iterator[Batch]:
-        return batches(self.train_set, min(self.experiment.train.batch_size, len(self.train_set)), generator)
+        return batches(self.train_set, min(self.experiment.train.batch_size, len(self.train_set)), generator,
+                       self.experiment.data.bucket_pool)
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         texts, labels = batch

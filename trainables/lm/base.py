@@ -144,6 +144,15 @@ def smollm2_cache_ready() -> bool:
     return _read_source(cache_dir(SMOLLM2)) is not None
 
 
+def smollm2_available() -> bool:
+    """True when SmolLM2 can be loaded here: its package is installed or its cache exists."""
+    try:
+        gguf_path()
+        return True
+    except FileNotFoundError:
+        return smollm2_cache_ready()
+
+
 def ensure_smollm2_cache() -> Path:
     """Convert the GGUF to safetensors + tokenizer once; return the cache directory.
 

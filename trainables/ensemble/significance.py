@@ -1,0 +1,43 @@
+"""Is the ensemble better than its best expert on the same examples? Two paired tests.
+
+Both compare two classifiers A and B by their per-example correctness on one evaluation set
+(bool tensors of shape (N,), the same examples in the same order):
+
+- ``paired_bootstrap_ci``: a percentile confidence interval of accuracy(A) - accuracy(B),
+  resampling examples with replacement (the pair of outcomes of an example stays together);
+- ``mcnemar_p``: the exact two-sided McNemar test, a binomial test on the discordant examples
+  (A right and B wrong, against A wrong and B right).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def paired_bootstrap_ci(a_correct: torch.Tensor, b_correct: torch.Tensor, resamples: int = 2000,
+                        confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """``(low, high)``: the ``confidence`` percentile interval of accuracy(A) - accuracy(B)."""
+    if a_correct.shape != b_correct.shape or a_correct.dim() != 1 or len(a_correct) == 0:
+        raise ValueError(f"expected two equal, non-empty 1-d tensors, got {tuple(a_correct.shape)} "
+                         f"and {tuple(b_correct.shape)}")
+    diff = a_correct.float() - b_correct.float()  # (N,) in {-1, 0, 1}
+    generator = torch.Generator().manual_seed(seed)
+    index = torch.randint(len(diff), (resamples, len(diff)), generator=generator)  # (R, N)
+    means = diff[index].mean(dim=1)  # (R,)
+    tail = (1.0 - confidence) / 2
+    low, high = torch.quantile(means, torch.tensor([tail, 1.0 - tail])).tolist()
+    return low, high
+
+
+def mcnemar_p(a_correct: torch.Tensor, b_correct: torch.Tensor) -> float:
+    """Exact two-sided McNemar p-value (1.0 when the two never disagree)."""
+    a_only = int((a_correct & ~b_correct).sum())
+    b_only = int((~a_correct & b_correct).sum())
+    n = a_only + b_only
+    if n == 0:
+        return 1.0
+    k = min(a_only, b_only)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n  # P(X <= k), X ~ Binomial(n, 1/2)
+    return min(1.0, 2 * tail)
