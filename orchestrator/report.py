@@ -5,7 +5,8 @@ The sweep's trials (the runs nested under its parent run) are grouped by the swe
 keys naming a seed (``train.seed``, ``sweep``-swept or not) are never grouping keys, so trials
 that differ only by seed are the repeats of one row. Each metric (the sweep's ``metric``, or
 ``--metric``) is its final value in each trial; a row gives n, mean, the sample standard
-deviation (n - 1 in the denominator; 0 for a single trial) and the seeds it averaged.
+deviation (n - 1 in the denominator; 0 for a single trial) and the seeds it averaged (the
+swept seed keys' values, else ``train.seed``).
 
 Writes ``report.md``, ``report.csv`` and ``report.png`` (a bar per row and metric, error bars one
 standard deviation) into ``--out`` and logs them to the parent run under ``report/``. Trials
@@ -23,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.tracking import RunSummary, Store
+from orchestrator.tracking import Store
 
 
 class ReportError(ValueError):
@@ -82,6 +83,7 @@ def build_report(store: Store, parent_id: str, metrics: list[str] | None = None,
         raise ReportError(f"run {parent_id} has no trials (runs nested under it): is it a sweep's parent run?")
     swept = list((sweep.get("space") or {}).keys())
     keys = [k for k in (by or swept) if "seed" not in k.split(".")[-1]]
+    seed_keys = [k for k in swept if k.split(".")[-1] == "seed"] or ["train.seed"]
     if not metrics:
         metric = sweep.get("metric")
         metrics = list(metric) if isinstance(metric, list) else [metric] if metric else []
@@ -99,7 +101,7 @@ def build_report(store: Store, parent_id: str, metrics: list[str] | None = None,
     for trial in finished:
         group = {k: trial.params.get(k, "") for k in keys}
         row = rows.setdefault(tuple(group.values()), Row(group))
-        row.seeds.append(_seed(trial))
+        row.seeds.append(",".join(trial.params.get(k, "-") for k in seed_keys))
         for m in metrics:
             if m in trial.metrics:
                 row.values.setdefault(m, []).append(trial.metrics[m])
@@ -108,10 +110,6 @@ def build_report(store: Store, parent_id: str, metrics: list[str] | None = None,
         if trial.status != "FINISHED":
             left_out[trial.status] = left_out.get(trial.status, 0) + 1
     return Report(parent_id, keys, metrics, sorted(rows.values(), key=lambda r: _sort_key(r.group, keys)), left_out)
-
-
-def _seed(trial: RunSummary) -> str:
-    return ",".join(v for k, v in sorted(trial.params.items()) if k.split(".")[-1] == "seed") or "-"
 
 
 def _sort_key(group: dict[str, str], keys: list[str]) -> tuple:

@@ -35,7 +35,8 @@ def sweep(tmp_path: Path) -> tuple[str, str]:
               ("more_a", 2, 0): 2.0}
     for (variant, top_k, seed), loss in losses.items():
         trial = store.start_run(experiment, f"more_{variant}_{top_k}_{seed}", parent=parent)
-        trial.log_params({"model.variant": variant, "model.top_k": top_k, "train.seed": seed, "train.lr": 0.001})
+        trial.log_params({"model.variant": variant, "model.top_k": top_k, "train.seed": seed, "train.lr": 0.001,
+                          "evaluate.seed": 7})  # another seed, not swept: not in the seeds column
         trial.log_metrics({"val_loss": loss + 1.0}, step=1)
         trial.log_metrics({"val_loss": loss, "step": 2}, step=2)
         trial.end(ok=True)

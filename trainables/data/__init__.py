@@ -4,14 +4,14 @@
 - `load_text(name, split)`: registered text corpora (`list_datasets()`): `wikitext-2`,
   `tinyshakespeare`, `babi-qa2`, `babi-qa3`, `arithmetic`.
 - `load_babi(task, split)`: bAbI tasks 2 and 3 as `BabiExample`s.
-- `arithmetic_examples(...)`: generated arithmetic problems.
+- `arithmetic_examples(...)`: generated arithmetic problems (`ArithmeticFormat`: operators, reversed answers).
 - `encode_corpus` / `random_batches`: token tensors and nanoGPT-style (x, y) batches.
 
 Local data is read from `$MOE_ORCH_DATA` (default `./data`); see `registry.py`.
 """
 
 from . import corpora  # noqa: F401  (registers wikitext-2 and tinyshakespeare)
-from .arithmetic import ArithmeticExample, arithmetic_examples
+from .arithmetic import ArithmeticExample, ArithmeticFormat, arithmetic_examples, reverse_answer
 from .babi import BabiExample, load_babi, parse_babi
 from .registry import (
     DataNotFoundError,
@@ -27,6 +27,7 @@ from .tokenizer import ByteTokenizer, Tokenizer, load_tokenizer
 
 __all__ = [
     "ArithmeticExample",
+    "ArithmeticFormat",
     "BabiExample",
     "ByteTokenizer",
     "DataNotFoundError",
@@ -43,4 +44,5 @@ __all__ = [
     "parse_babi",
     "random_batches",
     "register_dataset",
+    "reverse_answer",
 ]

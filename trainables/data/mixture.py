@@ -21,7 +21,10 @@ a batch is therefore a mix of rows, each a (T+1)-token window of one source:
   A story shorter than the block is preceded by the tail of the previous question.
 - ``arithmetic``: a fixed pool of ``a+b=c`` / ``a-b=c`` lines (``ARITH_POOL_PER_DIGIT``
   problems for each operand length 1..``arith_train_digits``, seed ``ARITH_TRAIN_SEED``),
-  shuffled and joined by ``"\\n"``; random windows. Evaluation draws its held-out problems
+  shuffled and joined by ``"\\n"``; random windows. ``ArithmeticFormat`` (YAML:
+  ``data.arith_ops``, ``data.arith_reverse``, ``data.arith_pad``) picks the operators, whether
+  answers are written least-significant digit first and whether operands are zero-padded to
+  ``arith_train_digits``; evaluation uses the same format. Evaluation draws its held-out problems
   from another seed and drops any that are in this pool (``arithmetic_train_pool``).
 
 The loss is the plain LM loss on every position of every row (no answer-only masking).
@@ -36,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from .arithmetic import ArithmeticExample, arithmetic_examples
+from .arithmetic import DEFAULT_FORMAT, ArithmeticExample, ArithmeticFormat, arithmetic_examples
 from .babi import load_babi
 from .token_stream import random_batches
 from .tokenizer import Tokenizer
@@ -44,6 +47,7 @@ from .tokenizer import Tokenizer
 MIXTURE_SOURCES = ("lm", "babi", "arithmetic")
 BABI_TRAIN_TASKS = (2, 3)
 ARITH_TRAIN_SEED = 2024
+ARITH_VAL_SEED = 4048  # arithmetic_pool(..., seed=ARITH_VAL_SEED): validation lines in the training format
 ARITH_POOL_PER_DIGIT = 5000
 ARITH_TRAIN_DIGITS = 3  # default operand length of training arithmetic: 1..3 digits
 
@@ -66,13 +70,24 @@ def mixture_errors(mixture: Mapping[str, object] | None, arith_train_digits: obj
     return errors
 
 
-def arithmetic_train_pool(max_digits: int) -> list[ArithmeticExample]:
+def arithmetic_train_pool(max_digits: int, form: ArithmeticFormat = DEFAULT_FORMAT) -> list[ArithmeticExample]:
     """The arithmetic problems training sees: ``ARITH_POOL_PER_DIGIT`` per operand length 1..max_digits."""
+    return arithmetic_pool(max_digits, form, ARITH_TRAIN_SEED)
+
+
+def arithmetic_pool(max_digits: int, form: ArithmeticFormat, seed: int) -> list[ArithmeticExample]:
+    """``ARITH_POOL_PER_DIGIT`` problems per operand length 1..max_digits in ``form``, shuffled (by ``seed``)."""
     pool: list[ArithmeticExample] = []
     for digits in range(1, max_digits + 1):
-        pool += arithmetic_examples(ARITH_POOL_PER_DIGIT, digits, seed=ARITH_TRAIN_SEED + digits)
-    random.Random(ARITH_TRAIN_SEED).shuffle(pool)
+        pool += arithmetic_examples(ARITH_POOL_PER_DIGIT, digits, seed=seed + digits, ops=form.ops,
+                                    reverse=form.reverse, pad_to=max_digits if form.pad else 0)
+    random.Random(seed).shuffle(pool)
     return pool
+
+
+def arithmetic_stream(pool: list[ArithmeticExample], tokenizer: Tokenizer) -> torch.Tensor:
+    """The (N,) token ids of ``pool``'s lines, each ended by ``"\\n"``."""
+    return torch.tensor(tokenizer.encode("\n".join(ex.text() for ex in pool) + "\n"), dtype=torch.long)
 
 
 def babi_train_stream(
@@ -102,9 +117,10 @@ class Mixture:
 
 def build_mixture(
     lm_tokens: torch.Tensor, weights: Mapping[str, float], arith_train_digits: int, tokenizer: Tokenizer,
-    root: str | Path | None = None,
+    root: str | Path | None = None, arith_format: ArithmeticFormat = DEFAULT_FORMAT,
 ) -> Mixture:
-    """Load the sources named with a positive weight in ``weights`` (``lm_tokens``: the (N,) LM corpus)."""
+    """Load the sources named with a positive weight in ``weights`` (``lm_tokens``: the (N,) LM corpus;
+    ``arith_format``: operators and answer order of the arithmetic lines)."""
     errors = mixture_errors(weights, arith_train_digits)
     if errors:
         raise ValueError("invalid mixture:\n  " + "\n  ".join(errors))
@@ -117,8 +133,7 @@ def build_mixture(
     if "babi" in names:
         streams["babi"], ends = babi_train_stream(tokenizer, root=root)
     if "arithmetic" in names:
-        text = "\n".join(ex.text() for ex in arithmetic_train_pool(arith_train_digits)) + "\n"
-        streams["arithmetic"] = torch.tensor(tokenizer.encode(text), dtype=torch.long)
+        streams["arithmetic"] = arithmetic_stream(arithmetic_train_pool(arith_train_digits, arith_format), tokenizer)
     return Mixture(names, probs / probs.sum(), streams, ends)
 
 

@@ -40,6 +40,10 @@ class MoREConfig(FamilyConfig):
     dropout: float = 0.0
     load_balance_coef: float = 0.01
     z_loss_coef: float = 0.001
+    # equal-compute training: null = train.max_steps steps; else training FLOPs (3 x counted forward FLOPs)
+    # that set each trial's steps, min(train.max_steps, floor(budget / FLOPs per step)) (trainables/more/budget.py).
+    # Not a model knob: the model ignores it.
+    flops_budget: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes, ignored by the model
 
     def errors(self) -> list[str]:
@@ -79,6 +83,8 @@ class MoREConfig(FamilyConfig):
             errs.append(f"capacity_factor: got {self.capacity_factor!r}, expected null or a number > 0")
         if self.shared_expert_hidden < 0:
             errs.append(f"shared_expert_hidden: got {self.shared_expert_hidden}, expected >= 0")
+        if self.flops_budget is not None and (isinstance(self.flops_budget, bool) or not self.flops_budget > 0):
+            errs.append(f"flops_budget: got {self.flops_budget!r}, expected null or a number > 0")
         if not 0.0 <= self.dropout < 1.0:
             errs.append(f"dropout: got {self.dropout}, expected 0 <= dropout < 1")
         return errs

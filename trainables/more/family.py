@@ -3,11 +3,12 @@ metrics, checkpoint loader and evaluator. Registered in ``orchestrator/registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
 from orchestrator.schema import fmt
+from trainables.data.arithmetic import OPERATORS, ArithmeticFormat
 from trainables.data.mixture import ARITH_TRAIN_DIGITS
 from trainables.more.config import MoREConfig
 from trainables.more.evaluation.suite import METRICS as EVAL_METRICS
@@ -25,12 +26,23 @@ class MoREData(DataSection):
     # null = train on the dataset alone
     mixture: dict[str, float] | None = None
     arith_train_digits: int = ARITH_TRAIN_DIGITS  # arithmetic in the mixture: operands of 1..N digits
+    arith_ops: list[str] = field(default_factory=lambda: ["+", "-"])  # operators of training (and eval) arithmetic
+    # write arithmetic answers least-significant digit first ("123+45=861"), in training and evaluation
+    arith_reverse: bool = False
+    # zero-pad arithmetic operands to arith_train_digits ("005+043="; longer evaluation problems: to their own length)
+    arith_pad: bool = False
+
+    def arith_format(self) -> ArithmeticFormat:
+        """The arithmetic format of training, which evaluation reuses."""
+        return ArithmeticFormat(tuple(self.arith_ops), self.arith_reverse, self.arith_pad)
 
     def errors(self) -> list[str]:
         from trainables.data import dataset_splits, list_datasets
         from trainables.data.mixture import mixture_errors
 
         errors = [e.removeprefix("data.") for e in mixture_errors(self.mixture, self.arith_train_digits)]
+        if not self.arith_ops or any(op not in OPERATORS for op in self.arith_ops):
+            errors.append(f"arith_ops: got {fmt(self.arith_ops)}, expected a non-empty list of {', '.join(OPERATORS)}")
         known = list_datasets()
         if self.dataset not in known:
             return errors + [f"dataset: got {fmt(self.dataset)}, expected one of {', '.join(known)}"]
@@ -65,7 +77,7 @@ FAMILY = Family(
     checkpoint="trainables.more.checkpoint:load_model_from",
     strategies=("ddp", "deepspeed"),
     metrics=("step", "train_loss", "val_loss", "val_perplexity", "lr", "tokens_per_s", "tokens_seen",
-             "load_balance_loss", "z_loss", "train_time_s"),
+             "load_balance_loss", "z_loss", "train_time_s", "flops_per_step", "train_flops", "budget_steps"),
     metric_prefixes=("routing/",),
     progress=(("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_perplexity", "ppl")),
     evaluate=MoREEvaluate,

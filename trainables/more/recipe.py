@@ -1,7 +1,14 @@
 """MoRE's recipe for the shared training loop (``trainables.training.loop``): DDP or DeepSpeed ZeRO 0-3.
 
 - data: random windows of the byte-encoded corpus, or with ``data.mixture`` rows drawn from
-  LM text, bAbI train and arithmetic (``trainables.data.mixture``);
+  LM text, bAbI train and arithmetic (``trainables.data.mixture``; arithmetic in
+  ``data.arith_ops``, answers reversed if ``data.arith_reverse``, operands zero-padded if
+  ``data.arith_pad``). A mixture of arithmetic alone is validated on held-out arithmetic lines
+  in the same format (seed ``ARITH_VAL_SEED``), not on ``data.dataset``'s validation split;
+- steps: ``train.max_steps``, or with ``model.flops_budget`` the steps that budget of training
+  FLOPs buys (``trainables.more.budget``; capped at ``train.max_steps``), set in ``setup``
+  on this recipe's copy of the experiment; every report carries ``flops_per_step``,
+  ``train_flops`` (FLOPs of the steps done) and ``budget_steps``;
 - loss: the model's ``loss`` (LM loss plus its weighted load-balance and z-losses); the
   reports average ``train_loss`` (the LM loss), ``load_balance_loss`` and ``z_loss``;
 - evaluation: validation loss (averaged over ranks) and routing stats on ``train.eval_batches``
@@ -15,6 +22,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import defaultdict
 from collections.abc import Iterator
@@ -27,7 +35,8 @@ from safetensors.torch import load_model
 from torch import nn
 
 from trainables.data import ByteTokenizer, encode_corpus, load_text, random_batches
-from trainables.data.mixture import build_mixture, mixture_batches
+from trainables.data.mixture import ARITH_VAL_SEED, arithmetic_pool, arithmetic_stream, build_mixture, mixture_batches
+from trainables.more.budget import FlopsPlan, plan_steps, train_flops_per_step
 from trainables.more.checkpoint import WEIGHTS_FILE, save_checkpoint
 from trainables.more.model import MoRELM
 from trainables.training import Recipe, StepOutput
@@ -48,7 +57,24 @@ class MoRERecipe(Recipe):
         self.mixture = None
         if data.mixture:
             self.mixture = build_mixture(self.train_tokens, data.mixture, data.arith_train_digits, self.tokenizer,
-                                         data.root)
+                                         data.root, data.arith_format())
+            if self.mixture.names == ("arithmetic",):  # validate in the training format
+                pool = arithmetic_pool(data.arith_train_digits, data.arith_format(), ARITH_VAL_SEED)
+                self.val_tokens = arithmetic_stream(pool, self.tokenizer)
+        self.flops_plan = self._plan_flops()
+
+    def _plan_flops(self) -> FlopsPlan | None:
+        """With ``model.flops_budget``: count one step's FLOPs and set ``train.max_steps`` to what the budget buys."""
+        cfg, train = self.experiment.model, self.experiment.train
+        if cfg.flops_budget is None:
+            return None
+        per_step = train_flops_per_step(cfg, train.batch_size, train.grad_accum_steps, self.worker.world_size)
+        plan = plan_steps(cfg.flops_budget, per_step, train.max_steps)
+        self.experiment = dataclasses.replace(self.experiment, train=dataclasses.replace(train, max_steps=plan.steps))
+        if self.worker.rank == 0:
+            print(f"[{self.experiment.name}] flops budget {plan.budget:.3g}: {per_step:.3g} training FLOPs per step "
+                  f"-> {plan.steps} steps ({plan.train_flops:.3g} FLOPs)", flush=True)
+        return plan
 
     def build_model(self, resume_dir: Path | None) -> nn.Module:
         model = MoRELM(self.experiment.model)
@@ -96,6 +122,9 @@ class MoRERecipe(Recipe):
             dist.all_reduce(val_loss)
             val_loss /= dist.get_world_size()
         metrics = {"val_loss": val_loss.item(), "val_perplexity": math.exp(min(val_loss.item(), 50.0))}
+        if self.flops_plan is not None:
+            metrics.update(flops_per_step=float(self.flops_plan.flops_per_step), budget_steps=self.flops_plan.steps,
+                           train_flops=float(self.flops_plan.flops_per_step * self.step))
         for name, total in sums.items():
             metrics[name] = total / counts[name.rsplit("/", 2)[0] if "/load/" in name else name.rsplit("/", 1)[0]]
         return metrics
@@ -111,4 +140,5 @@ class MoRERecipe(Recipe):
     def checkpoint_metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
         data = self.experiment.data
         return {"val_loss": metrics.get("val_loss"), "mixture": data.mixture,
-                "arith_train_digits": data.arith_train_digits}
+                "arith_train_digits": data.arith_train_digits, "arith_ops": list(data.arith_ops),
+                "arith_reverse": data.arith_reverse, "arith_pad": data.arith_pad}

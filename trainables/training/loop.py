@@ -2,10 +2,12 @@
 
 ``train_loop_per_worker({"experiment": Experiment, "family": "module:FAMILY"})`` reads top to bottom:
 
-1. set-up: the family's recipe loads its data; ``torch.manual_seed(train.seed)`` (identical init
-   on every rank); the recipe builds the model (or rebuilds it from the checkpoint being
-   resumed); AdamW over the recipe's param groups; the recipe's LR scheduler (default: LambdaLR,
-   warmup + cosine multipliers); the strategy wraps all three (DDP or DeepSpeed);
+1. set-up: the family's recipe loads its data (and may resolve its copy of the experiment, e.g.
+   derive ``train.max_steps`` from a compute budget: the loop reads ``recipe.experiment`` after
+   it); ``torch.manual_seed(train.seed)`` (identical init on every rank); the recipe builds the
+   model (or rebuilds it from the checkpoint being resumed); AdamW over the recipe's param
+   groups; the recipe's LR scheduler (default: LambdaLR, warmup + cosine multipliers); the
+   strategy wraps all three (DDP or DeepSpeed);
 2. resume: when Ray Train restored a checkpoint, the strategy restores optimizer and
    scheduler state and the step;
 3. steps: ``train.grad_accum_steps`` micro-batches of ``train.batch_size`` per optimizer step,
@@ -80,6 +82,7 @@ def run(experiment: Any, recipe: Recipe) -> None:
 
     # 1. set-up (and 2. resume, while the restored checkpoint's folder exists)
     recipe.setup()
+    exp, train = recipe.experiment, recipe.experiment.train  # setup may resolve it (e.g. max_steps from a budget)
     checkpoint = session.get_checkpoint()
     with checkpoint.as_directory() if checkpoint is not None else contextlib.nullcontext() as restored:
         resume_dir = Path(restored) if restored is not None else None

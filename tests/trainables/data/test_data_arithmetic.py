@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from trainables.data import arithmetic_examples, load_text
+from trainables.data import arithmetic_examples, load_text, reverse_answer
 
 
 def test_same_seed_same_list_different_seed_different() -> None:
@@ -43,3 +43,20 @@ def test_registered_splits_differ_and_are_stable() -> None:
     first = train.splitlines()[0]
     prompt, answer = first.split("=")
     assert answer == str(eval(prompt))
+
+
+def test_reversed_answers_keep_the_problems_and_reverse_the_digits() -> None:
+    plain = arithmetic_examples(300, digits=3, seed=5, ops=("+", "-"))
+    flipped = arithmetic_examples(300, digits=3, seed=5, ops=("+", "-"), reverse=True)
+    assert [ex.prompt for ex in flipped] == [ex.prompt for ex in plain]
+    assert [ex.answer for ex in flipped] == [reverse_answer(ex.answer) for ex in plain]
+    assert reverse_answer("168") == "861" and reverse_answer("-120") == "-021" and reverse_answer("7") == "7"
+    assert arithmetic_examples(1, ops=("+",), reverse=True, seed=0)[0].text().count("=") == 1
+
+
+def test_padding_fixes_the_operand_width_and_keeps_the_draws() -> None:
+    plain = arithmetic_examples(300, digits=2, seed=5, ops=("+",))
+    padded = arithmetic_examples(300, digits=2, seed=5, ops=("+",), pad_to=3)
+    for p, q in zip(plain, padded, strict=True):
+        a, b = q.prompt[:-1].split("+")
+        assert len(a) == len(b) == 3 and f"{int(a)}+{int(b)}=" == p.prompt and q.answer == p.answer

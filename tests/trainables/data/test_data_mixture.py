@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainables.data import ByteTokenizer, encode_corpus
+from trainables.data import ArithmeticFormat, ByteTokenizer, encode_corpus
 from trainables.data.mixture import (
     arithmetic_train_pool,
     babi_train_stream,
@@ -68,3 +68,22 @@ def test_arithmetic_pool_is_deterministic_and_bounded() -> None:
     assert lengths == {1, 2, 3}
     stream, ends = babi_train_stream(TOK, tasks=(2,))
     assert ends.numel() == 1000 and TOK.decode(stream[ends[0] - 5 : ends[0] + 2].tolist()) == "garden\n"
+
+
+def test_arithmetic_format_reaches_the_training_stream() -> None:
+    form = ArithmeticFormat(ops=("+",), reverse=True)
+    pool = arithmetic_train_pool(2, form)
+    assert len(pool) == 2 * 5000 and all("+" in ex.prompt and "-" not in ex.prompt for ex in pool)
+    for ex in pool[:200]:
+        a, b = ex.prompt[:-1].split("+")
+        assert ex.answer == str(int(a) + int(b))[::-1]
+    mixture = build_mixture(encode_corpus(LM_TEXT, TOK), {"arithmetic": 1.0}, 2, TOK, arith_format=form)
+    assert mixture.names == ("arithmetic",)
+    lines = TOK.decode(mixture.streams["arithmetic"].tolist()).splitlines()
+    assert lines == [ex.text() for ex in pool]
+
+
+def test_padded_pool_has_one_operand_width() -> None:
+    pool = arithmetic_train_pool(3, ArithmeticFormat(ops=("+",), reverse=True, pad=True))
+    assert {len(ex.prompt) for ex in pool} == {len("000+000=")}
+    assert {ex.prompt for ex in pool[:50]} != {ex.prompt for ex in arithmetic_train_pool(3)[:50]}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from trainables.data import ByteTokenizer, load_babi
+from trainables.data import ArithmeticFormat, ByteTokenizer, load_babi
 from trainables.data.mixture import arithmetic_train_pool
 from trainables.more import MoRELM
 from trainables.more.evaluation import (
@@ -162,3 +162,30 @@ def test_held_out_problems_avoid_the_training_pool_and_are_deterministic() -> No
     problems = held_out_problems(100, 2, train_digits=2)
     assert len(problems) == 100 and not {p.prompt for p in problems} & pool
     assert problems == held_out_problems(100, 2, train_digits=2)
+
+
+def test_arithmetic_in_the_reversed_format() -> None:
+    form = ArithmeticFormat(ops=("+",), reverse=True)
+    problems = held_out_problems(50, 3, train_digits=3, form=form)
+    assert all("+" in p.prompt for p in problems)
+    assert not {p.prompt for p in problems} & {ex.prompt for ex in arithmetic_train_pool(3, form)}
+
+    def reversed_calculator(text: str) -> str | None:
+        line = text.rsplit("\n", 1)[-1]
+        if "=" not in line:
+            return None
+        problem, done = line.split("=", 1)
+        a, b = problem.split("+")
+        answer = str(int(a) + int(b))[::-1]
+        return (answer + "\n")[len(done)] if len(done) <= len(answer) else "\n"
+
+    metrics, _ = evaluate_arithmetic(RuleLM(reversed_calculator), TOK, 3, [4], n=12, form=form)
+    assert metrics["arith_acc_in"] == 1.0
+    plain, _ = evaluate_arithmetic(RuleLM(reversed_calculator), TOK, 3, [4], n=12, form=ArithmeticFormat(("+",)))
+    assert plain["arith_acc_in"] < 0.5  # a reversed answer is wrong in the plain format (bar palindromes)
+
+
+def test_padded_held_out_problems_use_the_training_width_or_their_own() -> None:
+    form = ArithmeticFormat(ops=("+",), reverse=True, pad=True)
+    assert {len(p.prompt) for p in held_out_problems(30, 2, train_digits=3, form=form)} == {len("000+000=")}
+    assert {len(p.prompt) for p in held_out_problems(30, 5, train_digits=3, form=form)} == {len("00000+00000=")}

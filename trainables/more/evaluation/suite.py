@@ -34,7 +34,8 @@ from typing import Any
 
 import torch
 
-from trainables.data import Tokenizer, encode_corpus, load_babi, load_text
+from trainables.data import ArithmeticFormat, Tokenizer, encode_corpus, load_babi, load_text
+from trainables.data.arithmetic import DEFAULT_FORMAT
 from trainables.data.mixture import ARITH_TRAIN_DIGITS
 from trainables.more.evaluation.arithmetic import evaluate_arithmetic
 from trainables.more.evaluation.babi import evaluate_babi
@@ -109,9 +110,11 @@ def run_suite(
     model: MoRELM, tokenizer: Tokenizer, settings: EvalSettings, out_dir: str | Path,
     arith_train_digits: int = ARITH_TRAIN_DIGITS,
     history: Mapping[str, Sequence[tuple[int, float]]] | None = None, log: Callable[[str], None] = print,
-    data_root: str | Path | None = None,
+    data_root: str | Path | None = None, arith_format: ArithmeticFormat = DEFAULT_FORMAT,
 ) -> dict[str, float]:
     """Run ``settings.tasks`` on ``model`` (eval mode, no grad); write artifacts to ``out_dir``; return metrics.
+
+    ``arith_train_digits`` and ``arith_format`` (operators, reversed answers) are those of training.
 
     ``history``: ``{"routing/L{l}/S{s}/entropy": [(step, value), ...], ...}`` from training,
     for ``routing_curves.png``. Data is read under ``data_root`` (else ``$MOE_ORCH_DATA``).
@@ -149,7 +152,7 @@ def run_suite(
 
     if "arithmetic" in tasks:
         arith, preds = evaluate_arithmetic(model, tokenizer, arith_train_digits, settings.arith_long_digits,
-                                           settings.arith_n, settings.batch_size)
+                                           settings.arith_n, settings.batch_size, arith_format)
         metrics.update(arith)
         rows += [{"task": f"arith_d{p.digits}", "context": "", "question": p.prompt, "true_answer": p.true_answer,
                   "predicted_answer": p.predicted_answer, "correct": p.true_answer == p.predicted_answer}
