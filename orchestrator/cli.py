@@ -228,7 +228,8 @@ def generate_cmd(target: str, prompt: str, max_tokens: int, temperature: float, 
 @click.option("--metric", "metrics", multiple=True,
               help="A metric to compare (repeatable; default: the sweep's metric). Each trial's final value.")
 @click.option("--by", multiple=True,
-              help="Group by this param (repeatable; default: the swept keys). Seeds are always averaged over.")
+              help="Group by this param (repeatable; default: the swept keys but seeds, which are averaged over; "
+                   "--by train.seed gives one row per seed).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Folder for report.md, report.csv and report.png (default: report-<run id prefix>).")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)

@@ -2,8 +2,8 @@
 
 The sweep's trials (the runs nested under its parent run) are grouped by the swept keys (the
 ``sweep.space`` of the parent's ``experiment.yaml``, or ``--by``), and averaged over the rest:
-keys naming a seed (``train.seed``, ``sweep``-swept or not) are never grouping keys, so trials
-that differ only by seed are the repeats of one row. Each metric (the sweep's ``metric``, or
+swept keys naming a seed (``train.seed``) are not grouping keys (unless ``--by`` names them), so
+trials that differ only by seed are the repeats of one row. Each metric (the sweep's ``metric``, or
 ``--metric``) is its final value in each trial; a row gives n, mean, the sample standard
 deviation (n - 1 in the denominator; 0 for a single trial) and the seeds it averaged (the
 swept seed keys' values, else ``train.seed``).
@@ -82,7 +82,7 @@ def build_report(store: Store, parent_id: str, metrics: list[str] | None = None,
     if not trials:
         raise ReportError(f"run {parent_id} has no trials (runs nested under it): is it a sweep's parent run?")
     swept = list((sweep.get("space") or {}).keys())
-    keys = [k for k in (by or swept) if "seed" not in k.split(".")[-1]]
+    keys = by or [k for k in swept if "seed" not in k.split(".")[-1]]  # --by train.seed: one row per seed
     seed_keys = [k for k in swept if k.split(".")[-1] == "seed"] or ["train.seed"]
     if not metrics:
         metric = sweep.get("metric")

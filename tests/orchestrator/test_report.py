@@ -70,6 +70,12 @@ def test_report_groups_by_the_swept_keys_and_averages_over_seeds(sweep: tuple[st
     rows = list(csv.DictReader((out / "report.csv").open()))
     assert [(r["model.variant"], r["n"], r["step mean"]) for r in rows] == [("base", "2", "2"), ("more_a", "3", "2")]
 
+    result = CliRunner().invoke(main, ["report", parent, "--tracking-uri", uri, "--out", str(out), "--by",
+                                       "train.seed"])  # asked for: one row per seed
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((out / "report.csv").open()))
+    assert [(r["train.seed"], r["n"], r["seeds"]) for r in rows] == [("0", "3", "0 0 0"), ("1", "2", "1 1")]
+
 
 def test_bad_input_exits_2_naming_what(sweep: tuple[str, str]) -> None:
     uri, parent = sweep
