@@ -76,7 +76,8 @@ class TrainProgress(UserCallback):
         m = metrics[0] if metrics else {}
         extra = f" lr {m['lr']:.2e}" if "lr" in m else ""
         extra += "".join(f" {label} {m[key]:.0f}" for key, label in THROUGHPUT if key in m)
-        print(f"[{self.label}] step {m.get('step', '?')}/{self.max_steps} {_fmt_metrics(m, self.labels)}{extra}",
+        print(f"[{self.label}] step {m.get('step', '?')}/{m.get('max_steps', self.max_steps)} "
+              f"{_fmt_metrics(m, self.labels)}{extra}",
               flush=True)
 
 
@@ -111,12 +112,14 @@ class SweepProgress(Callback):
             better = self.best is None or (value < self.best[0] if self.mode == "min" else value > self.best[0])
             if better:
                 self.best = (float(value), trial_name(trial))
-        print(f"{self._clock()} {trial_name(trial)} step {result.get('step', '?')}/{self.max_steps} "
+        print(f"{self._clock()} {trial_name(trial)} step {result.get('step', '?')}/"
+              f"{result.get('max_steps', self.max_steps)} "
               f"{_fmt_metrics(result, self.labels)}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
-        stopped = "" if last.get("step", self.max_steps) >= self.max_steps else " (stopped early by ASHA)"
+        max_steps = last.get("max_steps", self.max_steps)  # a recipe may set its own (e.g. from a FLOPs budget)
+        stopped = "" if last.get("step", max_steps) >= max_steps else " (stopped early by ASHA)"
         print(f"{self._clock()} {trial_name(trial)} finished at step {last.get('step', '?')}{stopped}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

@@ -24,6 +24,9 @@ Reported metrics: ``step``, the recipe's ``logs`` averaged since the last report
 set-up included), ``setup_s`` (loop start to the first step), and ``loop_started_at`` /
 ``worker_started_at`` (unix times, so drivers can split their overhead).
 
+Between reports rank 0 prints a heartbeat line every ``HEARTBEAT_S`` seconds (step, seconds per
+step, time left), so a long trial shows progress in the sweep's log.
+
 A recipe that is a ``trainables.training.iterative.IterativeRecipe`` (no model to optimise: one
 iteration per step, e.g. value learning over LLM calls) runs ``run_iterations`` instead.
 """
@@ -50,6 +53,7 @@ from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
 from trainables.training.session import current
 from trainables.training.strategies import make_strategy
 
+HEARTBEAT_S = 60.0  # rank 0 prints progress this often between reports
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: run the family's recipe in the shared loop (see the module docstring).
@@ -70,6 +74,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         run_iterations(experiment, recipe)
     else:
         run(experiment, recipe)
+
+
+class _Heartbeat:
+    """A line every ``every_s`` seconds between reports: step, seconds per step and the time left.
+
+    Reports come every ``train.eval_every`` steps, which can be many minutes apart."""
+
+    def __init__(self, name: str, max_steps: int, start_step: int, every_s: float = HEARTBEAT_S) -> None:
+        self.name, self.max_steps, self.every_s = name, max_steps, every_s
+        self.start_step, self.started = start_step, time.time()
+        self.last = self.started
+
+    def tick(self, step: int) -> None:
+        now = time.time()
+        if now - self.last < self.every_s or step >= self.max_steps:
+            return
+        self.last = now
+        per_step = (now - self.started) / max(step - self.start_step, 1)
+        left = (self.max_steps - step) * per_step
+        print(f"[{self.name}] step {step}/{self.max_steps}: {per_step:.2f} s/step, about {left / 60:.0f} min left",
+              flush=True)
 
 
 def run(experiment: Any, recipe: Recipe) -> None:
@@ -103,6 +128,7 @@ def run(experiment: Any, recipe: Recipe) -> None:
     batches: Iterator[Any] = recipe.batches(generator)
     window = _Window()
     setup_s = time.time() - started
+    heartbeat = _Heartbeat(exp.name, train.max_steps, step) if worker.rank == 0 else None
     while step < train.max_steps:
         for micro in range(train.grad_accum_steps):
             out = recipe.forward(model, next(batches))
@@ -112,11 +138,14 @@ def run(experiment: Any, recipe: Recipe) -> None:
         step += 1
         recipe.step = step
         recipe.on_step_end(strategy.unwrap(model), step)
+        if heartbeat is not None:
+            heartbeat.tick(step)
 
         # 4. evaluate, report, checkpoint
         if step % train.eval_every == 0 or step == train.max_steps:
             unit = recipe.throughput_unit
-            metrics: dict[str, Any] = {"step": step, **window.means(), "lr": scheduler.get_last_lr()[0],
+            metrics: dict[str, Any] = {"step": step, "max_steps": train.max_steps,  # as resolved by the recipe
+                                       **window.means(), "lr": scheduler.get_last_lr()[0],
                                        f"{unit}_per_s": window.items * worker.world_size / window.elapsed(),
                                        f"{unit}_seen": window.items_per_batch * train.grad_accum_steps
                                        * worker.world_size * step}
