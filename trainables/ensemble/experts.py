@@ -156,11 +156,11 @@ def trainable_parameters(model: PreTrainedModel, train_layers: int | None) -> li
     if train_layers is None:
         return params
     stack = blocks(model)
-    lower = {id(p) for block in stack[:max(len(stack) - train_layers, 0)] for p in block.parameters()}
+    if train_layers >= len(stack):  # every block trains: so do the embeddings
+        return params
+    lower = {id(p) for block in stack[:len(stack) - train_layers] for p in block.parameters()}
     in_blocks = {id(p) for p in stack.parameters()}
     first_block = next(i for i, p in enumerate(params) if id(p) in in_blocks)
-    if train_layers >= len(stack):
-        first_block = 0  # every block trains: so do the embeddings
     return [p for i, p in enumerate(params) if i >= first_block and id(p) not in lower]
 
 

@@ -55,6 +55,7 @@ from trainables.training.strategies import make_strategy
 
 HEARTBEAT_S = 60.0  # rank 0 prints progress this often between reports
 
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: run the family's recipe in the shared loop (see the module docstring).
 

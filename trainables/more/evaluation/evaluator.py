@@ -6,6 +6,7 @@ from dataclasses import fields
 from typing import Any
 
 from trainables.data import ArithmeticFormat
+from trainables.data.arithmetic import DEFAULT_FORMAT
 from trainables.data.mixture import ARITH_TRAIN_DIGITS
 from trainables.more.checkpoint import load_checkpoint
 from trainables.more.evaluation.suite import EvalSettings, run_suite
@@ -22,9 +23,8 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     model, tokenizer, metadata = load_checkpoint(request.checkpoint_dir)
     settings = EvalSettings(**{f.name: getattr(request.settings, f.name) for f in fields(EvalSettings)})
     digits = int(metadata.get("arith_train_digits") or ARITH_TRAIN_DIGITS)
-    default = ArithmeticFormat()
-    form = ArithmeticFormat(tuple(metadata.get("arith_ops") or default.ops), bool(metadata.get("arith_reverse")),
-                            bool(metadata.get("arith_pad")))
+    form = ArithmeticFormat(tuple(metadata.get("arith_ops") or DEFAULT_FORMAT.ops),
+                            bool(metadata.get("arith_reverse")), bool(metadata.get("arith_pad")))
     metrics = run_suite(model, tokenizer, settings, request.out_dir, arith_train_digits=digits,
                         history=request.history, log=request.log, data_root=request.data_root, arith_format=form)
     metrics["num_parameters"] = model.num_parameters()
