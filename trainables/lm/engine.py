@@ -239,7 +239,11 @@ class GenerationEngine:
             pass
         if not new:
             return False
-        self._prefill(new)
+        try:
+            self._prefill(new)
+        except Exception as exc:  # the new rows are not in the batch yet: fail them here, keep the batch
+            for row in new:
+                row.stream.put(RuntimeError(f"generation failed: {type(exc).__name__}: {exc}"))
         return True
 
     @torch.no_grad()
@@ -324,6 +328,7 @@ class GenerationEngine:
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
                 keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # the smallest set reaching top_p
+                keep[0] = True  # the likeliest token always: a top_p below float32's range keeps none otherwise
                 probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
             tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
         return torch.tensor(tokens, device=logits.device)

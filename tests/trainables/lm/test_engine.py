@@ -91,3 +91,29 @@ def test_frequency_and_presence_penalties_follow_openai(tiny: tuple) -> None:
         plain = engine.submit(_ids(tokenizer, prompt), SamplingParams(12, 0.0)).collect()
         changed += plain.text != got.text
     assert changed >= 1  # the penalties did something
+
+
+def test_a_top_p_below_float32_range_samples_the_likeliest_token(tiny: tuple) -> None:
+    # 5e-324 is 0 in float32: no token reached it, sampling raised in prefill, and the request waited forever
+    model, tokenizer, engine = tiny
+    tiny_p = engine.submit(_ids(tokenizer, "hello"),
+                           SamplingParams(max_tokens=5, temperature=1.0, top_p=5e-324, seed=1))
+    greedy = engine.submit(_ids(tokenizer, "hello"), SamplingParams(max_tokens=5, temperature=0))
+    assert _collect_within(tiny_p, 60) == greedy.collect().text
+
+
+def _collect_within(stream, timeout_s: float) -> str:
+    """The whole text of ``stream``; queue.Empty if any piece takes longer than ``timeout_s``."""
+    parts, event = [], None
+    while event is None or event.finish_reason is None:
+        event = stream.get(timeout=timeout_s)
+        parts.append(event.text)
+    return "".join(parts)
+
+
+def test_a_request_failing_in_prefill_gets_an_error_and_the_engine_keeps_serving(tiny: tuple) -> None:
+    model, tokenizer, engine = tiny
+    broken = engine.submit(_ids(tokenizer, "hello"), SamplingParams(max_tokens=3, temperature=float("nan")))
+    with pytest.raises(RuntimeError, match="generation failed"):
+        broken.get(timeout=60)
+    assert engine.submit(_ids(tokenizer, "still here"), SamplingParams(max_tokens=3, temperature=0)).collect().text
