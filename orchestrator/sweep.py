@@ -213,11 +213,11 @@ def build_search(exp: Experiment) -> tuple[Any, Any, dict[str, Any]]:
     metric_kwargs = {} if multi else {"metric": metrics[0], "mode": modes[0]}
     search_alg = None
     if exp.sweep.search == "optuna":
-        import optuna
         from ray.tune.search.optuna import OptunaSearch
 
-        sampler = (optuna.samplers.NSGAIISampler(seed=exp.sweep.seed) if multi
-                   else optuna.samplers.TPESampler(seed=exp.sweep.seed))
+        from orchestrator import samplers
+
+        sampler = samplers.nsga2(exp.sweep.seed) if multi else samplers.tpe(exp.sweep.seed)
         search_alg = DistinctConfigs(OptunaSearch(  # TPE repeats configurations of a small discrete space
             metric=metrics if multi else None, mode=modes if multi else None, sampler=sampler,
             points_to_evaluate=space_mod.grid_points(dims, exp.sweep.seed) or None))
