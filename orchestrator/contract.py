@@ -193,6 +193,9 @@ class ServeEndpoint(Protocol):
         """Answer a batch of items (one per request), in order; runs in a worker thread."""
         ...
 
+    # Optional: ``error_body(status, message) -> dict``, the app's own error shape for what ``serve/``
+    # answers before the app runs (a body over ``serve.max_body_bytes``); FastAPI's ``{"detail": ...}``
+    # without it.
     # Optional, for hot swaps (``moe-orch serve models:/<name>@<alias> --follow``, or a new
     # ``user_config.source`` in a Serve config): ``reload(checkpoint_dir | None, version | None)`` loads
     # another checkpoint (None: relabel the loaded one) in a worker thread and answers new requests from

@@ -33,6 +33,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -187,9 +188,7 @@ class ModelServer:
     def __serve_build_asgi_app__(self) -> Any:
         """Serve calls this after ``__init__``: the family's FastAPI app for this replica, behind the
         request-body limit (413 before any parsing)."""
-        api = self.endpoint.asgi_app(self.batched, self.health)
-        api.add_middleware(BodyLimit, max_bytes=self.settings.max_body_bytes)
-        return api
+        return replica_app(self.endpoint, self.settings, self.batched, self.health)
 
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: remove the checkpoint this replica downloaded."""
@@ -204,6 +203,15 @@ class ModelServer:
     async def batched(self, items: list[Any]) -> list[Any]:
         """Up to ``max_batch_size`` queued items in one ``predict_batch`` call, in a worker thread."""
         return await asyncio.to_thread(self.endpoint.predict_batch, items)
+
+
+def replica_app(endpoint: Any, settings: ServeSection, batched: Callable[[Any], Awaitable[Any]],
+                health: Callable[[], dict[str, Any]]) -> Any:
+    """What each replica serves: the family endpoint's FastAPI app behind the request-body limit (413 before
+    any parsing, in the endpoint's own error shape: its optional ``error_body(status, message)``)."""
+    api = endpoint.asgi_app(batched, health)
+    api.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, error_body=getattr(endpoint, "error_body", None))
+    return api
 
 
 def deployment_options(settings: ServeSection) -> dict[str, Any]:

@@ -5,6 +5,9 @@ A pure ASGI middleware, so it runs outside FastAPI's parsing and validation:
 - a ``Content-Length`` over the limit (or not a number) is answered at once, without reading the body;
 - a body without a length (chunked) is read up to the limit and refused as soon as it passes it;
   one that fits is handed on to the app as it arrived.
+
+The refusal comes in the app's own error shape: ``error_body(status, message)`` builds it (default
+FastAPI's ``{"detail": message}``; the LM app gives OpenAI's ``{"error": {...}}``).
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+ErrorBody = Callable[[int, str], dict[str, Any]]
+
+
+def detail_body(status: int, message: str) -> dict[str, Any]:
+    """FastAPI's error shape: ``{"detail": message}``."""
+    return {"detail": message}
 
 
 class BodyLimit:
     """ASGI middleware answering 413 to a request body over ``max_bytes``."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, error_body: ErrorBody | None = None) -> None:
+        self.app, self.max_bytes, self.error_body = app, max_bytes, error_body or detail_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,9 +70,8 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    @staticmethod
-    async def _refuse(send: Send, status: int, detail: str) -> None:
-        body = json.dumps({"detail": detail}).encode()
+    async def _refuse(self, send: Send, status: int, detail: str) -> None:
+        body = json.dumps(self.error_body(status, detail)).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                                 (b"connection", b"close")]})

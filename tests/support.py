@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -34,11 +35,31 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, alive: subprocess.
         time.sleep(0.2)
 
 
-def fuzz_openapi(app_url: str, max_examples: int = 30) -> list[int]:
+FUZZ_FACTOR = 20  # how many times more examples ``make fuzz`` (HYPOTHESIS_PROFILE=fuzz) tries than the suite
+
+
+def examples(n: int) -> int:
+    """A property test's example count: ``n`` in the suite, ``FUZZ_FACTOR * n`` in ``make fuzz``."""
+    from hypothesis import settings
+
+    return n * FUZZ_FACTOR if settings.get_current_profile_name() == "fuzz" else n
+
+
+Pinned = tuple[str, str, Any]  # (method, path under the app's root, JSON body): a request a fuzz run broke
+
+
+def fuzz_openapi(app_url: str, max_examples: int = 30, pinned: tuple[Pinned, ...] = ()) -> list[int]:
     """Every operation of the app's own OpenAPI schema (``<app_url>/openapi.json``) with requests that
     Schemathesis generates from it, both fitting the schema and not; fails on any 5xx. Returns the
     statuses answered. (Hypothesis drives Schemathesis's strategies directly; its pytest plugin does
-    not load under pytest 9.)"""
+    not load under pytest 9.)
+
+    ``pinned`` requests, each a failure some run found, are sent first, every run. The generated ones
+    follow the Hypothesis profile (tests/conftest.py): the same ones every run in the suite, fresh and
+    ``FUZZ_FACTOR`` times as many under ``make fuzz``. A failure names its body, ready to pin.
+    """
+    import json
+
     import schemathesis
     from hypothesis import HealthCheck, given, settings
     from hypothesis.errors import Unsatisfiable
@@ -47,22 +68,59 @@ def fuzz_openapi(app_url: str, max_examples: int = 30) -> list[int]:
 
     schema = schemathesis.openapi.from_url(f"{app_url}/openapi.json")
     statuses: list[int] = []
-    for operation in [result.ok() for result in schema.get_all_operations()]:
+
+    def check(case: Any) -> None:
+        response = case.call(base_url=app_url, timeout=60)
+        statuses.append(response.status_code)
+        try:
+            case.validate_response(response, checks=[not_a_server_error])
+        except BaseException as exc:
+            body = json.dumps(case.body, ensure_ascii=True, default=repr) if case.body is not None else None
+            raise AssertionError(f"{case.method} {case.path} answered {response.status_code}: {exc}\n"
+                                 f"pin it: ({case.method!r}, {case.path!r}, {body}) in the test's PINNED") from exc
+
+    operations = [result.ok() for result in schema.get_all_operations()]
+    for method, path, body in pinned:
+        operation = next(o for o in operations if o.method.upper() == method.upper() and o.path == path)
+        check(operation.Case(body=body, media_type="application/json"))
+    for operation in operations:
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
 
             @given(case=operation.as_strategy(generation_mode=mode))
-            @settings(max_examples=max_examples, deadline=None, suppress_health_check=list(HealthCheck),
-                      database=None)
+            @settings(max_examples=examples(max_examples), suppress_health_check=list(HealthCheck))
             def no_server_error(case: Any) -> None:
-                response = case.call(base_url=app_url, timeout=60)
-                statuses.append(response.status_code)
-                case.validate_response(response, checks=[not_a_server_error])
+                check(case)
 
             try:
                 no_server_error()
             except Unsatisfiable:  # a route with no parameters and no body has no invalid input
                 assert mode is GenerationMode.NEGATIVE and operation.method.upper() == "GET"
     return statuses
+
+
+def save_tiny_pool(directory: Path, seed: int, step: int, name: str = "pool-test") -> Path:
+    """A tiny-llama pool of two DyLoRA experts with distinct prototypes and non-zero weights (``seed``),
+    saved as an LM checkpoint of experiment ``name`` at ``step``."""
+    import torch
+
+    from trainables.dylora.checkpoint import save_pool
+    from trainables.dylora.config import DyLoRAConfig
+    from trainables.dylora.experts import DyLoRAModel, ExpertManager
+    from trainables.lm.base import load_base
+
+    cfg = DyLoRAConfig(max_experts=2, rank=4, router_temperature=0.1)
+    base, tokenizer = load_base("tiny-llama")
+    model = DyLoRAModel(base, cfg)
+    model.set_template(tokenizer)
+    manager = ExpertManager(model, cfg)
+    torch.manual_seed(seed)
+    manager.add_expert(0, prototype=torch.randn(model.config.hidden_size))
+    manager.add_expert(3, prototype=torch.randn(model.config.hidden_size))
+    with torch.no_grad():
+        for layer in model.expert_linears():
+            for slot in (0, 1):
+                layer.lora_B[slot].normal_(0, 0.05)
+    return save_pool(model, manager, None, cfg, directory, {"step": step, "experiment": name})
 
 
 def randomize_routing(model: Any, seed: int = 0) -> None:

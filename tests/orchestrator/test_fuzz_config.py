@@ -9,16 +9,19 @@ import math
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from orchestrator.cli import main
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BASES = {p.name: yaml.safe_load(p.read_text()) for p in sorted(EXPERIMENTS.glob("*.yaml"))}
-FUZZ = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=examples(120))  # the rest from the profile (tests/conftest.py)
+pytestmark = pytest.mark.property
 
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),

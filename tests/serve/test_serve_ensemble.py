@@ -248,9 +248,16 @@ def test_emit_config_is_a_valid_serve_config(tmp_path: Path, logged_run: dict[st
     assert serve_settings["max_texts_per_request"] == 4 and serve_settings["route_prefix"] == "/ensemble"
 
 
+# Requests that broke the app, tried first on every run (see support.fuzz_openapi).
+PINNED = (
+    ("POST", "/predict", {"texts": ["\ud800"]}),  # a lone surrogate reached the tokenizers: 500 (issue 25)
+)
+
+
+@pytest.mark.property
 def test_schemathesis_finds_no_server_error(app_url: str) -> None:
     """Every route of the app's own OpenAPI schema, fuzzed (``support.fuzz_openapi``): never a 5xx."""
-    statuses = fuzz_openapi(app_url)
+    statuses = fuzz_openapi(app_url, pinned=PINNED)
     # the requests reached the app's routes: some were answered, some refused for their input
     assert 200 in statuses and 422 in statuses, sorted(set(statuses))
 

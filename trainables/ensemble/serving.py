@@ -13,7 +13,9 @@ Endpoints (under the route prefix, ``/ensemble`` by default):
 Bad input is answered with a 4xx and a message; the replica keeps serving:
 
 - malformed JSON, a body that is not an object, missing ``texts``, an empty list, a non-string
-  item: 422 (FastAPI/pydantic validation, ``detail`` says what and where);
+  item, a string that is not Unicode text (a lone surrogate, sent as a ``\ud800`` escape): 422
+  (FastAPI/pydantic validation, ``detail`` says what and where, its ``input`` escaped to ASCII);
+- a body that is not UTF-8, or JSON that Python cannot read (an integer of over 4,300 digits): 400;
 - more than ``serve.max_texts_per_request`` texts, or a text longer than ``serve.max_text_chars``
   characters: 413. Long texts are *rejected*, not truncated; within that limit each expert
   truncates its own tokens to ``model.max_length``.
@@ -24,14 +26,17 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException
-from pydantic import BaseModel, Field, StrictStr
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
+
+from serve.inputs import SafeJSONResponse, Text, validation_errors
 
 
 class PredictRequest(BaseModel):
     """The body of ``POST /predict``."""
 
-    texts: list[StrictStr] = Field(..., min_length=1, description="Sentences to classify (at least one).",
+    texts: list[Text] = Field(..., min_length=1, description="Sentences to classify (at least one).",
                                    examples=[["a charming and often affecting journey", "unflinchingly bleak"]])
 
 
@@ -86,6 +91,11 @@ class EnsembleEndpoint:
         """The replica's routes; ``batched(texts)`` queues one request's texts for ``predict_batch``."""
         api = FastAPI(title="moe-orch Ensemble MoE",
                       description="Sentiment (SST-2) from a gate-weighted mixture of HF classifiers.")
+
+        @api.exception_handler(RequestValidationError)
+        async def invalid(_: Request, exc: RequestValidationError) -> SafeJSONResponse:
+            """FastAPI's 422, whatever the input it echoes (a lone surrogate, a NaN)."""
+            return SafeJSONResponse({"detail": validation_errors(exc.errors())}, status_code=422)
 
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:

@@ -17,6 +17,9 @@ loop, each iteration:
 
 Logits shaping: OpenAI's frequency and presence penalties over the row's generated tokens
 (``logit -= frequency_penalty * count + presence_penalty * (count > 0)``), then temperature and top-p.
+Temperature divides the logits after their maximum is subtracted, so a tiny one sharpens towards
+greedy without overflowing; one that is 0 in float32 (below about 1.4e-45) is greedy, as 0 is. Top-p
+always keeps the likeliest token. A seed is taken modulo 2**64 (torch's generators' range).
 
 Routing (each event's ``moe``), for the two kinds of MoE the engine meets, without naming a family:
 
@@ -56,8 +59,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import DynamicCache
+
+
+def greedy(temperature: float) -> bool:
+    """Whether ``temperature`` decodes greedily: 0, or a positive value that float32 rounds to 0."""
+    return not float(np.float32(temperature)) > 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,7 @@ class SamplingParams:
     """Per-request decoding settings (OpenAI's meaning)."""
 
     max_tokens: int = 16
-    temperature: float = 1.0  # 0 = greedy
+    temperature: float = 1.0  # 0 (or 0 in float32) = greedy
     top_p: float = 1.0
     stop: tuple[str, ...] = ()
     seed: int | None = None
@@ -199,7 +208,7 @@ class GenerationEngine:
         """Queue one request; its events arrive on the returned stream (on ``loop``, if given)."""
         if not prompt_ids:
             raise ValueError("empty prompt")
-        generator = torch.Generator().manual_seed(params.seed if params.seed is not None
+        generator = torch.Generator().manual_seed(params.seed % 2**64 if params.seed is not None
                                                   else int(torch.randint(0, 2**31 - 1, ()).item()))
         row = _Row(list(prompt_ids), params, GenerationStream(loop), generator)
         self._waiting.put(row)
@@ -321,10 +330,11 @@ class GenerationEngine:
                 counts = torch.bincount(torch.tensor(row.generated), minlength=row_logits.shape[-1])[
                     :row_logits.shape[-1]].to(row_logits.device, row_logits.dtype)  # (V,)
                 row_logits = row_logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
-            if p.temperature <= 0:
+            if greedy(p.temperature):
                 tokens.append(int(row_logits.argmax()))
                 continue
-            probs = torch.softmax(row_logits / p.temperature, dim=-1).cpu()
+            # (V,) the max subtracted first: the best logit is 0 at any temperature, the rest <= 0 (or -inf)
+            probs = torch.softmax((row_logits - row_logits.max()) / p.temperature, dim=-1).cpu()
             if p.top_p < 1.0:
                 sorted_probs, order = probs.sort(descending=True)
                 keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # the smallest set reaching top_p

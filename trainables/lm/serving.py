@@ -35,8 +35,10 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field, StrictStr
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException
 
+from serve.inputs import SafeJSONResponse, Seed, Text
 from trainables.lm.engine import Event, GenerationEngine, SamplingParams
 
 VERSION_HEADER = "x-moe-orch-model-version"
@@ -44,16 +46,17 @@ VERSION_HEADER = "x-moe-orch-model-version"
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: StrictStr
+    content: Text
 
 
 class _Sampling(BaseModel):
-    model: str | None = None
+    model: Text | None = None
     max_tokens: int = Field(16, ge=1)
+    # A temperature that is 0 in float32 (below about 1.4e-45) decodes greedily, as 0 does.
     temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    stop: StrictStr | list[StrictStr] | None = None
-    seed: int | None = None
+    top_p: float = Field(1.0, gt=0.0, le=1.0)  # the likeliest token is always kept, however small top_p is
+    stop: Text | list[Text] | None = None
+    seed: Seed | None = None  # choice i of n is seeded with seed + i (modulo 2**64)
     frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     n: int = Field(1, ge=1)
@@ -63,7 +66,7 @@ class _Sampling(BaseModel):
 class CompletionRequest(_Sampling):
     """The body of ``POST /v1/completions`` (OpenAI's fields that this server honours)."""
 
-    prompt: StrictStr = Field(..., min_length=1)
+    prompt: Text = Field(..., min_length=1)
 
 
 class ChatRequest(_Sampling):
@@ -81,8 +84,17 @@ class OpenAIError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
     def response(self) -> JSONResponse:
-        return JSONResponse({"error": {"message": self.message, "type": self.kind, "param": self.param,
-                                       "code": None}}, status_code=self.status)
+        return SafeJSONResponse(openai_error_body(self.status, self.message, self.param, self.kind),
+                                status_code=self.status)
+
+
+ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
+
+
+def openai_error_body(status: int, message: str, param: str | None = None, kind: str | None = None) -> dict[str, Any]:
+    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
+    kind = kind or ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 def load_lm(checkpoint_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -156,6 +168,11 @@ class LMEndpoint:
             retired = loaded is not self.current and loaded.inflight == 0
         if retired:  # its last request is answered: stop its engine thread (off the event loop)
             threading.Thread(target=loaded.engine.close, name="retire-engine", daemon=True).start()
+
+    @staticmethod
+    def error_body(status: int, message: str) -> dict[str, Any]:
+        """This app's error shape (OpenAI's) for what ``serve/`` answers before the app runs."""
+        return openai_error_body(status, message)
 
     def predict_batch(self, items: list[Any]) -> list[Any]:
         """Unused: the engine batches (continuously) on its own."""
@@ -287,8 +304,20 @@ class LMEndpoint:
         @api.exception_handler(RequestValidationError)
         async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
             first = exc.errors()[0] if exc.errors() else {}
-            param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+            if first.get("type") == "json_invalid":  # loc is ("body", character offset)
+                where = first.get("loc", ("body", "?"))[-1]
+                reason = (first.get("ctx") or {}).get("error", "")
+                return OpenAIError(400, f"body: not valid JSON ({reason} at character {where})").response()
+            # the field's path: names and list indexes, without pydantic's union-member tags ("function-after[...]")
+            path = [str(p) for p in first.get("loc", ())[1:] if isinstance(p, int) or str(p).isidentifier()]
+            param = ".".join(path) or None
             return OpenAIError(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param).response()
+
+        @api.exception_handler(HTTPException)
+        async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+            """Starlette's own errors (no such route, wrong method, a body it cannot decode) in OpenAI's shape."""
+            return SafeJSONResponse(openai_error_body(exc.status_code, str(exc.detail)), status_code=exc.status_code,
+                                    headers=exc.headers)
 
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:
