@@ -65,8 +65,9 @@ from transformers import DynamicCache
 
 
 def greedy(temperature: float) -> bool:
-    """Whether ``temperature`` decodes greedily: 0, or a positive value that float32 rounds to 0."""
-    return not float(np.float32(temperature)) > 0
+    """Whether ``temperature`` decodes greedily: 0 (or below), or a positive value that float32 rounds to 0.
+    NaN is not greedy: its request fails with its own error."""
+    return float(np.float32(temperature)) <= 0
 
 
 @dataclass(frozen=True)
