@@ -18,7 +18,12 @@ answered (``model``, header ``x-moe-orch-model-version``). A pool that routes pe
 
 Bad input gets a 400 in OpenAI's error shape (``{"error": {"message", "type", "param", "code"}}``),
 limits from ``serve:`` (``max_tokens_limit``, ``max_prompt_tokens``, ``max_n``) included; nothing
-that a request sends can stop the replica.
+that a request sends can stop the replica. Every 4xx has that shape: Starlette's own (404, 405, a
+body that is not UTF-8), and the body limit's 413 (``error_body``).
+
+At the edges: a ``temperature`` that is 0 in float32 decodes greedily, as 0 does; ``top_p`` keeps the
+likeliest token however small it is; ``seed`` is within int64; NaN, infinities and out-of-range
+numbers are a 400 naming the field; strings must be Unicode text (no lone surrogates), else a 400.
 """
 
 # No `from __future__ import annotations`: FastAPI resolves the routes' annotations at definition.
