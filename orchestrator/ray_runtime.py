@@ -76,6 +76,7 @@ class RaySession:
     cpus: float
     gpus: float
     has_driver_resource: bool
+    nodes: int = 1  # alive Ray nodes
 
     def trial_resources(self) -> dict[str, float]:
         """Resources of one Tune trial driver function (not of its Train workers)."""
@@ -121,6 +122,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
             cpus=resources.get("CPU", 0.0),
             gpus=resources.get("GPU", 0.0),
             has_driver_resource=resources.get(DRIVER_RESOURCE, 0) > 0,
+            nodes=sum(1 for node in ray.nodes() if node.get("Alive")),
         )
         where = f"cluster at {address}" if address else f"{'local' if owned else 'running'} Ray ({session.cpus:g} CPUs)"
         print(f"Ray: {where}; dashboard: {url or 'off'}", flush=True)
@@ -138,3 +140,20 @@ def ray_session(address: str | None = None, num_cpus: int | None = None,
 def default_concurrency(session: RaySession, num_workers: int, cpus_per_worker: float) -> int:
     """Trials that fit at once: floor(CPUs / (num_workers * cpus_per_worker)), at least 1."""
     return max(1, int(session.cpus // (num_workers * cpus_per_worker)))
+
+
+def nodes_without(path: str) -> list[str]:
+    """The alive Ray nodes (``"<ip> (<node id prefix>)"``) on which ``path`` does not exist: one zero-CPU task
+    pinned to each node looks. Used before a job starts, for what every node must read or write."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def exists(p: str) -> bool:
+        return os.path.exists(p)
+
+    alive = [node for node in ray.nodes() if node.get("Alive")]
+    found = ray.get([exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                     .remote(path) for node in alive])
+    return [f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node, ok in zip(alive, found, strict=True)
+            if not ok]

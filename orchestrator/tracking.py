@@ -41,6 +41,16 @@ def resolve_uri(uri: str | None = None) -> str:
     return uri
 
 
+def local_store_path(uri: str) -> Path | None:
+    """The file or folder a store URI writes to on the machine that uses it (``sqlite:///``, ``file:``,
+    a bare path), or None for a server (``http(s)://``, ``databricks``...)."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri[len("sqlite:///"):])
+    if uri.startswith("file:"):
+        return Path(uri[len("file:"):].removeprefix("//"))
+    return None if "://" in uri or uri.startswith("databricks") else Path(uri)
+
+
 def default_artifact_root(uri: str) -> str | None:
     """``<db folder>/mlartifacts`` for sqlite stores, else None (the server decides)."""
     prefix = "sqlite:///"

@@ -66,13 +66,42 @@ def open_run(exp: Experiment, id_file: Path, run_name: str, command: str) -> tup
     but ``sweep``) as params and the resolved YAML as ``experiment.yaml``.
     """
     store = Store.at(exp.tracking.uri)
-    experiment_id = store.experiment_id(exp.tracking.experiment or exp.name)
+    experiment_id = store.experiment_id(exp.tracking.experiment or exp.name)  # a SQLite store's file exists now
+    check_every_node_reaches(exp, store)
     run, created = store.resume_or_start_run(experiment_id, id_file, run_name=run_name,
                                              tags={"moe_orch.command": command, "moe_orch.family": exp.family})
     if created:
         run.log_params({k: v for k, v in exp.to_dict().items() if k != "sweep"})
         run.log_text(exp.to_yaml(), "experiment.yaml")
     return run, experiment_id, created
+
+
+class NotOnEveryNode(RuntimeError):
+    """A path that every node of the cluster must read or write is missing on some of them."""
+
+
+def check_every_node_reaches(exp: Experiment, store: Store) -> None:
+    """On a cluster (more than one alive Ray node), before any job starts: the tracking store, if it is a
+    file (SQLite), and the data root must exist on every node; NotOnEveryNode names the field, the path
+    and the nodes without it. A node that lacked the store would log its trials into a file of its own."""
+    import ray
+
+    from orchestrator.ray_runtime import nodes_without
+    from orchestrator.tracking import local_store_path
+
+    if not ray.is_initialized() or sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
+        return
+    store_path = local_store_path(store.uri)
+    problems = []
+    if store_path is not None and (missing := nodes_without(str(store_path))):
+        problems.append(f"tracking.uri: got {store.uri}, a file that node(s) {', '.join(missing)} do not have "
+                        "(each would log to a store of its own); expected an MLflow server every node reaches, "
+                        "e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
+    if exp.data.root is not None and (missing := nodes_without(exp.data.root)):
+        problems.append(f"data.root: got {exp.data.root}, missing on node(s) {', '.join(missing)}; expected "
+                        "the datasets on every node (cluster.yaml's file_mounts, or MOE_ORCH_DATA)")
+    if problems:
+        raise NotOnEveryNode("; ".join(problems))
 
 
 def _latest_train_dir(base: Path) -> Path | None:

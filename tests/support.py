@@ -35,6 +35,67 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, alive: subprocess.
         time.sleep(0.2)
 
 
+class MlflowServer:
+    """A real ``mlflow server`` on loopback, as a team runs one: a SQLite backend and proxied artifacts
+    (``--serve-artifacts --artifacts-destination``), so clients need no shared disk. Started in its own
+    process group and stopped by its pid (``stop``); ``url`` once ``/health`` answers.
+    """
+
+    def __init__(self, root: Path, port: int, timeout_s: float = 300) -> None:
+        import os
+        import signal
+        import sys
+
+        import requests
+
+        self.root, self.url, self.artifacts = root, f"http://127.0.0.1:{port}", root / "artifacts"
+        self._signal = signal
+        self.log = (root / "mlflow-server.log").open("w")
+        mlflow = str(Path(sys.executable).with_name("mlflow"))
+        self.proc = subprocess.Popen(
+            [mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+             "--backend-store-uri", f"sqlite:///{root}/server.db", "--serve-artifacts",
+             "--artifacts-destination", str(self.artifacts)],
+            cwd=root, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
+            env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"})
+        try:
+            wait_for(lambda: _answers(requests, f"{self.url}/health"), timeout_s, alive=self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        """SIGTERM to the server's process group (its pid), SIGKILL after 30 s."""
+        import os
+
+        for sig in (self._signal.SIGTERM, self._signal.SIGKILL):  # the group: the CLI and its uvicorn
+            try:
+                os.killpg(self.proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                continue
+        self.log.close()
+
+
+def _answers(requests: Any, url: str) -> bool:
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def unused_port() -> int:
+    """A free TCP port on 127.0.0.1."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 FUZZ_FACTOR = 20  # how many times more examples ``make fuzz`` (HYPOTHESIS_PROFILE=fuzz) tries than the suite
 
 

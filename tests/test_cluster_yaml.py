@@ -25,7 +25,8 @@ def test_cluster_has_a_head_and_autoscaled_gpu_workers_and_installs_moe_orch() -
     types = cfg["available_node_types"]
     workers = [t for name, t in types.items() if name != cfg["head_node_type"]]
     assert any(t["resources"].get("GPU", 0) >= 1 and t["max_workers"] > t["min_workers"] for t in workers)
-    assert any("pip install -e ~/moe-orch" in c for c in cfg["setup_commands"])
+    setup = " ".join(cfg["setup_commands"])
+    assert "-r ~/moe-orch-lock.txt" in setup and "-e ~/moe-orch" in setup  # the locked set, then moe-orch
     # the dashboard binds to loopback on the head, reached through `ray dashboard` (SSH)
     assert "--dashboard-host=127.0.0.1" in " ".join(cfg["head_start_ray_commands"])
 
@@ -35,3 +36,15 @@ def test_a_broken_cluster_yaml_is_rejected_by_the_same_check() -> None:
     cfg["available_node_types"]["gpu_worker"]["max_workers"] = "many"
     with pytest.raises(jsonschema.ValidationError):
         validate_config(prepare_config(cfg))
+
+
+def test_tracking_is_one_server_on_the_heads_private_address() -> None:
+    """No node logs to a SQLite file of its own: every node's Ray and shell point at the head's MLflow server,
+    which listens on the head's private address (never 0.0.0.0) with proxied artifacts."""
+    cfg = load()
+    head = " ".join(cfg["head_start_ray_commands"])
+    assert "mlflow server --host $(hostname -I | cut -d\" \" -f1) --port 5000" in head and "--serve-artifacts" in head
+    assert "0.0.0.0" not in yaml.safe_dump(cfg)
+    assert "MLFLOW_TRACKING_URI=http://$(hostname -I" in head
+    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(cfg["worker_start_ray_commands"])
+    assert "sqlite" not in " ".join(cfg["setup_commands"] + cfg["worker_start_ray_commands"])

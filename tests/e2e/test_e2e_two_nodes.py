@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
-from support import wait_for
+from support import unused_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "tiny.yaml"
@@ -25,21 +24,24 @@ RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+UNSHARE = shutil.which("unshare")
 
 
 class Node:
-    """One ``ray start --block`` in its own process group, with its own temp dir and log."""
+    """One ``ray start --block`` in its own process group, with its own temp dir and log. ``private``: a
+    folder this node does not share: it runs in its own mount namespace with an empty tmpfs there, so
+    what the other node writes under it is not visible to this one."""
 
-    def __init__(self, name: str, root: Path, env: dict[str, str], *args: str) -> None:
+    def __init__(self, name: str, root: Path, env: dict[str, str], *args: str, private: Path | None = None) -> None:
         self.temp_dir = Path("/tmp") / f"ray-{name}-{os.getpid()}"  # short: Ray's socket paths are length-limited
         self.log = (root / f"{name}.log").open("w")
-        self.proc = subprocess.Popen([RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
-                                      f"--temp-dir={self.temp_dir}", *args], env=env, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        command = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                   f"--temp-dir={self.temp_dir}", *args]
+        if private is not None:  # `exec` keeps the pid: the process group is still this node's
+            command = [UNSHARE, "--mount", "--propagation", "private", "sh", "-c",
+                       'mount -t tmpfs moe-orch-private "$0" && exec "$@"', str(private), *command]
+        self.proc = subprocess.Popen(command, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -56,20 +58,32 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",  # joinable, on loopback
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = unused_port(), unused_port()
     head = Node("head", root, env, "--head", f"--port={port}", "--num-cpus=1", '--resources={"tune_driver": 4}',
                 "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}")
     nodes = [head]
     try:
         address = f"127.0.0.1:{port}"
         wait_for(lambda: _alive_nodes(address) >= 1, 120, alive=head.proc)
-        second = Node("second", root, env, f"--address={address}", "--num-cpus=1")
+        if PRIVATE is not None:
+            PRIVATE.mkdir(exist_ok=True)  # the second node's mount point
+        second = Node("second", root, env, f"--address={address}", "--num-cpus=1", private=PRIVATE)
         nodes.append(second)
         wait_for(lambda: _alive_nodes(address) == 2, 120, alive=second.proc)
         yield address, f"http://127.0.0.1:{dashboard}", second
     finally:
         for node in reversed(nodes):
             node.kill()
+        if PRIVATE is not None:
+            shutil.rmtree(PRIVATE, ignore_errors=True)
+
+
+def _can_unshare() -> bool:
+    return UNSHARE is not None and subprocess.run([UNSHARE, "--mount", "true"], capture_output=True).returncode == 0
+
+
+# A folder the second node does not share with the head (its own tmpfs there), when mount namespaces work.
+PRIVATE = Path("/tmp") / f"moe-orch-private-{os.getpid()}" if _can_unshare() else None
 
 
 def _alive_nodes(address: str) -> int:
@@ -107,6 +121,29 @@ def test_ddp_spans_both_nodes(cluster: tuple[str, str, Node], workdir: Path) -> 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert f"Ray: cluster at {address}" in done.stdout and "step 20/20" in done.stdout
     assert len(_actor_nodes(dashboard, "RayTrainWorker")) == 2  # one worker on each node
+
+
+@pytest.mark.skipif(PRIVATE is None, reason="no mount namespaces here (unshare --mount failed)")
+def test_a_store_or_data_root_that_a_node_lacks_fails_before_training(cluster: tuple[str, str, Node],
+                                                                      workdir: Path) -> None:
+    """The head has a SQLite store and a data root under a folder the second node does not share: each
+    node would log to a store of its own and find no data, so the job stops first, naming both."""
+    address, _, _ = cluster
+    assert PRIVATE is not None
+    data = PRIVATE / "data"
+    shutil.copytree(Path(os.environ["MOE_ORCH_DATA"]) / "tinyshakespeare", data / "tinyshakespeare")
+    try:
+        command = _moe_orch(workdir, address, "train", f"tracking.uri=sqlite:///{PRIVATE}/mlflow.db",
+                            f"data.root={data}")
+        done = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+        (PRIVATE / "mlflow.db").unlink(missing_ok=True)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    error = done.stderr.strip().splitlines()[-1]
+    assert "NotOnEveryNode" in error and f"tracking.uri: got sqlite:///{PRIVATE}/mlflow.db" in error, error
+    assert f"data.root: got {data}, missing on node(s) 127.0.0.1" in error, error
+    assert "step " not in done.stdout  # not a step was trained
 
 
 def test_sweep_uses_both_nodes_and_survives_losing_one(cluster: tuple[str, str, Node], workdir: Path) -> None:

@@ -1,6 +1,7 @@
-"""An LM checkpoint (a tiny DyLoRA-MoE pool) registered in MLflow and served on Ray Serve behind OpenAI's
-API, driven by the official ``openai`` client over real HTTP: completions, chat, streaming, batching,
-errors, and a hot swap to a newly registered version under load."""
+"""An LM checkpoint (a tiny DyLoRA-MoE pool) registered in MLflow (a real ``mlflow server``, proxied
+artifacts) and served on Ray Serve behind OpenAI's API, driven by the official ``openai`` client over real
+HTTP: completions, chat, streaming, batching, errors, and a hot swap to a newly registered version under
+load (``serve --follow`` polling the server's registry)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 import openai
 import pytest
 import requests
-from support import fuzz_openapi, save_tiny_pool, wait_for
+from support import MlflowServer, fuzz_openapi, save_tiny_pool, unused_port, wait_for
 
 from orchestrator.registry import family_ref
 from trainables.lm.sections import LMServe
@@ -39,16 +40,21 @@ class Registry:
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    """A real MLflow store (SQLite) whose model ``pool-test`` has version 1: a pool saved at step 7."""
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """A real ``mlflow server`` (proxied artifacts, as on a cluster) whose model ``pool-test`` has version 1:
+    a pool saved at step 7. The replicas and ``--follow`` reach versions only through the server."""
     from orchestrator.tracking import Store
 
     root = tmp_path_factory.mktemp("lm_registry")
-    store = Store.at(f"sqlite:///{root}/mlflow.db")
-    run = store.start_run(store.experiment_id("lm-serve-test"), "lm-serve-test/run")
-    found = Registry(store.uri, run)
-    assert found.register(save_tiny_pool(root / "v1", seed=0, step=7, name=MODEL), 7) == "1"
-    return found
+    server = MlflowServer(root, unused_port())
+    try:
+        store = Store.at(server.url)
+        run = store.start_run(store.experiment_id("lm-serve-test"), "lm-serve-test/run")
+        found = Registry(store.uri, run)
+        assert found.register(save_tiny_pool(root / "v1", seed=0, step=7, name=MODEL), 7) == "1"
+        yield found
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")
