@@ -399,11 +399,10 @@ def validate(raw: dict[str, Any], source: str | None = None) -> tuple[Experiment
     if errors or family is None:
         return None, errors
     data = sections["data"]
-    if data.root is None:  # resolved here, in the driver: Ray workers run in another cwd/env
-        from trainables.data import data_root
-
-        data.root = str(data_root())
-    data.root = str(Path(data.root).expanduser().absolute())
+    if data.root is not None:  # a path the user gave: absolute, the same on every node
+        data.root = str(Path(data.root).expanduser().absolute())
+    # null stays null: each process that reads data resolves it where it runs ($MOE_ORCH_DATA of that node;
+    # a local Ray's processes inherit the driver's, see ray_runtime.start_local_ray)
     return Experiment(name=name, family=family.name, source=source, family_ref=family_ref(family.name), **sections), []
 
 

@@ -62,8 +62,9 @@ class Section:
 
 @dataclass
 class DataSection(Section):
-    """Where a family's data lives. ``root``: None = ``$MOE_ORCH_DATA``, else ``./data``; the
-    driver resolves it to an absolute path, and workers, evaluators and replicas receive it."""
+    """Where a family's data lives. ``root``: None = each process reads ``$MOE_ORCH_DATA`` of the node it
+    runs on (else ``./data``), so every node of a cluster has its own copy; a path given is made absolute
+    by the driver and read at that path on every node."""
 
     root: str | None = None
 

@@ -115,7 +115,8 @@ def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str]
         if run is not None:
             if family.history is not None:
                 history = run.metric_history(*family.history)
-            data_root = run.params().get("data.root") or None
+            data_root = run.params().get("data.root")
+            data_root = None if data_root in (None, "", "None") else data_root  # null: this machine's own
             if data_root is not None and not Path(data_root).is_dir():
                 data_root = None  # trained on another machine: use this one's default
         else:

@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -60,6 +60,11 @@ def start_local_ray(num_cpus: int, dashboard: bool = False) -> Any:
 
     for key, value in {**LOOPBACK_ONLY_ENV, **WORKER_NICENESS_ENV}.items():  # inherited by Ray's processes
         os.environ.setdefault(key, value)
+    # the data root of this machine, as the driver sees it (./data is relative to its folder, and Ray's
+    # processes run in another): every process of a local Ray reads the same datasets
+    from trainables.data.registry import DATA_ENV, data_root
+
+    os.environ[DATA_ENV] = str(data_root())
     # Ray reads the switch once, when it is first imported; this process may have imported it already
     ray_constants.ENABLE_RAY_CLUSTER = os.environ[CLUSTER_SWITCH] != "0"
     return ray.init(num_cpus=num_cpus, resources={DRIVER_RESOURCE: DRIVER_UNITS_PER_CPU * num_cpus},
@@ -142,18 +147,15 @@ def default_concurrency(session: RaySession, num_workers: int, cpus_per_worker: 
     return max(1, int(session.cpus // (num_workers * cpus_per_worker)))
 
 
-def nodes_without(path: str) -> list[str]:
-    """The alive Ray nodes (``"<ip> (<node id prefix>)"``) on which ``path`` does not exist: one zero-CPU task
-    pinned to each node looks. Used before a job starts, for what every node must read or write."""
+def on_every_node(fn: Callable[[], Any]) -> list[tuple[str, Any]]:
+    """``fn()`` run once on every alive Ray node (a zero-CPU task pinned to each), as
+    ``[("<ip> (<node id prefix>)", result), ...]``. Used before a job starts, for what each node must have."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    @ray.remote(num_cpus=0)
-    def exists(p: str) -> bool:
-        return os.path.exists(p)
-
+    task = ray.remote(num_cpus=0)(fn)
     alive = [node for node in ray.nodes() if node.get("Alive")]
-    found = ray.get([exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                     .remote(path) for node in alive])
-    return [f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})" for node, ok in zip(alive, found, strict=True)
-            if not ok]
+    found = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                     .remote() for node in alive])
+    return [(f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})", result)
+            for node, result in zip(alive, found, strict=True)]

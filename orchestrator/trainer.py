@@ -11,15 +11,18 @@ and metrics keep flowing into the same MLflow run (its id is stored in the folde
 
 from __future__ import annotations
 
+import functools
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchConfig, TorchTrainer
+from ray.train.torch import TorchTrainer
 
 from orchestrator.callbacks import MlflowReportCallback, TrainProgress, overhead_split
 from orchestrator.config import Experiment
+from orchestrator.node_interface import NodeInterfaceTorchConfig
 from orchestrator.tracking import Run, Store
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -34,7 +37,8 @@ def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callback
         train_loop_per_worker,
         # the typed experiment itself, and where the workers import its family from
         train_loop_config={"experiment": exp, "family": exp.family_ref},
-        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        # each worker's gloo/NCCL on the interface of its node's Ray IP, not where its hostname resolves
+        torch_config=NodeInterfaceTorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=scaling.num_workers,
             use_gpu=scaling.use_gpu,
@@ -83,25 +87,39 @@ class NotOnEveryNode(RuntimeError):
 def check_every_node_reaches(exp: Experiment, store: Store) -> None:
     """On a cluster (more than one alive Ray node), before any job starts: the tracking store, if it is a
     file (SQLite), and the data root must exist on every node; NotOnEveryNode names the field, the path
-    and the nodes without it. A node that lacked the store would log its trials into a file of its own."""
+    and the nodes without it. A node that lacked the store would log its trials into a file of its own;
+    one without the data would fail mid-sweep."""
     import ray
 
-    from orchestrator.ray_runtime import nodes_without
+    from orchestrator.ray_runtime import on_every_node
     from orchestrator.tracking import local_store_path
 
     if not ray.is_initialized() or sum(1 for node in ray.nodes() if node.get("Alive")) < 2:
         return
-    store_path = local_store_path(store.uri)
     problems = []
-    if store_path is not None and (missing := nodes_without(str(store_path))):
-        problems.append(f"tracking.uri: got {store.uri}, a file that node(s) {', '.join(missing)} do not have "
-                        "(each would log to a store of its own); expected an MLflow server every node reaches, "
-                        "e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
-    if exp.data.root is not None and (missing := nodes_without(exp.data.root)):
-        problems.append(f"data.root: got {exp.data.root}, missing on node(s) {', '.join(missing)}; expected "
-                        "the datasets on every node (cluster.yaml's file_mounts, or MOE_ORCH_DATA)")
+    store_path = local_store_path(store.uri)
+    if store_path is not None:
+        missing = [node for node, ok in on_every_node(functools.partial(os.path.exists, str(store_path))) if not ok]
+        if missing:
+            problems.append(f"tracking.uri: got {store.uri}, a file that node(s) {', '.join(missing)} do not have "
+                            "(each would log to a store of its own); expected an MLflow server every node "
+                            "reaches, e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
+    missing = [f"{node}: {path}" for node, (path, ok) in on_every_node(functools.partial(_data_root_here,
+                                                                                         exp.data.root)) if not ok]
+    if missing:
+        given = f"got {exp.data.root}" if exp.data.root else "null, so each node reads its own $MOE_ORCH_DATA"
+        problems.append(f"data.root: {given}, missing on {'; '.join(missing)}; expected the datasets on every "
+                        "node (cluster.yaml's file_mounts and MOE_ORCH_DATA)")
     if problems:
         raise NotOnEveryNode("; ".join(problems))
+
+
+def _data_root_here(root: str | None) -> tuple[str, bool]:
+    """``(data root as this node resolves it, whether it is a folder)``."""
+    from trainables.data import data_root
+
+    path = data_root(root)
+    return str(path), path.is_dir()
 
 
 def _latest_train_dir(base: Path) -> Path | None:

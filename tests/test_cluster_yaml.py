@@ -48,3 +48,10 @@ def test_tracking_is_one_server_on_the_heads_private_address() -> None:
     assert "MLFLOW_TRACKING_URI=http://$(hostname -I" in head
     assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in " ".join(cfg["worker_start_ray_commands"])
     assert "sqlite" not in " ".join(cfg["setup_commands"] + cfg["worker_start_ray_commands"])
+
+
+def test_every_node_gets_the_datasets_and_reads_its_own_copy() -> None:
+    cfg = load()
+    assert cfg["file_mounts"]["~/moe-orch-data"] == "../shared/data"
+    for commands in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        assert "MOE_ORCH_DATA=$HOME/moe-orch-data" in " ".join(commands)

@@ -148,7 +148,10 @@ def test_sweep_rules() -> None:
     assert exp.metrics == ["val_loss", "tokens_per_s"] and exp.modes == ["min", "max"]
 
 
-def test_data_root_is_resolved_in_the_driver(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_data_root_null_is_resolved_where_data_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """null stays null (each node reads its own $MOE_ORCH_DATA); a path given is made absolute in the driver."""
     monkeypatch.setenv("MOE_ORCH_DATA", str(tmp_path))
-    assert load_experiment(TINY).data.root == str(tmp_path)
+    assert load_experiment(TINY).data.root is None
     assert load_experiment(TINY, [f"data.root={tmp_path}/x"]).data.root == str(tmp_path / "x")
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment(TINY, ["data.root=rel"]).data.root == str(tmp_path / "rel")

@@ -7,9 +7,10 @@ and calls it. The corpora themselves live in `corpora.py` (WikiText-2, TinyShake
 
 Local files are looked up under `data_root(root)`:
 
-- `root`, when the caller passes one (the orchestrator always does: `data.root`, resolved
-  in the driver, travels with the experiment to every worker);
-- else `MOE_ORCH_DATA` (environment variable), if set: a folder laid out like
+- `root`, when the caller passes one (an experiment's `data.root`, when its file or an
+  override gives one: the same absolute path on every node);
+- else `MOE_ORCH_DATA` (environment variable) of the process reading, so of the node it runs on
+  (a local Ray's processes inherit the driver's), if set: a folder laid out like
   `../shared/data` (`wikitext2/test.txt`, `babi_en_1k/...`, `tinyshakespeare/input.txt`);
 - otherwise `./data`, relative to the current working directory.
 
