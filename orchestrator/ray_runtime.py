@@ -153,9 +153,12 @@ def on_every_node(fn: Callable[[], Any]) -> list[tuple[str, Any]]:
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    task = ray.remote(num_cpus=0)(fn)
+    @ray.remote(num_cpus=0)
+    def call(f: Callable[[], Any]) -> Any:
+        return f()
+
     alive = [node for node in ray.nodes() if node.get("Alive")]
-    found = ray.get([task.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
-                     .remote() for node in alive])
+    found = ray.get([call.options(scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False))
+                     .remote(fn) for node in alive])
     return [(f"{node['NodeManagerAddress']} ({node['NodeID'][:8]})", result)
             for node, result in zip(alive, found, strict=True)]

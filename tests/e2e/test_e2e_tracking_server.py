@@ -7,6 +7,7 @@ comes back through the server alone, as ``moe-orch serve | evaluate <run id>`` f
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,9 +36,10 @@ def _invoke(*args: str) -> str:
     return result.output
 
 
-def test_a_train_run_logs_to_the_server_and_its_checkpoint_comes_back_through_it(
-        server: MlflowServer, workdir: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
-    from serve.resolve import resolve_target
+def test_a_train_run_logs_to_the_server_and_its_checkpoint_comes_back_through_it(server: MlflowServer,
+                                                                                  workdir: Path) -> None:
+    from serve.app import fetch_checkpoint
+    from trainables.training.manifest import read_manifest
 
     out = _invoke("train", str(TINY), f"tracking.uri={server.url}")
     run_id = out.rsplit("MLflow run: ", 1)[1].split()[0]
@@ -50,12 +52,13 @@ def test_a_train_run_logs_to_the_server_and_its_checkpoint_comes_back_through_it
     assert stored, "the checkpoint did not land in the server's --artifacts-destination"
     assert not [name for name in LOCAL_STORES if (workdir / name).exists()]  # no store of its own
 
-    target = resolve_target(run_id, None, server.url)  # what `moe-orch serve|evaluate <run id>` do
+    # what a Serve replica or `moe-orch evaluate <run id>` does on any machine: download through the server
+    checkpoint, download = fetch_checkpoint({"run_id": run_id, "tracking_uri": server.url})
     try:
-        assert (target.checkpoint / "config.json").read_bytes() == stored[0].read_bytes()
-        assert target.family.name == "more"
+        assert (checkpoint / "config.json").read_bytes() == stored[0].read_bytes()
+        assert read_manifest(checkpoint).family == "more"
     finally:
-        target.cleanup()
+        shutil.rmtree(download)
 
 
 def test_every_sweep_trial_reports_to_the_one_server(server: MlflowServer, workdir: Path) -> None:
