@@ -39,7 +39,10 @@ test-under-load: $(STAMP)
 # prints its falsifying example: pin it with @example (or in PINNED for the HTTP fuzz) so the suite
 # tries it on every run.
 fuzz: $(STAMP)
-	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest -m property -p no:cacheprovider --durations=10
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/python -m pytest -m property -p no:cacheprovider --durations=10 || { \
+	  echo "make fuzz found failures: pin each falsifying example printed above (@example(...) on its test, or the"; \
+	  echo "request body into the test's PINNED for the HTTP fuzz) so 'make test' tries it on every run, then fix it."; \
+	  exit 1; }
 
 # Refresh the lock: resolve pyproject.toml's ranges afresh (the newest releases they admit) in a
 # throwaway venv, the way a fresh `pip install moe-orch[dev]` would, and pin what that installed.
