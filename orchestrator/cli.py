@@ -97,7 +97,7 @@ def sweep(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
     """Sweep EXPERIMENT's sweep.space with Ray Tune + Optuna (TPE / NSGA-II) and ASHA.
 
     Each trial fits a TorchTrainer; MLflow gets a parent run, one nested run per trial,
-    a summary CSV and Optuna plots. Results live in ./ray_results/<name>/sweep.
+    a summary CSV and Optuna plots. Results live in <storage.path>/<name>/sweep (./ray_results unless set).
     An interrupted sweep (Ctrl-C) exits with code 130; --resume finishes it.
     """
     exp = _load(experiment, overrides)

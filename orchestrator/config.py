@@ -1,7 +1,7 @@
 """Experiment files: schema, loading, ``key=value`` overrides and validation (all errors at once).
 
 An experiment YAML has ``name``, ``family`` and sections. ``train``, ``scaling``,
-``tracking`` and ``sweep`` are the same for every family (below); ``model``, ``data`` and,
+``tracking``, ``storage`` and ``sweep`` are the same for every family (below); ``model``, ``data`` and,
 where the family has them, ``evaluate`` and ``serve`` are the family's own dataclasses
 (``orchestrator.contract.Family``). ``load_experiment(path, overrides)`` returns a typed
 ``Experiment`` or raises ``ExperimentError`` whose ``errors`` lists every problem as
@@ -110,6 +110,24 @@ class TrackingSection(Section):
 
 
 @dataclass
+class StorageSection(Section):
+    """Where checkpoints, Tune's trial state and ``--resume`` state live (``orchestrator/storage.py``).
+
+    ``path``: null = ``$MOE_ORCH_STORAGE`` if set, else ``./ray_results`` (made absolute in the driver);
+    a folder, a shared mount every node sees, or ``s3://bucket/prefix`` / ``gs://bucket/prefix``
+    (an S3-compatible server: ``?endpoint_override=http://host:port``). Credentials come from the
+    environment, never from here.
+    """
+
+    path: str | None = None
+
+    def errors(self) -> list[str]:
+        from orchestrator.storage import uri_errors
+
+        return [f"path: {e}" for e in uri_errors(self.path)] if self.path is not None else []
+
+
+@dataclass
 class SweepSection(Section):
     """Ray Tune + Optuna: objective(s), sample count, scheduler and the search space."""
 
@@ -154,7 +172,8 @@ class SweepSection(Section):
 
 
 GENERIC_SECTIONS: dict[str, type] = {
-    "train": TrainSection, "scaling": ScalingSection, "tracking": TrackingSection, "sweep": SweepSection,
+    "train": TrainSection, "scaling": ScalingSection, "tracking": TrackingSection, "storage": StorageSection,
+    "sweep": SweepSection,
 }
 FAMILY_SECTIONS = ("model", "data", "evaluate", "serve")
 TOP_LEVEL = ("name", "family", "model", "data", *GENERIC_SECTIONS, "evaluate", "serve")
@@ -179,6 +198,7 @@ class Experiment:
     train: TrainSection
     scaling: ScalingSection
     tracking: TrackingSection
+    storage: StorageSection
     sweep: SweepSection
     evaluate: EvaluateSection | None = None  # None: the family has no evaluator
     serve: ServeSection | None = None  # None: the family has no serve app

@@ -6,14 +6,15 @@ Each trial is a driver *function* (``sweep_trial``) in a Tune trial actor:
   an ``InProcessSession`` (``trainables/training/session.py``): no Train controller, no worker
   process, and Tune reuses the warm actor for the next trial (``reuse_actors``), so a trial
   costs a fraction of a second beyond its training loop. It holds ``scaling.cpus_per_worker``
-  CPUs; its checkpoints are kept under ``<trial>/train/``. After a failure (an error, or its
-  actor or node lost) Tune runs the trial again, up to ``train.max_failures`` times, and it
-  resumes from the newest checkpoint in the same MLflow run;
+  CPUs; its checkpoints are kept in storage under ``<trial>/train/``. After a failure (an error,
+  or its actor or node lost) Tune runs the trial again, on any node, up to ``train.max_failures``
+  times, and it resumes from the newest checkpoint in the same MLflow run;
 - any other trial (several workers, a GPU, DeepSpeed) holds one ``tune_driver`` resource (see
   ``ray_runtime``) and fits a ``TorchTrainer``; ``TuneReportCallback`` forwards the workers'
   reports to Tune (the Ray Train V2 pattern).
 
-Layout under ``./ray_results/<name>/sweep`` (deterministic, so ``--resume`` works):
+Layout under ``<storage>/<name>/sweep`` (``storage.path``: ``./ray_results`` unless set; a shared mount or
+an object store on a cluster, ``orchestrator/storage.py``), deterministic so ``--resume`` works:
 
     <name>_000/               Tune trial dir (trial names are ``{experiment}_{index:03d}``)
       train/checkpoint_*      the trial's checkpoints (a re-run trial resumes from the newest)
@@ -43,7 +44,9 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -58,6 +61,7 @@ from orchestrator.callbacks import MlflowReportCallback, SweepProgress, overhead
 from orchestrator.config import Experiment
 from orchestrator.distinct import DistinctConfigs
 from orchestrator.ray_runtime import RaySession, default_concurrency
+from orchestrator.storage import Storage
 from orchestrator.tracking import Run, Store
 from orchestrator.trainer import build_trainer, open_run, results_root
 
@@ -76,15 +80,15 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
     started = time.time()
     exp = base.with_values(config)
     trial_name = tune.get_context().get_trial_name()
-    trial_dir = Path(ctx["sweep_dir"]) / trial_name
-    trial_dir.mkdir(parents=True, exist_ok=True)
-    if (trial_dir / FINAL_FILE).exists():  # it finished before the driver died, after Tune last saved
-        tune.report(json.loads((trial_dir / FINAL_FILE).read_text()))
+    trial_dir: Storage = ctx["sweep_dir"] / trial_name
+    trial_dir.mkdir()
+    if trial_dir.exists(FINAL_FILE):  # it finished before the driver died, after Tune last saved
+        tune.report(json.loads(trial_dir.read_text(FINAL_FILE)))
         return
     parent: Run = ctx["parent"]
 
     run, created = Store(parent.uri).resume_or_start_run(  # a resumed trial keeps its nested run
-        ctx["experiment_id"], trial_dir / CHILD_ID_FILE, run_name=trial_name, parent=parent,
+        ctx["experiment_id"], trial_dir.file(CHILD_ID_FILE), run_name=trial_name, parent=parent,
         tags={"moe_orch.command": "sweep-trial", "moe_orch.trial": trial_name, "moe_orch.family": exp.family})
     if created:
         run.log_params({k: v for k, v in exp.to_dict().items() if k != "sweep"})
@@ -92,33 +96,33 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
     registered = f"{exp.tracking.registered_model}-{trial_name}" if exp.tracking.registered_model else None
     with run.failed_on_error():
         if runs_in_process(exp):
-            metrics, checkpoint_dir, error = fit_in_process(exp, trial_name, trial_dir / "train", run, registered)
+            metrics, checkpoint, error = fit_in_process(exp, trial_name, trial_dir / "train", run, registered)
         else:
             trainer = build_trainer(exp, "train", trial_dir, [MlflowReportCallback(run, registered),
                                                               TuneReportCallback()])
             result = trainer.fit()
-            metrics, error = dict(result.metrics or {}), result.error
-            checkpoint_dir = Path(result.checkpoint.path) if result.checkpoint is not None else None
+            metrics, error, checkpoint = dict(result.metrics or {}), result.error, result.checkpoint
     wall = time.time() - started
     import psutil  # a Ray dependency
 
     timing = overhead_split(started, time.time(), metrics, process_started=psutil.Process().create_time())
-    (trial_dir / TIMING_FILE).write_text(json.dumps(timing))
-    if checkpoint_dir is not None:
-        run.log_artifacts(checkpoint_dir / "model", "checkpoint")
+    trial_dir.write_text(TIMING_FILE, json.dumps(timing))
     evaluation: dict[str, float] = {}
-    if exp.evaluates_at_end and checkpoint_dir is not None and error is None:
-        from orchestrator.evaluate import evaluate_at_end
+    if checkpoint is not None:
+        with checkpoint.as_directory() as local:  # downloaded first if storage is an object store
+            run.log_artifacts(Path(local) / "model", "checkpoint")
+            if exp.evaluates_at_end and error is None:
+                from orchestrator.evaluate import evaluate_at_end
 
-        with run.failed_on_error():  # the family's evaluator, logged into the trial's run
-            evaluation = evaluate_at_end(exp, run, checkpoint_dir / "model")
+                with run.failed_on_error():  # the family's evaluator, logged into the trial's run
+                    evaluation = evaluate_at_end(exp, run, Path(local) / "model")
     run.log_metrics({"trial_wall_time_s": wall, "overhead_s": wall - metrics.get("train_time_s", wall)},
                     step=int(metrics.get("step", 0)))
     run.end(ok=error is None)
     if error is not None:
         raise RuntimeError(f"trial {trial_name} failed: {error}")
     numeric = {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    _write_atomically(trial_dir / FINAL_FILE, json.dumps({**numeric, **evaluation}))
+    trial_dir.write_text(FINAL_FILE, json.dumps({**numeric, **evaluation}))  # whole or absent
     if evaluation:  # one last Tune result with the evaluation, so sweep.metric may name e.g. babi_qa2_acc
         tune.report({**numeric, **evaluation})
 
@@ -130,12 +134,12 @@ def runs_in_process(exp: Experiment) -> bool:
     return s.num_workers == 1 and not s.use_gpu and s.strategy == "ddp"
 
 
-def fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run, registered: str | None,
+def fit_in_process(exp: Experiment, trial_name: str, run_dir: Storage, run: Run, registered: str | None,
                    report: Callable[[dict[str, Any]], None] = tune.report
-                   ) -> tuple[dict[str, Any], Path | None, BaseException | None]:
+                   ) -> tuple[dict[str, Any], Any, BaseException | None]:
     """The worker loop in this process, reporting to the trial's MLflow run and to ``report`` (Tune), resuming
-    from the newest checkpoint under ``run_dir`` (a trial Tune runs again after a failure: ``train.max_failures``).
-    Returns ``(last metrics, newest checkpoint folder, error or None)``."""
+    from the newest checkpoint in ``run_dir`` (a trial Tune runs again after a failure: ``train.max_failures``).
+    Returns ``(last metrics, newest checkpoint as a ray.train.Checkpoint or None, error or None)``."""
     from trainables.training.loop import train_loop_per_worker
     from trainables.training.session import InProcessSession, use
 
@@ -150,14 +154,8 @@ def fit_in_process(exp: Experiment, trial_name: str, run_dir: Path, run: Run, re
         with use(session):
             train_loop_per_worker({"experiment": exp, "family": exp.family_ref})
     except Exception as exc:  # noqa: BLE001 - reported like a failed Train run; Tune may run the trial again
-        return session.last_metrics, session.latest(), exc
-    return session.last_metrics, session.latest(), None
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+        return session.last_metrics, session.get_checkpoint(), exc
+    return session.last_metrics, session.get_checkpoint(), None
 
 
 # -- Tune plumbing --------------------------------------------------------------------------
@@ -170,16 +168,16 @@ class TrialNamer:
     resumed sweep never reuse a name.
     """
 
-    def __init__(self, name: str, sweep_dir: str) -> None:
+    def __init__(self, name: str, sweep_dir: Storage) -> None:
         self.name, self.sweep_dir = name, sweep_dir
 
     def __call__(self, trial: Any) -> str:
         # Tune copies the creator with each trial spec, so the names live at module level.
-        names = _TRIAL_NAMES.setdefault(self.sweep_dir, {})
+        names = _TRIAL_NAMES.setdefault(str(self.sweep_dir), {})
         key = str(trial.trial_id)
         if key not in names:
             prefix = f"{self.name}_"
-            on_disk = [p.name for p in Path(self.sweep_dir).glob(f"{prefix}*")] if Path(self.sweep_dir).exists() else []
+            on_disk = [folder.name for folder in self.sweep_dir.folders(prefix)]
             used = [int(n[len(prefix):]) for n in [*on_disk, *names.values()] if n[len(prefix):].isdigit()]
             names[key] = f"{prefix}{max(used, default=-1) + 1:03d}"
         return names[key]
@@ -245,27 +243,26 @@ def _trainable(exp: Experiment, session: RaySession, ctx: dict[str, Any]) -> Any
 # -- the sweep ------------------------------------------------------------------------------
 
 
-def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
-              results: str | Path = "ray_results") -> dict[str, Any]:
+def run_sweep(exp: Experiment, session: RaySession, resume: bool = False) -> dict[str, Any]:
     """Run (or with ``resume``, finish) the sweep; returns a summary dict with a printable table."""
-    base = results_root(exp, results)
+    base = results_root(exp)
     sweep_dir = base / "sweep"
-    can_restore = resume and tune.Tuner.can_restore(str(sweep_dir))
+    can_restore = resume and tune.Tuner.can_restore(sweep_dir.path, storage_filesystem=sweep_dir.filesystem)
     if resume and not can_restore:
         print(f"--resume: no restorable sweep at {sweep_dir}; starting a new one")
     if not can_restore and sweep_dir.exists():
         aside = base / time.strftime("sweep-%Y%m%d-%H%M%S")
-        sweep_dir.rename(aside)
+        sweep_dir.move_to(aside)
         print(f"moved the previous sweep to {aside}")
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    sweep_dir.mkdir()
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", STATE_SAVE_PERIOD_S)  # read by Tune's controller
 
-    parent, experiment_id, created = open_run(exp, sweep_dir / PARENT_ID_FILE, f"{exp.name}/sweep", "sweep")
+    parent, experiment_id, created = open_run(exp, sweep_dir.file(PARENT_ID_FILE), f"{exp.name}/sweep", "sweep")
     if created:
         parent.log_params({"sweep": {k: v for k, v in exp.to_dict()["sweep"].items() if k != "space"}})
     print(f"MLflow: parent run {parent.run_id} in {parent.uri}")
 
-    ctx = {"parent": parent, "experiment_id": experiment_id, "sweep_dir": str(sweep_dir)}
+    ctx = {"parent": parent, "experiment_id": experiment_id, "sweep_dir": sweep_dir}
     trainable = _trainable(exp, session, ctx)
     concurrency = exp.sweep.max_concurrent_trials or default_concurrency(
         session, exp.scaling.num_workers, exp.scaling.cpus_per_worker)
@@ -274,10 +271,11 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
     progress = SweepProgress(exp.metrics[0], exp.modes[0], exp.train.max_steps, expected, exp.family_spec.progress)
     if can_restore:
         print(f"resuming the sweep at {sweep_dir}")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+        tuner = tune.Tuner.restore(sweep_dir.path, trainable=trainable, resume_errored=True,
+                                   storage_filesystem=sweep_dir.filesystem)
     else:
         search_alg, scheduler, metric_kwargs = build_search(exp)
-        namer = TrialNamer(exp.name, str(sweep_dir))
+        namer = TrialNamer(exp.name, sweep_dir)
         tuner = tune.Tuner(
             trainable,
             param_space=space_mod.to_tune_space(exp.dims, exp.sweep.search),
@@ -287,7 +285,7 @@ def run_sweep(exp: Experiment, session: RaySession, resume: bool = False,
                 reuse_actors=runs_in_process(exp),  # a warm process (torch imported) runs the next trial
                 **metric_kwargs),
             run_config=tune.RunConfig(
-                name="sweep", storage_path=str(base), callbacks=[_InterruptAfter(), progress], verbose=0,
+                name="sweep", **base.ray_run_config(), callbacks=[_InterruptAfter(), progress], verbose=0,
                 # an in-process trial that failed (an error, its actor or node lost) runs again, resuming from
                 # its newest checkpoint; a TorchTrainer trial's restarts are Ray Train's (train.max_failures)
                 failure_config=tune.FailureConfig(max_failures=exp.train.max_failures if runs_in_process(exp) else 0)),
@@ -340,12 +338,12 @@ def trial_row(exp: Experiment, name: str, config: dict[str, Any], metrics: dict[
     return row
 
 
-def trial_rows(exp: Experiment, grid: Any, sweep_dir: Path) -> list[dict[str, Any]]:
+def trial_rows(exp: Experiment, grid: Any, sweep_dir: Storage) -> list[dict[str, Any]]:
     """``trial_row`` for every trial of Tune's ``ResultGrid``, sorted by name."""
     rows = []
     for result in grid:
         name = Path(result.path).name
-        timing_file, run_file = sweep_dir / name / TIMING_FILE, sweep_dir / name / CHILD_ID_FILE
+        timing_file, run_file = (sweep_dir / name).file(TIMING_FILE), (sweep_dir / name).file(CHILD_ID_FILE)
         rows.append(trial_row(
             exp, name, dict(result.config or {}), dict(result.metrics or {}), result.error is not None,
             json.loads(timing_file.read_text()) if timing_file.exists() else {},
@@ -433,13 +431,14 @@ def write_plots(exp: Experiment, study: Any, out: Path) -> list[Path]:
     return written
 
 
-def drop_orphans(sweep_dir: Path, trials: set[str], uri: str) -> list[str]:
+def drop_orphans(sweep_dir: Storage, trials: set[str], uri: str) -> list[str]:
     """Soft-delete the nested MLflow run of each trial folder Tune does not know: a trial launched
     after Tune last saved its state, before the driver was killed (the resumed searcher asks for it
     again under a new name). MLflow keeps deleted runs restorable until ``mlflow gc``."""
     dropped = []
-    for id_file in sorted(sweep_dir.glob(f"*/{CHILD_ID_FILE}")):
-        if id_file.parent.name in trials:
+    for trial_dir in sweep_dir.folders():
+        id_file = trial_dir.file(CHILD_ID_FILE)
+        if trial_dir.name in trials or not id_file.exists():
             continue
         run = Run(uri, id_file.read_text().strip())
         if run.client.get_run(run.run_id).info.lifecycle_stage == "deleted":  # an earlier resume dropped it
@@ -447,14 +446,26 @@ def drop_orphans(sweep_dir: Path, trials: set[str], uri: str) -> list[str]:
         run.set_tags({"moe_orch.status": "ORPHANED"})
         run.client.set_terminated(run.run_id, status="KILLED")
         run.client.delete_run(run.run_id)
-        dropped.append(id_file.parent.name)
+        dropped.append(trial_dir.name)
     if dropped:
         print(f"trials the killed driver had launched but Tune never recorded (runs soft-deleted): {dropped}")
     return dropped
 
 
-def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, parent: Run, wall: float) -> dict[str, Any]:
-    """Summarise the sweep: CSV + plots + best trial into the MLflow parent; close child runs."""
+def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Storage, parent: Run, wall: float) -> dict[str, Any]:
+    """Summarise the sweep: CSV + plots + best trial into the MLflow parent and the sweep folder; close
+    child runs."""
+    local = sweep_dir.local_path or Path(tempfile.mkdtemp(prefix="moe-orch-sweep-"))  # written here, then stored
+    try:
+        return _finish_sweep(exp, grid, sweep_dir, local, parent, wall)
+    finally:
+        if sweep_dir.local_path is None:
+            sweep_dir.upload(local)
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _finish_sweep(exp: Experiment, grid: Any, sweep_dir: Storage, local: Path, parent: Run,
+                  wall: float) -> dict[str, Any]:
     rows = trial_rows(exp, grid, sweep_dir)
     for row in rows:  # trials stopped by ASHA are cut off mid-fit: their runs end here, FINISHED (early)
         if row["run_id"]:
@@ -462,12 +473,12 @@ def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, parent: Run, wall:
             child.set_tags({"moe_orch.status": row["status"]})
             child.end(ok=row["status"] != "ERROR")
     drop_orphans(sweep_dir, {row["trial"] for row in rows}, parent.uri)
-    csv_path = write_csv(rows, sweep_dir / "summary.csv")
+    csv_path = write_csv(rows, local / "summary.csv")
     parent.log_artifact(csv_path)
     plots: list[Path] = []
     if rows:
         try:
-            plots = write_plots(exp, optuna_study(exp, rows), sweep_dir / "plots")
+            plots = write_plots(exp, optuna_study(exp, rows), local / "plots")
         except Exception as exc:
             print(f"plots skipped: {exc}")
     for plot in plots:
@@ -492,4 +503,5 @@ def finish_sweep(exp: Experiment, grid: Any, sweep_dir: Path, parent: Run, wall:
     if best is not None:
         table += f"\nbest: {best['trial']} {metric}={best[metric]:.4f}"
     return {"interrupted": False, "rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id,
-            "csv": str(csv_path), "plots": [str(p) for p in plots], "wall_time_s": wall}
+            "csv": str(sweep_dir / "summary.csv"), "plots": [str(sweep_dir / "plots" / p.name) for p in plots],
+            "wall_time_s": wall}

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 PARENT_TAG = "mlflow.parentRunId"
 MAX_PARAM_LEN = 6000
@@ -77,6 +77,14 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[name] = value
     return out
+
+
+class TextFile(Protocol):
+    """A small text file: a ``Path``, or one in storage (``orchestrator.storage.StoredFile``)."""
+
+    def exists(self) -> bool: ...
+    def read_text(self) -> str: ...
+    def write_text(self, text: str) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -272,9 +280,10 @@ class Store:
         created = client(self.uri).create_run(experiment_id, run_name=run_name, tags=all_tags)
         return Run(self.uri, created.info.run_id)
 
-    def resume_or_start_run(self, experiment_id: str, id_file: Path, run_name: str, tags: dict[str, str],
+    def resume_or_start_run(self, experiment_id: str, id_file: TextFile, run_name: str, tags: dict[str, str],
                             parent: Run | None = None) -> tuple[Run, bool]:
         """The run whose id ``id_file`` holds (marked RUNNING again), else a new one whose id is written there.
+        ``id_file``: a ``Path``, or a file in storage (``orchestrator.storage.StoredFile``).
 
         Returns ``(run, created)``; a command that resumes (``--resume``, a restored trial)
         keeps logging into the same run.

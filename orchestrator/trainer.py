@@ -3,10 +3,11 @@
 ``run_train`` is what ``moe-orch train`` calls (inside ``ray_runtime.ray_session``);
 ``build_trainer`` is shared with the sweep's per-trial driver function.
 
-Runs live under ``<results>/<experiment>/train-<timestamp>`` (Ray Train storage). Ray
-Train V2 restores a run whose name and storage path already exist, so ``--resume``
-reuses the newest ``train-*`` folder: the worker loop continues from its latest checkpoint
-and metrics keep flowing into the same MLflow run (its id is stored in the folder).
+Runs live under ``<storage>/<experiment>/train-<timestamp>`` (Ray Train storage: ``storage.path``,
+a local folder, a shared mount or an object store, see ``orchestrator/storage.py``). Ray Train V2
+restores a run whose name and storage path already exist, so ``--resume`` reuses the newest
+``train-*`` folder: the worker loop continues from its latest checkpoint and metrics keep flowing
+into the same MLflow run (its id is stored in the folder).
 """
 
 from __future__ import annotations
@@ -23,13 +24,15 @@ from ray.train.torch import TorchTrainer
 from orchestrator.callbacks import MlflowReportCallback, TrainProgress, overhead_split
 from orchestrator.config import Experiment
 from orchestrator.node_interface import NodeInterfaceTorchConfig
-from orchestrator.tracking import Run, Store
+from orchestrator.storage import Storage, resolve
+from orchestrator.tracking import Run, Store, TextFile
 
 RUN_ID_FILE = "mlflow_run_id"
+SHARED_PROBE = ".shared-probe"  # written by the driver, read by every node: is the storage folder shared?
 
 
-def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callbacks: list[Any]) -> TorchTrainer:
-    """The TorchTrainer for ``exp``; ``name``/``storage_path`` make it restorable."""
+def build_trainer(exp: Experiment, name: str, storage: Storage, callbacks: list[Any]) -> TorchTrainer:
+    """The TorchTrainer for ``exp``, keeping its checkpoints in ``storage/name`` (which makes it restorable)."""
     from trainables.training.loop import train_loop_per_worker
 
     scaling = exp.scaling
@@ -46,7 +49,7 @@ def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callback
         ),
         run_config=RunConfig(
             name=name,
-            storage_path=str(Path(storage_path).absolute()),
+            **storage.ray_run_config(),
             checkpoint_config=CheckpointConfig(num_to_keep=exp.train.keep_checkpoints),
             # a dead worker (or node) restarts the worker group from the latest checkpoint
             failure_config=FailureConfig(max_failures=exp.train.max_failures),
@@ -58,12 +61,12 @@ def build_trainer(exp: Experiment, name: str, storage_path: str | Path, callback
     )
 
 
-def results_root(exp: Experiment, root: str | Path = "ray_results") -> Path:
-    """``<root>/<experiment name>``, absolute."""
-    return (Path(root) / exp.name).absolute()
+def results_root(exp: Experiment) -> Storage:
+    """``<storage>/<experiment name>``: where ``exp``'s runs and sweeps keep their state."""
+    return resolve(exp.storage.path) / exp.name
 
 
-def open_run(exp: Experiment, id_file: Path, run_name: str, command: str) -> tuple[Run, str, bool]:
+def open_run(exp: Experiment, id_file: TextFile, run_name: str, command: str) -> tuple[Run, str, bool]:
     """The top-level MLflow run of a ``train`` or ``sweep`` command: ``(run, experiment_id, created)``.
 
     Resumes the run whose id ``id_file`` holds, else starts one and logs the config (all
@@ -86,9 +89,10 @@ class NotOnEveryNode(RuntimeError):
 
 def check_every_node_reaches(exp: Experiment, store: Store) -> None:
     """On a cluster (more than one alive Ray node), before any job starts: the tracking store, if it is a
-    file (SQLite), and the data root must exist on every node; NotOnEveryNode names the field, the path
-    and the nodes without it. A node that lacked the store would log its trials into a file of its own;
-    one without the data would fail mid-sweep."""
+    file (SQLite), the storage, if it is a folder, and the data root must exist on every node;
+    NotOnEveryNode names the field, the path and the nodes without it. A node that lacked the store would
+    log its trials into a file of its own; one with a storage folder of its own would keep checkpoints
+    that no other node can resume from; one without the data would fail mid-sweep."""
     import ray
 
     from orchestrator.ray_runtime import on_every_node
@@ -104,6 +108,17 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
             problems.append(f"tracking.uri: got {store.uri}, a file that node(s) {', '.join(missing)} do not have "
                             "(each would log to a store of its own); expected an MLflow server every node "
                             "reaches, e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
+    storage = resolve(exp.storage.path)
+    if storage.is_local:  # the same folder on every node: a shared mount (an object store always is)
+        token = f"{os.getpid()}-{time.time_ns()}"
+        storage.write_text(SHARED_PROBE, token)
+        missing = [node for node, seen in on_every_node(functools.partial(_read_or_none, storage / SHARED_PROBE))
+                   if seen != token]
+        if missing:
+            problems.append(f"storage.path: got {storage}, a folder that node(s) "
+                            f"{', '.join(missing)} do not share (checkpoints written there could not be resumed "
+                            "elsewhere); expected a shared mount or an object store URI such as s3://bucket/prefix "
+                            "(see the README, On a cluster)")
     missing = [f"{node}: {path}" for node, (path, ok) in on_every_node(functools.partial(_data_root_here,
                                                                                          exp.data.root)) if not ok]
     if missing:
@@ -114,6 +129,12 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
         raise NotOnEveryNode("; ".join(problems))
 
 
+def _read_or_none(file: Storage) -> str | None:
+    """The text of a file in local storage as this node sees it, or None."""
+    path = file.local_path
+    return path.read_text() if path is not None and path.is_file() else None
+
+
 def _data_root_here(root: str | None) -> tuple[str, bool]:
     """``(data root as this node resolves it, whether it is a folder)``."""
     from trainables.data import data_root
@@ -122,25 +143,21 @@ def _data_root_here(root: str | None) -> tuple[str, bool]:
     return str(path), path.is_dir()
 
 
-def _latest_train_dir(base: Path) -> Path | None:
-    runs = sorted(p for p in base.glob("train-*") if p.is_dir())
-    return runs[-1] if runs else None
-
-
-def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_results") -> dict[str, Any]:
+def run_train(exp: Experiment, resume: bool = False) -> dict[str, Any]:
     """Train ``exp`` once with Ray Train, logging to MLflow; returns a summary dict.
 
     Must run inside a Ray session. Raises RuntimeError if training failed.
     """
-    base = results_root(exp, results)
-    run_dir = _latest_train_dir(base) if resume else None
+    base = results_root(exp)
+    runs = base.folders("train-")
+    run_dir = runs[-1] if resume and runs else None
     if resume and run_dir is None:
         print(f"--resume: no earlier run under {base}; starting a new one")
     if run_dir is None:
         run_dir = base / time.strftime("train-%Y%m%d-%H%M%S")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.mkdir()
 
-    run, _, _ = open_run(exp, run_dir / RUN_ID_FILE, f"{exp.name}/{run_dir.name}", "train")
+    run, _, _ = open_run(exp, run_dir.file(RUN_ID_FILE), f"{exp.name}/{run_dir.name}", "train")
     print(f"MLflow: run {run.run_id} in {run.uri}")
 
     callbacks = [MlflowReportCallback(run, exp.tracking.registered_model),
@@ -156,16 +173,18 @@ def run_train(exp: Experiment, resume: bool = False, results: str | Path = "ray_
         raise RuntimeError(f"training failed: {result.error}")
     checkpoint = result.checkpoint
     if checkpoint is not None:
-        model_dir = Path(checkpoint.path) / "model"
-        run.log_artifacts(model_dir, "checkpoint")
-        if exp.evaluates_at_end:  # the family's evaluator on the final checkpoint, logged into this run
-            from orchestrator.evaluate import evaluate_at_end
+        with checkpoint.as_directory() as local:  # downloaded first if storage is an object store
+            model_dir = Path(local) / "model"
+            run.log_artifacts(model_dir, "checkpoint")
+            if exp.evaluates_at_end:  # the family's evaluator on the final checkpoint, logged into this run
+                from orchestrator.evaluate import evaluate_at_end
 
-            with run.failed_on_error():
-                metrics.update(evaluate_at_end(exp, run, model_dir))
+                with run.failed_on_error():
+                    metrics.update(evaluate_at_end(exp, run, model_dir))
     timing = {k: v for k, v in overhead_split(started, started + wall, metrics).items() if v is not None}
     timing["overhead_s"] = wall - metrics.get("train_time_s", wall)
     run.log_metrics(timing, step=int(metrics.get("step", 0)))
     run.end(ok=True)
-    return {"run_id": run.run_id, "run_dir": str(run_dir), "checkpoint": checkpoint.path if checkpoint else None,
+    return {"run_id": run.run_id, "run_dir": str(run_dir), "checkpoint": str(run_dir / Path(checkpoint.path).name)
+            if checkpoint else None,
             "metrics": metrics, "wall_time_s": wall, "tracking_uri": run.uri}

@@ -4,8 +4,10 @@
 Serve deployment, a local copy of the checkpoint, its family and the ``serve:`` settings to
 use (experiment file > checkpoint metadata > the family's defaults).
 
-- an experiment YAML: the newest ``ray_results/<name>/train-*/checkpoint_*/model`` written by
-  ``moe-orch train`` (run from the same folder);
+- an experiment YAML: the newest ``<storage>/<name>/train-*/checkpoint_*/model`` written by
+  ``moe-orch train`` (storage: ``storage.path``, ``./ray_results`` unless set). In an object store,
+  the newest run's ``checkpoint`` artifact in MLflow instead (its id is in the run folder), so
+  replicas on any node download it themselves;
 - an MLflow run id (32 hex digits): the run's ``checkpoint`` artifact, downloaded once here;
   Serve config files keep ``{run_id, tracking_uri}`` so each replica downloads it itself;
 - a directory: a checkpoint (a ``config.json`` manifest), a Ray checkpoint (``model/``), or a
@@ -75,12 +77,25 @@ def checkpoint_settings(checkpoint: Path, description: str) -> tuple[Family, Ser
         raise TargetError(f"{description}: {exc}") from exc
 
 
-def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str | None,
-                   results: str | Path = "ray_results") -> Target:
+def resolve_target(target: str, experiment: Experiment | None, tracking_uri: str | None) -> Target:
     """See the module docstring; ``experiment`` is the loaded YAML when TARGET is one."""
     if experiment is not None:
+        from orchestrator.trainer import RUN_ID_FILE, results_root
+
         family = servable_family(experiment.family, target)
-        base = Path(results).absolute() / experiment.name
+        stored = results_root(experiment)
+        if stored.local_path is None:  # an object store: the newest run's checkpoint, through MLflow
+            runs = [run for run in stored.folders("train-") if run.exists(RUN_ID_FILE)]
+            if not runs:
+                raise TargetError(f"{target}: no train-* run under {stored}; run `moe-orch train {target}` first, "
+                                  "or pass a run id")
+            from orchestrator.tracking import Store
+
+            store = Store.at(experiment.tracking.uri or tracking_uri)
+            run_id = runs[-1].read_text(RUN_ID_FILE).strip()
+            source = {"run_id": run_id, "tracking_uri": store.uri, "artifact_path": "checkpoint"}
+            return _download_target(target, source, f"{target} -> {runs[-1]} (MLflow run {run_id})")
+        base = stored.local_path
         runs = sorted(p for p in base.glob("train-*") if newest_checkpoint(p))
         if not runs:
             raise TargetError(f"{target}: no trained checkpoint under {base}/train-*/checkpoint_*; "

@@ -7,14 +7,19 @@
   ``.hypothesis/`` so a failure replays until it is fixed. Pin what it finds, then fix it.
 
 Choose one with ``HYPOTHESIS_PROFILE=fuzz``.
+
+Fixtures for every module: ``s3``, an S3-compatible server for storage tests.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis.database import DirectoryBasedExampleDatabase
+from support import S3Server, unused_port
 
 settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
@@ -22,3 +27,14 @@ settings.register_profile("fuzz", derandomize=False, database=DirectoryBasedExam
                           deadline=None, print_blob=True,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One S3-compatible server (moto) for the session, with its credentials in this process's environment
+    (where pyarrow reads them; a local Ray started afterwards passes them on to its workers)."""
+    for key, value in S3Server.env.items():
+        os.environ.setdefault(key, value)
+    server = S3Server(tmp_path_factory.mktemp("s3"), unused_port())
+    yield server
+    server.stop()

@@ -80,6 +80,69 @@ class MlflowServer:
         self.log.close()
 
 
+class S3Server:
+    """moto's standalone S3-compatible server (``moto_server``), as storage for tests: it speaks the S3 API
+    that pyarrow reads. Started in its own process group, stopped by its pid (``stop``); the bucket exists.
+
+    ``env``: the credentials every process that reads the storage needs (from the environment, as on a
+    cluster); ``uri(prefix)``: a ``storage.path`` for ``s3://<bucket>/<prefix>`` on this server.
+    ``wrap``: a command prefix to start it with (e.g. ``ip netns exec <ns>``), ``host``: where it listens.
+    """
+
+    env = {"AWS_ACCESS_KEY_ID": "moe-orch-test", "AWS_SECRET_ACCESS_KEY": "moe-orch-test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+    def __init__(self, root: Path, port: int, bucket: str = "moe-orch", host: str = "127.0.0.1",
+                 wrap: tuple[str, ...] = (), timeout_s: float = 300) -> None:
+        import os
+        import sys
+
+        import requests
+
+        self.endpoint, self.bucket = f"http://{host}:{port}", bucket
+        self.log = (root / "s3-server.log").open("w")
+        moto = str(Path(sys.executable).with_name("moto_server"))
+        self.proc = subprocess.Popen([*wrap, moto, "-H", host, "-p", str(port)], stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **self.env})
+        try:
+            wait_for(lambda: _answers(requests, f"{self.endpoint}/moto-api/"), timeout_s, alive=self.proc)
+            self.filesystem().create_dir(bucket)
+        except BaseException:
+            self.stop()
+            raise
+
+    def uri(self, prefix: str) -> str:
+        return f"s3://{self.bucket}/{prefix}?endpoint_override={self.endpoint}"
+
+    def filesystem(self) -> Any:
+        """A pyarrow S3 filesystem on this server (bucket creation allowed)."""
+        import pyarrow.fs as pafs
+
+        return pafs.S3FileSystem(endpoint_override=self.endpoint, access_key=self.env["AWS_ACCESS_KEY_ID"],
+                                 secret_key=self.env["AWS_SECRET_ACCESS_KEY"], region=self.env["AWS_DEFAULT_REGION"],
+                                 allow_bucket_creation=True)
+
+    def keys(self, prefix: str = "") -> list[str]:
+        """Every object key under ``<bucket>/<prefix>``, sorted."""
+        import pyarrow.fs as pafs
+
+        selector = pafs.FileSelector(f"{self.bucket}/{prefix}".rstrip("/"), recursive=True, allow_not_found=True)
+        return sorted(info.path for info in self.filesystem().get_file_info(selector)
+                      if info.type == pafs.FileType.File)
+
+    def stop(self) -> None:
+        """SIGKILL to the server's process group (it holds nothing worth flushing)."""
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(30)
+        self.log.close()
+
+
 def _answers(requests: Any, url: str) -> bool:
     try:
         return requests.get(url, timeout=5).status_code == 200

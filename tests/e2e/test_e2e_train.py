@@ -1,4 +1,6 @@
-"""``moe-orch train`` end to end: DDP with 2 workers, DeepSpeed ZeRO-2, and --resume."""
+"""``moe-orch train`` end to end: DDP with 2 workers keeping its checkpoints in an object store (an
+S3-compatible server, ``storage.path: s3://...``) and resuming from them, and DeepSpeed ZeRO-2 in a local
+folder."""
 
 from __future__ import annotations
 
@@ -7,11 +9,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from support import S3Server
 
 from orchestrator.cli import main
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("s3", "local_ray")]  # credentials set before Ray starts
 
 
 def _train(workdir: Path, *args: str) -> tuple[MlflowClient, str]:
@@ -37,15 +40,23 @@ def _check_run(client: MlflowClient, run_id: str, workers: int) -> None:
     assert Path(run.info.artifact_uri).is_absolute() or run.info.artifact_uri.startswith("file:")
 
 
-def test_train_ddp_two_workers(workdir: Path) -> None:
-    client, run_id = _train(workdir, "scaling.num_workers=2")
-    _check_run(client, run_id, workers=2)
+def test_train_ddp_two_workers_in_an_object_store(workdir: Path, s3: S3Server) -> None:
+    prefix = f"train-{workdir.name}"
+    client, run_id = _train(workdir, "scaling.num_workers=2", f"storage.path={s3.uri(prefix)}")
+    _check_run(client, run_id, workers=2)  # the checkpoint artifact came from the bucket
+    keys = s3.keys(prefix)
+    assert any(k.endswith("/checkpoint_000030/model/model.safetensors") for k in keys), keys
+    assert any(k.endswith("/mlflow_run_id") for k in keys), keys
+    assert not (workdir / "ray_results").exists()  # nothing on the driver's disk
 
-    # --resume continues the newest run from its last checkpoint (step 30) to the new max_steps
-    client, resumed = _train(workdir, "scaling.num_workers=2", "train.max_steps=40", "--resume")
+    # --resume continues the newest run (found in the bucket) from its last checkpoint (step 30) to the new
+    # max_steps, in the same MLflow run (its id read back from the bucket)
+    client, resumed = _train(workdir, "scaling.num_workers=2", f"storage.path={s3.uri(prefix)}",
+                             "train.max_steps=40", "--resume")
     assert resumed == run_id
     steps = sorted(m.step for m in client.get_metric_history(run_id, "val_loss"))
     assert steps == [10, 20, 30, 40]
+    assert any(k.endswith("/checkpoint_000040/model/config.json") for k in s3.keys(prefix))
 
 
 def test_train_deepspeed_zero2(workdir: Path) -> None:

@@ -21,6 +21,7 @@ from support import unused_port, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "tiny.yaml"
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 RAY = str(Path(sys.executable).with_name("ray"))
 pytestmark = pytest.mark.slow
 
@@ -56,6 +57,8 @@ class Node:
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Node]]:
     """``(gcs address, dashboard url, second node)`` of a fresh 2-node cluster on loopback."""
     root = tmp_path_factory.mktemp("cluster")
+    # each node resolves data.root null to its own $MOE_ORCH_DATA (given here: `make` exports it, plain pytest not)
+    os.environ.setdefault("MOE_ORCH_DATA", str(SHARED_DATA))
     env = {**os.environ, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1", "RAY_AUTH_MODE": "token",  # joinable, on loopback
            "RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5",
            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
@@ -129,24 +132,28 @@ def test_ddp_spans_both_nodes(cluster: tuple[str, str, Node], workdir: Path) -> 
 @pytest.mark.skipif(PRIVATE is None, reason="no mount namespaces here (unshare --mount failed)")
 def test_a_store_or_data_root_that_a_node_lacks_fails_before_training(cluster: tuple[str, str, Node],
                                                                       workdir: Path) -> None:
-    """The head has a SQLite store and a data root under a folder the second node does not share: each
-    node would log to a store of its own and find no data, so the job stops first, naming both."""
+    """The head has a SQLite store, a storage folder and a data root under a folder the second node does
+    not share: each node would log to a store of its own, keep checkpoints no other node can resume from,
+    and find no data, so the job stops first, naming all three."""
     address, _, _ = cluster
     assert PRIVATE is not None
     data = PRIVATE / "data"
     shutil.copytree(Path(os.environ["MOE_ORCH_DATA"]) / "tinyshakespeare", data / "tinyshakespeare")
     try:
         command = _moe_orch(workdir, address, "train", f"tracking.uri=sqlite:///{PRIVATE}/mlflow.db",
-                            f"data.root={data}")
+                            f"data.root={data}", f"storage.path={PRIVATE}/results")
         done = subprocess.run(command, cwd=workdir, env=_env(), capture_output=True, text=True, timeout=600)
     finally:
         shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(PRIVATE / "results", ignore_errors=True)
         (PRIVATE / "mlflow.db").unlink(missing_ok=True)
     assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
     error = done.stderr.strip().splitlines()[-1]
     assert "NotOnEveryNode" in error and f"tracking.uri: got sqlite:///{PRIVATE}/mlflow.db" in error, error
     assert re.search(rf"data.root: got {re.escape(str(data))}, missing on [0-9.]+ \(\w+\): {re.escape(str(data))}",
                      error), error
+    assert re.search(rf"storage.path: got {re.escape(str(PRIVATE))}/results, a folder that node\(s\) [0-9.]+ "
+                     r"\(\w+\) do not share", error), error
     assert "step " not in done.stdout  # not a step was trained
 
 

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.config import load_experiment
+from orchestrator.storage import Storage
 from orchestrator.sweep import TrialNamer, expected_reports, optuna_study, trial_row, trial_status
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
@@ -43,11 +44,11 @@ def test_trial_namer_continues_after_existing_folders(tmp_path: Path) -> None:
     (tmp_path / "tiny_000").mkdir()
     (tmp_path / "tiny_004").mkdir()
     (tmp_path / "other_009").mkdir()
-    namer = TrialNamer("tiny", str(tmp_path))
+    namer = TrialNamer("tiny", Storage.at(tmp_path))
     first, second = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
     assert namer(first) == "tiny_005" and namer(second) == "tiny_006"
     assert namer(first) == "tiny_005"  # stable for the same trial (Tune asks for the name and the folder)
-    assert TrialNamer("tiny", str(tmp_path))(first) == "tiny_005"  # a copy of the namer (Tune copies it) agrees
+    assert TrialNamer("tiny", Storage.at(tmp_path))(first) == "tiny_005"  # a copy of the namer (Tune copies it) agrees
 
 
 def test_optuna_study_rebuilds_completed_trials() -> None:

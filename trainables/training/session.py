@@ -6,9 +6,10 @@ checkpoint to resume from, and where to ``report`` metrics and checkpoints:
 - ``RayTrainSession`` (the default): ``ray.train``'s context, inside a ``TorchTrainer`` worker;
 - ``InProcessSession``: no Train controller and no worker process. A sweep runs a 1-worker CPU
   trial's loop in the trial's own process this way (about 15 s less per trial on a laptop):
-  checkpoints are kept under ``run_dir/checkpoint_<step>`` (the newest ``keep``), a re-run
-  resumes from the newest, and every report goes to the ``on_report`` callback (the trial's
-  MLflow run and Tune).
+  checkpoints are kept in storage (``orchestrator.storage``: a folder, a shared mount or an object
+  store) as ``<storage>/checkpoint_<step>`` (the newest ``keep``), a re-run, on any node, resumes
+  from the newest, and every report goes to the ``on_report`` callback (the trial's MLflow run and
+  Tune).
 
 ``use(session)`` makes a session current for the duration of a ``with`` block.
 """
@@ -16,10 +17,13 @@ checkpoint to resume from, and where to ``report`` metrics and checkpoints:
 from __future__ import annotations
 
 import contextlib
-import shutil
 from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # handed in by the sweep driver; the loop's package does not import the orchestrator
+    from orchestrator.storage import Storage
+
+COMPLETE = ".complete"  # written into a checkpoint folder last: the folder is whole
 
 
 class RayTrainSession:
@@ -52,50 +56,49 @@ class InProcessSession:
     """A single worker in this process (see the module docstring).
 
     Args:
-        run_dir: where the checkpoints live (``checkpoint_<step>`` folders); the newest is resumed.
+        storage: where the checkpoints live (``checkpoint_<step>`` folders); the newest is resumed.
         keep: how many checkpoints to keep.
         on_report: called with ``(metrics, checkpoint)`` after each report; ``checkpoint`` is a
-            ``ray.train.Checkpoint`` of the persisted folder, or None.
+            ``ray.train.Checkpoint`` of the persisted folder (in storage), or None.
     """
 
     rank, world_size = 0, 1
 
-    def __init__(self, run_dir: Path, keep: int, on_report: Callable[[dict[str, Any], Any], None]) -> None:
-        self.run_dir, self.keep, self.on_report = Path(run_dir), keep, on_report
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+    def __init__(self, storage: Storage, keep: int, on_report: Callable[[dict[str, Any], Any], None]) -> None:
+        self.storage, self.keep, self.on_report = storage, keep, on_report
         self.last_metrics: dict[str, Any] = {}
 
-    def checkpoints(self) -> list[Path]:
-        """The complete checkpoints, oldest first (a folder is complete once renamed into place)."""
-        return sorted(p for p in self.run_dir.glob("checkpoint_*") if p.is_dir() and not p.name.endswith(".tmp"))
+    def checkpoints(self) -> list[Storage]:
+        """The complete checkpoints, oldest first (a crash mid-upload leaves a folder without ``COMPLETE``)."""
+        return [c for c in self.storage.folders("checkpoint_") if c.exists(COMPLETE)]
 
-    def latest(self) -> Path | None:
+    def latest(self) -> Storage | None:
         found = self.checkpoints()
         return found[-1] if found else None
 
     def get_checkpoint(self) -> Any:
-        from ray.train import Checkpoint
-
         latest = self.latest()
-        return Checkpoint.from_directory(str(latest)) if latest is not None else None
+        return _ray_checkpoint(latest) if latest is not None else None
 
     def report(self, metrics: dict[str, Any], checkpoint: Any = None, checkpoint_dir_name: str | None = None) -> None:
-        from ray.train import Checkpoint
-
         persisted = None
         if checkpoint is not None:
-            name = checkpoint_dir_name or f"checkpoint_{len(self.checkpoints()):06d}"
-            staging = self.run_dir / f"{name}.tmp"
-            shutil.rmtree(staging, ignore_errors=True)
-            shutil.copytree(checkpoint.path, staging)
-            target = self.run_dir / name
-            shutil.rmtree(target, ignore_errors=True)
-            staging.rename(target)  # complete or absent: a crash mid-copy leaves only a .tmp
+            target = self.storage / (checkpoint_dir_name or f"checkpoint_{len(self.checkpoints()):06d}")
+            target.delete()  # a partial upload of an earlier attempt
+            target.upload(checkpoint.path)
+            target.write_text(COMPLETE, "")
             for old in self.checkpoints()[:-self.keep]:
-                shutil.rmtree(old, ignore_errors=True)
-            persisted = Checkpoint.from_directory(str(target))
+                old.delete()
+            persisted = _ray_checkpoint(target)
         self.last_metrics = dict(metrics)
         self.on_report(metrics, persisted)
+
+
+def _ray_checkpoint(folder: Storage) -> Any:
+    """A ``ray.train.Checkpoint`` of a folder in storage (``as_directory()`` downloads it if it is remote)."""
+    from ray.train import Checkpoint
+
+    return Checkpoint(folder.path, filesystem=folder.filesystem)
 
 
 _current: RayTrainSession | InProcessSession | None = None
