@@ -24,7 +24,7 @@ from ray.train.torch import TorchTrainer
 from orchestrator.callbacks import MlflowReportCallback, TrainProgress, overhead_split
 from orchestrator.config import Experiment
 from orchestrator.node_interface import NodeInterfaceTorchConfig
-from orchestrator.storage import Storage, resolve
+from orchestrator.storage import Storage, StoredFile, resolve
 from orchestrator.tracking import Run, Store, TextFile
 
 RUN_ID_FILE = "mlflow_run_id"
@@ -109,16 +109,18 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
                             "(each would log to a store of its own); expected an MLflow server every node "
                             "reaches, e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
     storage = resolve(exp.storage.path)
-    if storage.is_local:  # the same folder on every node: a shared mount (an object store always is)
-        token = f"{os.getpid()}-{time.time_ns()}"
-        storage.write_text(SHARED_PROBE, token)
-        missing = [node for node, seen in on_every_node(functools.partial(_read_or_none, storage / SHARED_PROBE))
-                   if seen != token]
-        if missing:
-            problems.append(f"storage.path: got {storage}, a folder that node(s) "
-                            f"{', '.join(missing)} do not share (checkpoints written there could not be resumed "
-                            "elsewhere); expected a shared mount or an object store URI such as s3://bucket/prefix "
-                            "(see the README, On a cluster)")
+    token = f"{os.getpid()}-{time.time_ns()}"  # the driver writes it; every node must read it back
+    storage.write_text(SHARED_PROBE, token)
+    unseen = [(node, seen) for node, seen in on_every_node(functools.partial(_read_probe, storage.file(SHARED_PROBE)))
+              if seen != token]
+    if unseen and storage.is_local:
+        problems.append(f"storage.path: got {storage}, a folder that node(s) {', '.join(n for n, _ in unseen)} do "
+                        "not share (checkpoints written there could not be resumed elsewhere); expected a shared "
+                        "mount or an object store URI such as s3://bucket/prefix (see the README, On a cluster)")
+    elif unseen:
+        problems.append(f"storage.path: got {storage}, which node(s) {'; '.join(f'{n}: {e}' for n, e in unseen)} "
+                        "cannot read; expected credentials in every node's environment (AWS_* variables, a "
+                        "profile or an instance role) and the same endpoint for all")
     missing = [f"{node}: {path}" for node, (path, ok) in on_every_node(functools.partial(_data_root_here,
                                                                                          exp.data.root)) if not ok]
     if missing:
@@ -129,10 +131,12 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
         raise NotOnEveryNode("; ".join(problems))
 
 
-def _read_or_none(file: Storage) -> str | None:
-    """The text of a file in local storage as this node sees it, or None."""
-    path = file.local_path
-    return path.read_text() if path is not None and path.is_file() else None
+def _read_probe(file: StoredFile) -> str:
+    """The text of a file in storage as this node reads it, or the error that reading it raised."""
+    try:
+        return file.read_text()
+    except Exception as exc:  # noqa: BLE001 - reported, with the node, before the job starts
+        return f"{type(exc).__name__}: {exc}"
 
 
 def _data_root_here(root: str | None) -> tuple[str, bool]:

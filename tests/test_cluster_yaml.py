@@ -55,3 +55,14 @@ def test_every_node_gets_the_datasets_and_reads_its_own_copy() -> None:
     assert cfg["file_mounts"]["~/moe-orch-data"] == "../shared/data"
     for commands in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
         assert "MOE_ORCH_DATA=$HOME/moe-orch-data" in " ".join(commands)
+
+
+def test_every_node_keeps_checkpoints_in_one_object_store_prefix() -> None:
+    """Storage is set once (an s3:// prefix) and given to every node's Ray and shell; no credentials in the file."""
+    cfg = load()
+    setup = " ".join(cfg["setup_commands"])
+    assert "echo 's3://" in setup and "export MOE_ORCH_STORAGE=$(cat ~/moe-orch-storage)" in setup
+    for commands in (cfg["head_start_ray_commands"], cfg["worker_start_ray_commands"]):
+        assert "MOE_ORCH_STORAGE=$(cat ~/moe-orch-storage)" in " ".join(commands)
+    text = CLUSTER_YAML.read_text()
+    assert "AWS_SECRET_ACCESS_KEY" not in text and "secret_key" not in text
