@@ -67,7 +67,7 @@ def _run_until_stopped(found: Target, settings: ServeSection, address: str | Non
         if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
             signal.signal(signal.SIGINT, _raise_interrupt)
         try:  # a stop signal while the app is still starting stops it the same way
-            source = {"checkpoint": str(found.local_dir), "version": found.version}
+            source = replica_source(found)
             try:
                 url = app.start(source, found.family_ref, found.family.name, settings)
             except (RuntimeError, TimeoutError) as exc:
@@ -82,6 +82,18 @@ def _run_until_stopped(found: Target, settings: ServeSection, address: str | Non
             echo("stopping")
         finally:
             app.shutdown()
+
+
+def replica_source(found: Target) -> dict[str, Any]:
+    """Where each replica reads the checkpoint: the driver's local copy on one node; on a cluster of several
+    nodes, a checkpoint from MLflow is downloaded by each replica itself (``found.source``), since a replica
+    on another node cannot see the driver's download."""
+    import ray
+
+    on_cluster = sum(1 for node in ray.nodes() if node.get("Alive")) > 1
+    if on_cluster and found.download_dir is not None:
+        return dict(found.source)
+    return {"checkpoint": str(found.local_dir), "version": found.version}
 
 
 def follow_alias(uri: str, served: Target, app_name: str, first_source: dict[str, Any], settings: ServeSection,

@@ -1,0 +1,241 @@
+"""Three hosts built from Linux network namespaces (tests/hosts.py), each with its own IP, /etc/hosts,
+process table and local disk, one Ray node on each (one CPU), one ``mlflow server`` on the head.
+
+What the loopback two-node test cannot show: the hosts really are apart (a file on one host's local disk
+is on no other; each /etc/hosts is its own), Ray's three nodes report three addresses, a 2-worker DDP run
+spans two hosts, one of them resolving its hostname to 127.0.1.1 as Debian writes /etc/hosts (without
+orchestrator/node_interface.py's pin it fails: ``Gloo connectFullMesh failed ... Connection refused,
+remote=[127.0.1.1]``, checked by switching the pin off), a sweep puts trials on every host, and all of it
+reaches the one tracking server over the network. Drivers (``moe-orch ... --address``) run on the head
+host, as on a real cluster (a Ray driver must run on a Ray node: tests/hosts.py's docstring)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hosts import Cluster, TrackingServer, read_on, resolve_on, unavailable_reason, write_on
+from mlflow.tracking import MlflowClient
+from support import S3Server, wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = REPO / "experiments" / "tiny.yaml"
+MOE_ORCH = str(Path(sys.executable).with_name("moe-orch"))
+TRIAL = "ImplicitFunc"  # the class of a Tune trial actor (a function trainable)
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Three hosts (no Ray yet); their logs stay in pytest's temp folder."""
+    reason = unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"no network namespaces here: {reason}")
+    # every host has the object store's credentials in its environment, as a cloud node has its instance role
+    with Cluster(size=3, debian_host=1, logs=tmp_path_factory.mktemp("hosts"), env=S3Server.env) as created:
+        yield created
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(cluster: Cluster) -> Iterator[tuple[Cluster, TrackingServer]]:
+    """A Ray node on every host (the head with the ``tune_driver`` resource, as the README's cluster) and
+    the tracking server on the head; both go when the cluster does."""
+    server = TrackingServer(cluster.head, wait=False)  # starts while Ray does
+    try:
+        cluster.start_ray(num_cpus=1, head_resources={"tune_driver": 4}, timeout_s=300)
+        server.wait_ready(timeout_s=300)
+        yield cluster, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3(cluster: Cluster) -> Iterator[S3Server]:
+    """The object store: an S3-compatible server (moto) on the head host's address, as every host reaches a
+    cloud bucket. Overrides the suite's loopback one for this module."""
+    server = S3Server(cluster.logs, 9000, host=cluster.head.ip, wrap=tuple(cluster.head.prefix()))
+    yield server
+    server.stop()
+
+
+def test_a_file_on_one_hosts_local_disk_is_on_no_other(cluster: Cluster) -> None:
+    h0, h1, h2 = cluster.hosts
+    local = cluster.private / f"moe-hosts-{cluster.owner}-only-here.txt"  # /tmp: each host has its own
+    write_on(h1, local, "h1's disk")
+    assert read_on(h1, local) == "h1's disk"  # a later process of the same host reads it back
+    assert read_on(h0, local) is None and read_on(h2, local) is None
+    assert not local.exists()  # nor does the root namespace see it
+    write_on(h0, local, "h0's disk")  # the same path, another disk
+    assert (read_on(h0, local), read_on(h1, local)) == ("h0's disk", "h1's disk")
+
+    shared = cluster.shared / "everyone.txt"
+    write_on(h2, shared, "shared")
+    assert read_on(h0, shared) == read_on(h1, shared) == shared.read_text() == "shared"
+
+
+def test_each_host_has_its_own_etc_hosts(cluster: Cluster) -> None:
+    name = socket.gethostname()
+    resolved = {host.name: resolve_on(host, name) for host in cluster.hosts}
+    assert resolved == {"h0": cluster.hosts[0].ip, "h1": "127.0.1.1", "h2": cluster.hosts[2].ip}
+    assert read_on(cluster.hosts[1], "/etc/hosts") == cluster.hosts_file(1)
+    assert socket.gethostbyname(name) not in {host.ip for host in cluster.hosts}  # the root namespace's: untouched
+
+
+def test_three_ray_nodes_on_three_addresses(ray_cluster: tuple[Cluster, TrackingServer]) -> None:
+    cluster, _ = ray_cluster
+    ips = sorted(cluster.alive_nodes().values())
+    assert ips == sorted(host.ip for host in cluster.hosts)
+    assert len(set(ips)) == 3 and all(ip.startswith(f"{cluster.subnet}.") for ip in ips)
+
+
+def _start_moe_orch(cluster: Cluster, s3: S3Server, prefix: str, *args: str) -> tuple[subprocess.Popen, Path]:
+    """``moe-orch <args> --address <head>`` as a user runs it on the head host, from its local disk, with
+    ``storage.path`` in the object store under ``prefix``: checkpoints and Tune's trial state go there, where
+    every host reads them; its output goes to ``<logs>/<command>.log``."""
+    log = cluster.logs / f"{args[0]}-{prefix}.log"
+    with log.open("w") as out:
+        proc = cluster.head.run([MOE_ORCH, *args, f"storage.path={s3.uri(prefix)}", "--address", cluster.address],
+                                cwd=cluster.private, stdout=out, stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _finish(proc: subprocess.Popen, log: Path, timeout_s: float = 600) -> str:
+    """Wait for a ``_start_moe_orch`` command (killing it after ``timeout_s``); its output, once it exited 0."""
+    try:
+        code = proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        code = None
+    finally:
+        _kill(proc)
+    text = log.read_text()
+    assert code == 0, f"exit {code}:\n{text[-5000:]}"
+    return text
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """SIGKILL to a ``_start_moe_orch`` command's process group, if it still runs."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+
+
+def _new_actor_hosts(cluster: Cluster, class_name: str, before: dict[str, str]) -> list[str]:
+    """The hosts of the actors of ``class_name`` that are not in ``before`` (an earlier ``cluster.actors``)."""
+    return sorted(host for actor, host in cluster.actors(class_name).items() if actor not in before)
+
+
+def test_ddp_spans_two_hosts_one_resolving_its_name_to_loopback(ray_cluster: tuple[Cluster, TrackingServer],
+                                                              s3: S3Server) -> None:
+    cluster, server = ray_cluster
+    before = cluster.actors("RayTrainWorker")
+    with cluster.holding(cluster.head):  # the head's CPU is taken: the two workers go to h1 and h2
+        out = _finish(*_start_moe_orch(cluster, s3, "ddp", "train", str(TINY), "scaling.num_workers=2",
+                                       "train.max_steps=20", f"tracking.uri={server.url}"))
+    assert f"Ray: cluster at {cluster.address}" in out and "step 20/20" in out
+    # h1 resolves its hostname to 127.0.1.1; h2's address sorts above it, so h2 dials h1 (tests/hosts.py)
+    assert _new_actor_hosts(cluster, "RayTrainWorker", before) == ["h1", "h2"]
+
+    run_id = out.rsplit("MLflow run: ", 1)[1].split()[0]
+    client = MlflowClient(tracking_uri=server.url)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "val_loss")] == [10, 20]
+    assert "checkpoint" in {f.path for f in client.list_artifacts(run_id)}
+    assert client.list_artifacts(run_id, "checkpoint"), "the checkpoint artifact is empty"
+    keys = s3.keys("ddp")  # the checkpoints, written by the workers on h1 and h2, are in the bucket
+    assert any(k.endswith("/checkpoint_000020/model/model.safetensors") for k in keys), keys
+
+
+def _trial_hosts(cluster: Cluster, s3: S3Server, prefix: str) -> dict[str, list[str]]:
+    """``{trial: the hosts it reported from}``, from the ``node_ip`` of every result in Tune's
+    ``<trial>/result.json``, in the bucket."""
+    host_of = {host.ip: host.name for host in cluster.hosts}
+    found = {}
+    for key in s3.keys(f"{prefix}/tiny/sweep"):
+        if key.endswith("/result.json"):
+            with s3.filesystem().open_input_stream(key) as f:
+                lines = f.read().decode().splitlines()
+            found[key.split("/")[-2]] = sorted({host_of.get(json.loads(line)["node_ip"], "?")
+                                                for line in lines if line.strip()})
+    return found
+
+
+def test_a_sweep_puts_trials_on_every_host_and_all_report_to_one_server(
+        ray_cluster: tuple[Cluster, TrackingServer], s3: S3Server) -> None:
+    cluster, server = ray_cluster
+    # A 1-worker trial trains in its Tune trial actor (one CPU), and Tune hands a finished trial's actor to a
+    # trial whose own actor is still starting: seconds-long trials would all run in the first actor that
+    # started. So every CPU is held until Tune waits on all three trials, and the tracking server is paused
+    # (no trial can end) until all three trial actors run: one on each 1-CPU node.
+    before = cluster.actors(TRIAL)
+    proc: subprocess.Popen | None = None
+    try:
+        with cluster.holding(*cluster.hosts):
+            proc, log = _start_moe_orch(cluster, s3, "sweep", "sweep", str(TINY), "train.max_steps=40",
+                                        "train.eval_every=20",
+                                        "sweep.num_samples=3", "sweep.max_concurrent_trials=3",
+                                        "sweep.scheduler=none", f"tracking.uri={server.url}")
+            wait_for(lambda: cluster.placement_groups("PENDING") == 3, 300, alive=proc)
+            server.pause()
+        wait_for(lambda: len(set(cluster.actors(TRIAL, state="ALIVE")) - set(before)) == 3, 300, alive=proc)
+    except BaseException:
+        if proc is not None:
+            _kill(proc)
+        raise
+    finally:
+        server.resume()
+    assert proc is not None
+    out = _finish(proc, log)
+    trial_hosts = _trial_hosts(cluster, s3, "sweep")
+    assert sorted(h for hosts in trial_hosts.values() for h in hosts) == ["h0", "h1", "h2"], trial_hosts
+
+    parent = out.rsplit("MLflow parent run ", 1)[1].split()[0]
+    client = MlflowClient(tracking_uri=server.url)
+    experiment = client.get_run(parent).info.experiment_id
+    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
+    for child in children:
+        assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [20, 40]
+
+
+def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
+        ray_cluster: tuple[Cluster, TrackingServer], s3: S3Server) -> None:
+    """Last in the module: it takes h2 down. The trial starts on h2 (the other hosts' CPUs held), keeps its
+    checkpoints in the bucket; h2's Ray is killed; Tune runs the trial again on h0 or h1, which resumes from
+    the newest checkpoint in the bucket: one continuous val_loss history, no step reported twice."""
+    cluster, server = ray_cluster
+    h0, h1, h2 = cluster.hosts
+    before = cluster.actors(TRIAL)
+    proc: subprocess.Popen | None = None
+    try:
+        with cluster.holding(h0, h1):
+            proc, log = _start_moe_orch(cluster, s3, "lost", "sweep", str(TINY), "train.max_steps=300",
+                                        "train.eval_every=30", "sweep.num_samples=1", "sweep.scheduler=none",
+                                        "train.max_failures=2", f"tracking.uri={server.url}")
+            wait_for(lambda: _new_actor_hosts(cluster, TRIAL, before) == ["h2"], 300, alive=proc)
+        checkpoints = lambda: [k for k in s3.keys("lost/tiny/sweep") if k.endswith("/model/config.json")]
+        wait_for(lambda: len(checkpoints()) >= 1, 600, alive=proc)  # h2 wrote one into the bucket
+        h2.kill_ray()
+    except BaseException:
+        if proc is not None:
+            _kill(proc)
+        raise
+    out = _finish(proc, log, timeout_s=900)
+    assert "TERMINATED" in out, out[-3000:]
+    hosts = _trial_hosts(cluster, s3, "lost")["tiny_000"]
+    assert "h2" in hosts and len(hosts) == 2, hosts  # started on h2, finished on h0 or h1
+
+    client = MlflowClient(tracking_uri=server.url)
+    parent = out.rsplit("MLflow parent run ", 1)[1].split()[0]
+    experiment = client.get_run(parent).info.experiment_id
+    (child,) = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    assert child.info.status == "FINISHED" and child.data.metrics["resumed_from_step"] >= 30
+    steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+    assert sorted(steps) == list(range(30, 301, 30)), steps  # continuous, and no step reported twice
