@@ -1,9 +1,9 @@
 """Test hosts on one machine: a small cluster of Linux network namespaces joined by a bridge.
 
-Why: the two-node test (tests/e2e/test_e2e_two_nodes.py) runs both Ray nodes on 127.0.0.1, with one
-``/etc/hosts``, one process table and, but for one folder, one disk. What breaks only across machines
-passes there: a node that advertises an address the others cannot reach, collectives (gloo) that
-follow the hostname to 127.0.1.1, a result that exists only on the disk of the node that wrote it. Here
+Why: Ray nodes started side by side on 127.0.0.1 share one ``/etc/hosts``, one process table and one
+disk. What breaks only across machines passes there: a node that advertises an address the others
+cannot reach, collectives (gloo) that follow the hostname to 127.0.1.1, a result that exists only on
+the disk of the node that wrote it. Here
 every ``Host`` has
 
 - its own network stack: namespace ``moe-h<i>-<owner pid>``, one veth (``eth0`` inside) to a bridge

@@ -1,13 +1,15 @@
 """Three hosts built from Linux network namespaces (tests/hosts.py), each with its own IP, /etc/hosts,
-process table and local disk, one Ray node on each (one CPU), one ``mlflow server`` on the head.
+process table and local disk, one Ray node on each (one CPU); on the head, one ``mlflow server`` (proxied
+artifacts) and one S3-compatible server (moto), the storage every run uses (``storage.path: s3://...``).
 
-What the loopback two-node test cannot show: the hosts really are apart (a file on one host's local disk
+What Ray nodes side by side on loopback cannot show: the hosts really are apart (a file on one host's local disk
 is on no other; each /etc/hosts is its own), Ray's three nodes report three addresses, a 2-worker DDP run
-spans two hosts, one of them resolving its hostname to 127.0.1.1 as Debian writes /etc/hosts (without
-orchestrator/node_interface.py's pin it fails: ``Gloo connectFullMesh failed ... Connection refused,
-remote=[127.0.1.1]``, checked by switching the pin off), a sweep puts trials on every host, and all of it
-reaches the one tracking server over the network. Drivers (``moe-orch ... --address``) run on the head
-host, as on a real cluster (a Ray driver must run on a Ray node: tests/hosts.py's docstring)."""
+spans two hosts (one of them resolving its hostname to 127.0.1.1, as Debian writes /etc/hosts: gloo must
+use the interface of Ray's node IP) and keeps its checkpoints in the bucket, a sweep puts trials on every
+host, all of it reaches the one tracking server over the network, ``moe-orch serve <run id>`` on the head
+answers from a replica on another host, and a host lost mid-sweep has its trial run again on another host
+from its newest checkpoint in the bucket. Drivers (``moe-orch ... --address``) run on the head host, from
+its local disk, as on a real cluster (a Ray driver must run on a Ray node: tests/hosts.py's docstring)."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ from support import S3Server, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "tiny.yaml"
+MIXLORA_TINY = REPO / "experiments" / "mixlora_tiny.yaml"
 MOE_ORCH = str(Path(sys.executable).with_name("moe-orch"))
 TRIAL = "ImplicitFunc"  # the class of a Tune trial actor (a function trainable)
 pytestmark = pytest.mark.slow
@@ -153,6 +156,35 @@ def test_ddp_spans_two_hosts_one_resolving_its_name_to_loopback(ray_cluster: tup
     assert any(k.endswith("/checkpoint_000020/model/model.safetensors") for k in keys), keys
 
 
+def test_a_store_storage_or_data_on_the_heads_disk_alone_stops_the_job_first(
+        ray_cluster: tuple[Cluster, TrackingServer]) -> None:
+    """A SQLite store, a storage folder and a data root on the head's own disk: the other hosts would log to
+    stores of their own, keep checkpoints nobody can resume and find no data, so the job stops before it
+    trains, naming each field and the hosts without it."""
+    cluster, _ = ray_cluster
+    data = cluster.private / f"moe-hosts-{cluster.owner}-data"
+    cluster.head.check_output(["mkdir", "-p", str(data)])
+    cluster.head.check_output(["cp", "-r", str(Path(cluster.env["MOE_ORCH_DATA"]) / "tinyshakespeare"), str(data)])
+    log = cluster.logs / "lacks.log"
+    with log.open("w") as out:
+        proc = cluster.head.run([MOE_ORCH, "train", str(TINY), f"tracking.uri=sqlite:///{data}/mlflow.db",
+                                 f"data.root={data}", f"storage.path={data}/results", "--address", cluster.address],
+                                cwd=cluster.private, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        code = proc.wait(timeout=600)
+    finally:
+        _kill(proc)
+    text = log.read_text()
+    assert code == 1, text[-3000:]
+    error = text.strip().splitlines()[-1]
+    assert "NotOnEveryNode" in error and "step " not in text, text[-3000:]
+    others = [host.ip for host in cluster.hosts[1:]]
+    for field in (f"tracking.uri: got sqlite:///{data}/mlflow.db", f"storage.path: got {data}/results",
+                  f"data.root: got {data}"):
+        part = error.split(field, 1)[1].split("; expected", 1)[0]  # the hosts named for this field
+        assert all(ip in part for ip in others) and cluster.head.ip not in part, (field, error)
+
+
 def _trial_hosts(cluster: Cluster, s3: S3Server, prefix: str) -> dict[str, list[str]]:
     """``{trial: the hosts it reported from}``, from the ``node_ip`` of every result in Tune's
     ``<trial>/result.json``, in the bucket."""
@@ -203,6 +235,42 @@ def test_a_sweep_puts_trials_on_every_host_and_all_report_to_one_server(
     assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [20, 40]
+
+
+def test_serve_on_the_head_answers_from_a_replica_on_another_host(ray_cluster: tuple[Cluster, TrackingServer],
+                                                                s3: S3Server) -> None:
+    """A MixLoRA run trained on h1 or h2 is served with ``moe-orch serve <run id>`` from the head, its replica on
+    another host than the driver (the head's CPU held): the replica downloads the checkpoint from the tracking
+    server itself, and Serve's proxy on the head answers an OpenAI completion."""
+    cluster, server = ray_cluster
+    with cluster.holding(cluster.head):
+        out = _finish(*_start_moe_orch(cluster, s3, "lm", "train", str(MIXLORA_TINY), f"tracking.uri={server.url}"))
+    run_id = out.rsplit("MLflow run: ", 1)[1].split()[0]
+    log = cluster.logs / "serve.log"
+    with cluster.holding(cluster.head), log.open("w") as sink:
+        proc = cluster.head.run([MOE_ORCH, "serve", run_id, "serve.ingress=proxy", "serve.max_replicas=1",
+                                 "--tracking-uri", server.url, "--address", cluster.address],
+                                cwd=cluster.private, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_for(lambda: "Ctrl-C to stop" in log.read_text(), 600, alive=proc)
+        except BaseException:
+            _kill(proc)
+            raise
+    try:
+        url = log.read_text().split("serving ", 1)[1].splitlines()[1].split()[0]  # the line after "serving ..."
+        ask = ("import json, requests; r = requests.post('" + url + "/v1/completions', timeout=120, "
+               "json={'model': 'mixlora_tiny', 'prompt': 'The capital of France is', 'max_tokens': 4}); "
+               "print(json.dumps([r.status_code, r.json()]))")
+        status, body = json.loads(cluster.head.check_output([sys.executable, "-c", ask]).strip().splitlines()[-1])
+        assert status == 200 and body["choices"][0]["text"] is not None, body
+        assert body["usage"]["completion_tokens"] >= 1
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)  # stops the app as Ctrl-C does: its replica's CPU is given back
+        try:
+            proc.wait(timeout=120)
+        finally:
+            _kill(proc)
 
 
 def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
