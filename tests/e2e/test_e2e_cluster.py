@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "tiny.yaml"
 MIXLORA_TINY = REPO / "experiments" / "mixlora_tiny.yaml"
 MOE_ORCH = str(Path(sys.executable).with_name("moe-orch"))
+RAY = str(Path(sys.executable).with_name("ray"))
 TRIAL = "ImplicitFunc"  # the class of a Tune trial actor (a function trainable)
 pytestmark = pytest.mark.slow
 
@@ -154,6 +156,28 @@ def test_ddp_spans_two_hosts_one_resolving_its_name_to_loopback(ray_cluster: tup
     assert client.list_artifacts(run_id, "checkpoint"), "the checkpoint artifact is empty"
     keys = s3.keys("ddp")  # the checkpoints, written by the workers on h1 and h2, are in the bucket
     assert any(k.endswith("/checkpoint_000020/model/model.safetensors") for k in keys), keys
+
+
+def test_a_ray_job_submitted_from_outside_the_cluster_trains_into_the_bucket(
+        ray_cluster: tuple[Cluster, TrackingServer], s3: S3Server) -> None:
+    """``ray job submit --working-dir`` from the root namespace (outside every host), as a user submits to a
+    remote cluster: the driver runs on the head from a temporary copy of the folder, so its checkpoints go to
+    the bucket and its run to the tracking server."""
+    cluster, server = ray_cluster
+    job_dir = cluster.logs / "job"
+    job_dir.mkdir()
+    shutil.copy(TINY, job_dir / "tiny.yaml")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=cluster.token)
+    done = subprocess.run([RAY, "job", "submit", "--address", cluster.dashboard, "--working-dir", str(job_dir), "--",
+                           MOE_ORCH, "train", "tiny.yaml", "train.max_steps=20", f"tracking.uri={server.url}",
+                           f"storage.path={s3.uri('job')}"],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "step 20/20" in done.stdout and "succeeded" in done.stdout, done.stdout[-3000:]
+    run_id = done.stdout.rsplit("MLflow run: ", 1)[1].split()[0]
+    assert MlflowClient(tracking_uri=server.url).get_run(run_id).info.status == "FINISHED"
+    assert any(k.endswith("/checkpoint_000020/model/config.json") for k in s3.keys("job"))
 
 
 def test_a_store_storage_or_data_on_the_heads_disk_alone_stops_the_job_first(
