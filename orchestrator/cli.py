@@ -69,6 +69,8 @@ def train(experiment: str, overrides: tuple[str, ...], resume: bool, address: st
     """Train EXPERIMENT once with Ray Train (DDP or DeepSpeed), tracked in MLflow.
 
     OVERRIDES are key=value pairs typed by the schema, e.g. train.lr=3e-4 model.variant=more_a.
+    Runs and checkpoints live in <storage.path>/<name>/train-* (./ray_results unless set; a bucket or
+    shared mount on a cluster).
     """
     exp = _load(experiment, overrides)
     from orchestrator.ray_runtime import ray_session

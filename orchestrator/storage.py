@@ -19,7 +19,6 @@ URI (a Tune trial or a Ray Train worker on another node reopens the filesystem t
 from __future__ import annotations
 
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Any
@@ -151,11 +150,6 @@ class Storage:
 
         return self._info(name).type != pafs.FileType.NotFound
 
-    def is_dir(self, name: str | None = None) -> bool:
-        import pyarrow.fs as pafs
-
-        return self._info(name).type == pafs.FileType.Directory
-
     def read_text(self, name: str) -> str:
         with self.filesystem.open_input_stream((self / name).path) as f:
             return f.read().decode()
@@ -210,9 +204,6 @@ class Storage:
         """Copy the local folder ``local_dir`` into this folder (created if needed)."""
         import pyarrow.fs as pafs
 
-        if self.is_local:
-            shutil.copytree(local_dir, self.path, dirs_exist_ok=True)
-            return
         pafs.copy_files(str(Path(local_dir).absolute()), self.path, source_filesystem=pafs.LocalFileSystem(),
                         destination_filesystem=self.filesystem)
 
@@ -222,11 +213,8 @@ class Storage:
 
         local = Path(local_dir).absolute()
         local.mkdir(parents=True, exist_ok=True)
-        if self.is_local:
-            shutil.copytree(self.path, local, dirs_exist_ok=True)
-        else:
-            pafs.copy_files(self.path, str(local), source_filesystem=self.filesystem,
-                            destination_filesystem=pafs.LocalFileSystem())
+        pafs.copy_files(self.path, str(local), source_filesystem=self.filesystem,
+                        destination_filesystem=pafs.LocalFileSystem())
         return local
 
 

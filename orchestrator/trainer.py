@@ -102,17 +102,17 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
         return
     problems = []
     store_path = local_store_path(store.uri)
-    if store_path is not None:
-        missing = [node for node, ok in on_every_node(functools.partial(os.path.exists, str(store_path))) if not ok]
-        if missing:
-            problems.append(f"tracking.uri: got {store.uri}, a file that node(s) {', '.join(missing)} do not have "
-                            "(each would log to a store of its own); expected an MLflow server every node "
-                            "reaches, e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
     storage = resolve(exp.storage.path)
     token = f"{os.getpid()}-{time.time_ns()}"  # the driver writes it; every node must read it back
     storage.write_text(SHARED_PROBE, token)
-    unseen = [(node, seen) for node, seen in on_every_node(functools.partial(_read_probe, storage.file(SHARED_PROBE)))
-              if seen != token]
+    seen = on_every_node(functools.partial(_what_this_node_sees, str(store_path) if store_path else None,
+                                           storage.file(SHARED_PROBE), exp.data.root))  # one task per node
+    missing = [node for node, (has_store, _, _) in seen if not has_store]
+    if missing:
+        problems.append(f"tracking.uri: got {store.uri}, a file that node(s) {', '.join(missing)} do not have "
+                        "(each would log to a store of its own); expected an MLflow server every node "
+                        "reaches, e.g. tracking.uri=http://<head private IP>:5000 (see the README, On a cluster)")
+    unseen = [(node, probe) for node, (_, probe, _) in seen if probe != token]
     if unseen and storage.is_local:
         problems.append(f"storage.path: got {storage}, a folder that node(s) {', '.join(n for n, _ in unseen)} do "
                         "not share (checkpoints written there could not be resumed elsewhere); expected a shared "
@@ -121,8 +121,7 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
         problems.append(f"storage.path: got {storage}, which node(s) {'; '.join(f'{n}: {e}' for n, e in unseen)} "
                         "cannot read; expected credentials in every node's environment (AWS_* variables, a "
                         "profile or an instance role) and the same endpoint for all")
-    missing = [f"{node}: {path}" for node, (path, ok) in on_every_node(functools.partial(_data_root_here,
-                                                                                         exp.data.root)) if not ok]
+    missing = [f"{node}: {path}" for node, (_, _, (path, ok)) in seen if not ok]
     if missing:
         given = f"got {exp.data.root}" if exp.data.root else "null, so each node reads its own $MOE_ORCH_DATA"
         problems.append(f"data.root: {given}, missing on {'; '.join(missing)}; expected the datasets on every "
@@ -131,20 +130,18 @@ def check_every_node_reaches(exp: Experiment, store: Store) -> None:
         raise NotOnEveryNode("; ".join(problems))
 
 
-def _read_probe(file: StoredFile) -> str:
-    """The text of a file in storage as this node reads it, or the error that reading it raised."""
-    try:
-        return file.read_text()
-    except Exception as exc:  # noqa: BLE001 - reported, with the node, before the job starts
-        return f"{type(exc).__name__}: {exc}"
-
-
-def _data_root_here(root: str | None) -> tuple[str, bool]:
-    """``(data root as this node resolves it, whether it is a folder)``."""
+def _what_this_node_sees(store_path: str | None, probe: StoredFile, root: str | None
+                         ) -> tuple[bool, str, tuple[str, bool]]:
+    """On one node: ``(whether the SQLite store file is there (True if there is none to check), the probe's
+    text or the error reading it raised, (the data root as this node resolves it, whether it is a folder))``."""
     from trainables.data import data_root
 
+    try:
+        text = probe.read_text()
+    except Exception as exc:  # noqa: BLE001 - reported, with the node, before the job starts
+        text = f"{type(exc).__name__}: {exc}"
     path = data_root(root)
-    return str(path), path.is_dir()
+    return store_path is None or os.path.exists(store_path), text, (str(path), path.is_dir())
 
 
 def run_train(exp: Experiment, resume: bool = False) -> dict[str, Any]:
@@ -153,8 +150,8 @@ def run_train(exp: Experiment, resume: bool = False) -> dict[str, Any]:
     Must run inside a Ray session. Raises RuntimeError if training failed.
     """
     base = results_root(exp)
-    runs = base.folders("train-")
-    run_dir = runs[-1] if resume and runs else None
+    runs = base.folders("train-") if resume else []
+    run_dir = runs[-1] if runs else None
     if resume and run_dir is None:
         print(f"--resume: no earlier run under {base}; starting a new one")
     if run_dir is None:

@@ -143,6 +143,12 @@ class S3Server:
         self.log.close()
 
 
+def nested_runs(client: Any, parent: str) -> list[Any]:
+    """The MLflow runs nested under the run ``parent`` (a sweep's trials), through ``client`` (an MlflowClient)."""
+    experiment = client.get_run(parent).info.experiment_id
+    return client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+
+
 def _answers(requests: Any, url: str) -> bool:
     try:
         return requests.get(url, timeout=5).status_code == 200

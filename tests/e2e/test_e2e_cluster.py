@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 from hosts import Cluster, TrackingServer, read_on, resolve_on, unavailable_reason, write_on
 from mlflow.tracking import MlflowClient
-from support import S3Server, wait_for
+from support import S3Server, nested_runs, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = REPO / "experiments" / "tiny.yaml"
@@ -232,8 +232,7 @@ def test_a_sweep_puts_trials_on_every_host_and_all_report_to_one_server(
 
     parent = out.rsplit("MLflow parent run ", 1)[1].split()[0]
     client = MlflowClient(tracking_uri=server.url)
-    experiment = client.get_run(parent).info.experiment_id
-    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    children = nested_runs(client, parent)
     assert len(children) == 3 and all(r.info.status == "FINISHED" for r in children)
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [20, 40]
@@ -317,8 +316,7 @@ def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
 
     client = MlflowClient(tracking_uri=server.url)
     parent = out.rsplit("MLflow parent run ", 1)[1].split()[0]
-    experiment = client.get_run(parent).info.experiment_id
-    (child,) = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    (child,) = nested_runs(client, parent)
     assert child.info.status == "FINISHED" and child.data.metrics["resumed_from_step"] >= 30
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
     assert sorted(steps) == list(range(30, 181, 30)), steps  # continuous, and no step reported twice

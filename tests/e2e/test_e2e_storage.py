@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from support import S3Server
+from support import S3Server, nested_runs
 
 from orchestrator.cli import main
 from orchestrator.sweep import STOP_AFTER_ENV
@@ -46,8 +46,7 @@ def test_an_interrupted_sweep_resumes_from_the_bucket(workdir: Path, s3: S3Serve
     monkeypatch.delenv(STOP_AFTER_ENV)
     client, resumed = _cli(workdir, "sweep", s3.uri(prefix), *args, "--resume")
     assert resumed == parent
-    exp_id = client.get_run(parent).info.experiment_id
-    children = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    children = nested_runs(client, parent)
     assert sorted(r.info.run_name for r in children) == ["tiny_000", "tiny_001"]
     assert all("checkpoint" in {f.path for f in client.list_artifacts(r.info.run_id)} for r in children)
     with fs.open_input_stream(f"{trial0}/timing.json") as f:

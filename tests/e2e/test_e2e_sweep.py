@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from support import nested_runs
 
 from orchestrator.cli import main
 from orchestrator.sweep import STOP_AFTER_ENV
@@ -25,9 +26,7 @@ def _sweep(workdir: Path, *args: str, exit_code: int = 0) -> tuple[MlflowClient,
 
 
 def _children(client: MlflowClient, parent: str) -> dict[str, object]:
-    exp_id = client.get_run(parent).info.experiment_id
-    runs = client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
-    return {r.info.run_name: r for r in runs}
+    return {r.info.run_name: r for r in nested_runs(client, parent)}
 
 
 def test_sweep_three_trials_with_asha(workdir: Path) -> None:

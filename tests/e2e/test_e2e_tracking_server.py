@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
-from support import MlflowServer, unused_port
+from support import MlflowServer, nested_runs, unused_port
 
 from orchestrator.cli import main
 
@@ -66,8 +66,7 @@ def test_every_sweep_trial_reports_to_the_one_server(server: MlflowServer, workd
                   "sweep.scheduler=none", "sweep.max_concurrent_trials=2")
     parent = out.rsplit("MLflow parent run ", 1)[1].split()[0]
     client = MlflowClient(tracking_uri=server.url)
-    experiment = client.get_run(parent).info.experiment_id
-    children = client.search_runs([experiment], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+    children = nested_runs(client, parent)
     assert len(children) == 2 and all(r.info.status == "FINISHED" for r in children)
     for child in children:
         assert [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")] == [10, 20]

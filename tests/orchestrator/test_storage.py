@@ -66,6 +66,6 @@ def test_folders_files_moves_and_copies(root: Storage, tmp_path: Path) -> None:
     again = pickle.loads(pickle.dumps(run))  # what a trial on another node gets: the URI, reopened there
     assert again == run and again.read_text("mlflow_run_id") == "def"
     run.move_to(root / "exp" / "train-2")
-    assert not run.exists() and (root / "exp" / "train-2" / "checkpoint_000010").is_dir()
+    assert not run.exists() and [f.name for f in (root / "exp" / "train-2").folders()] == ["checkpoint_000010"]
     (root / "exp").delete()
     assert not (root / "exp").exists()
