@@ -307,7 +307,9 @@ class Cluster:
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
         data = os.environ.get("MOE_ORCH_DATA") or str((REPO / ".." / "shared" / "data").resolve())
-        return {**env, **NODE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "MOE_ORCH_DATA": data}
+        # joinable: a local Ray started earlier in this process (orchestrator.ray_runtime) left the switch at 0
+        return {**env, **NODE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "MOE_ORCH_DATA": data,
+                "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 
     def _add_host(self, index: int) -> None:
         assert IP is not None and UNSHARE is not None
