@@ -8,7 +8,7 @@ Implementations, all on a LlamaMLP of d_model 576 and FFN width 1536 (SmolLM2-13
 inside a model whose attention is trained too:
   mixlora        trainables.mixlora.MixLoRAFFN, E = 8, k = 2, r = 8: shared frozen gate/up
                  once per token, per-expert LoRA deltas, frozen down once over T·k rows
-  mixlora_naive  trainables.mixlora.MixLoRANaive: the same block, each expert running the
+  mixlora_naive  MixLoRANaive (benchmarks/reference_mixlora.py): the same block, each expert running the
                  whole frozen FFN plus its LoRA on its routed rows
   lora           peft LoRA (r = 8) on gate_proj, up_proj and down_proj of the LlamaMLP
   base           the frozen LlamaMLP, no adapters
@@ -35,11 +35,12 @@ from collections.abc import Callable
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
+from reference_mixlora import MixLoRANaive  # benchmarks/reference_mixlora.py, beside this script
 from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
 
-from trainables.mixlora import MixLoRAFFN, MixLoRALayerConfig, MixLoRANaive
+from trainables.mixlora import MixLoRAFFN, MixLoRALayerConfig
 
 D_MODEL, HIDDEN = 576, 1536  # SmolLM2-135M
 IMPLS = ("mixlora", "mixlora_naive", "lora", "base")

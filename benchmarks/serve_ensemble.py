@@ -12,11 +12,12 @@ per ``--ingress`` mode: ``direct`` (the replica's own HTTP server, no proxy; one
 Python HTTP proxy in front, Serve's default). Each server gets the same torch thread count.
 
 Load: ``--requests`` requests (one SST-2 dev sentence each) at each concurrency (1, 8, 32),
-from an asyncio/aiohttp client in this process, after a short warm-up; every level is bounded
-by ``--level-timeout-s``. Output: JSON records ``{"server", "concurrency", "rps", "p50_ms",
-"p99_ms"}`` (plus ``ingress`` for Serve, ``requests``, ``errors``, ``wall_s`` and ``mean_batch``, the
-mean number of requests that shared a forward pass) and a printed table. Only 127.0.0.1 is used;
-every process started here is stopped at the end.
+from an asyncio/aiohttp client in this process (``_loadgen.closed_loop``), after a short warm-up;
+every level is bounded by ``--level-timeout-s`` (requests still unanswered then count as errors).
+Output: JSON records ``{"server", "concurrency", "rps", "p50_ms", "p99_ms"}`` (plus ``ingress`` for
+Serve, ``requests``, ``errors``, ``wall_s`` and ``mean_batch``, the mean number of requests that
+shared a forward pass) and a printed table. Only 127.0.0.1 is used; every process started here is
+stopped at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,36 +33,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+from _loadgen import HOST, REPO, closed_loop, data_root, free_port, free_port_pair, percentile
+
 # Ray Serve settings for a CPU-starved box (each can be overridden from the environment): no per-request
 # log lines to stderr, and user code on the replica's own event loop (one thread hop less per request).
 SERVE_ENV = {"RAY_SERVE_LOG_TO_STDERR": "0", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
-sys.path.insert(0, str(REPO))
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A port p with p and p + 1 both free (direct ingress: the replica takes p, Ray's proxy p + 1;
-    haproxy: HAProxy takes p, Ray's proxy p + 1)."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind((HOST, port + 1))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no two adjacent free ports on 127.0.0.1")
-
-
-def data_root() -> Path:
-    return Path(os.environ.get("MOE_ORCH_DATA") or REPO / ".." / "shared" / "data").resolve()
+sys.path.insert(0, str(REPO))  # the repository's packages, installed or not
 
 
 def request_texts(n: int) -> list[str]:
@@ -124,44 +100,27 @@ def flask_main(checkpoint: str, port: int, threads: int) -> None:
 # -- load generation ---------------------------------------------------------------------------
 
 
+async def _predict(session: Any, url: str, text: str) -> tuple[float, int | None]:
+    """One ``POST /predict`` of one text: ``(latency s, batch size)``, the batch size if the answer says how
+    many requests shared its forward pass (Serve's do); RuntimeError unless HTTP 200."""
+    t0 = time.perf_counter()
+    async with session.post(url, json={"texts": [text]}) as reply:
+        body = await reply.json(content_type=None)
+        if reply.status != 200:
+            raise RuntimeError(f"HTTP {reply.status}")
+        latency = time.perf_counter() - t0
+    return latency, body.get("batch_size") if isinstance(body, dict) else None
+
+
 async def _load(url: str, texts: list[str], concurrency: int, timeout_s: float) -> dict[str, Any]:
-    import aiohttp
-
-    latencies: list[float] = []
-    batch_sizes: list[int] = []  # Serve's answers say how many requests shared their forward pass
-    errors = 0
-    queue = list(texts)
-    deadline = time.perf_counter() + timeout_s
-
-    async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        while queue and time.perf_counter() < deadline:
-            text = queue.pop()
-            t0 = time.perf_counter()
-            try:
-                async with session.post(url, json={"texts": [text]}) as reply:
-                    body = await reply.json(content_type=None)
-                    ok = reply.status == 200
-            except (TimeoutError, aiohttp.ClientError):
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - t0)
-                if isinstance(body, dict) and "batch_size" in body:
-                    batch_sizes.append(body["batch_size"])
-            else:
-                errors += 1
-
-    timeout = aiohttp.ClientTimeout(total=60)
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-        start = time.perf_counter()
-        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        wall = time.perf_counter() - start
-    lat = sorted(latencies)
-    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
-    return {"rps": len(lat) / wall, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "requests": len(lat),
-            "errors": errors, "wall_s": wall,
-            "mean_batch": sum(batch_sizes) / len(batch_sizes) if batch_sizes else 1.0}
+    """One level: ``concurrency`` closed-loop clients over ``texts`` (``_loadgen.closed_loop``); its stats."""
+    load = await closed_loop(texts, concurrency, lambda session, text: _predict(session, url, text), timeout_s,
+                             request_timeout_s=60)
+    latencies = [latency for latency, _ in load.answers]
+    batch_sizes = [batch for _, batch in load.answers if batch is not None]
+    return {"rps": len(latencies) / load.wall_s, "p50_ms": percentile(latencies, 0.50),
+            "p99_ms": percentile(latencies, 0.99), "requests": len(latencies), "errors": load.errors,
+            "wall_s": load.wall_s, "mean_batch": sum(batch_sizes) / len(batch_sizes) if batch_sizes else 1.0}
 
 
 def run_levels(server: str, url: str, texts: list[str], levels: list[int], timeout_s: float,

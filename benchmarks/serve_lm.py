@@ -33,12 +33,13 @@ folder. Speed does not depend on the adapter weights.
 Load: plain (chat-free) prompts, short Code Alpaca instructions from the shared data (a fixed list if the
 data is missing), ``POST /v1/completions`` with ``max_tokens`` ``--max-tokens`` at temperature 0, closed
 loop: ``c`` clients each send the next request when their last one is answered, from an asyncio/aiohttp
-client in this process, after a short warm-up. Requests per level: ``--requests`` (default 8), at least
-2 * c: 8, 16 and 64 at c = 1, 8, 32 (the naive server decodes about 8-12 tokens/s on 2 cores; this keeps
-a run of all three servers near 15 minutes). Each level is bounded by ``--level-timeout-s``: requests
-still unanswered then count as ``unfinished`` (and as errors). ``serve`` and ``llama_cpp`` are asked to
-stream (``stream: true``): the time to first token is the arrival of the first SSE ``data:`` chunk. No
-server is told to ignore EOS (ours cannot), so a completion may stop early; output tokens are counted
+client in this process (``_loadgen.closed_loop``), after a short warm-up. Requests per level:
+``--requests`` (default 8), at least 2 * c: 8, 16 and 64 at c = 1, 8, 32 (the naive server decodes about
+8-12 tokens/s on 2 cores; this keeps a run of all three servers near 15 minutes). Each level is bounded
+by ``--level-timeout-s``: requests still unanswered then count as ``unfinished`` (and as errors).
+``serve`` and ``llama_cpp`` are asked to stream (``stream: true``): the time to first token is the
+arrival of the first SSE ``data:`` chunk. No server is told to ignore EOS (ours cannot), so a
+completion may stop early; output tokens are counted
 the same way for every server: the returned text re-tokenized with the SmolLM2 tokenizer
 (``usage_tokens`` adds the servers' own ``usage.completion_tokens`` where they report it).
 
@@ -71,10 +72,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-from serve_ensemble import HOST, data_root, free_port, free_port_pair  # noqa: E402  (loopback helpers, shared)
+from _loadgen import HOST, REPO, closed_loop, data_root, free_port, free_port_pair, percentile
+
+sys.path.insert(0, str(REPO))  # the repository's packages, installed or not
 
 BASE = "smollm2-135m-instruct"
 SERVERS = ("serve", "hf_naive", "llama_cpp")
@@ -374,49 +374,27 @@ async def _sample_running(session: Any, url: str, samples: list[int], period_s: 
 
 
 async def _load(running: Server, texts: list[str], concurrency: int, max_tokens: int, timeout_s: float) -> Level:
-    """``concurrency`` closed-loop clients over ``texts``, bounded by ``timeout_s``."""
+    """``concurrency`` closed-loop clients over ``texts``, bounded by ``timeout_s`` (``_loadgen.closed_loop``),
+    with the engine's batch sampled meanwhile if the server has a ``batch_probe``."""
     import aiohttp
 
-    answers: list[Answer] = []
-    errors = 0
-    queue = list(reversed(texts))
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal errors
-        while queue:
-            prompt = queue.pop()
-            try:
-                answers.append(await _complete(session, running.url, prompt, max_tokens, running.stream))
-            except (TimeoutError, aiohttp.ClientError, RuntimeError, ValueError, KeyError) as exc:
-                errors += 1
-                if errors <= 3:
-                    log(f"  [{running.name}] request failed: {type(exc).__name__}: {exc}")
+    def failed(exc: BaseException, failures: int) -> None:
+        if failures <= 3:
+            log(f"  [{running.name}] request failed: {type(exc).__name__}: {exc}")
 
     samples: list[int] = []
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    timeout = aiohttp.ClientTimeout(total=timeout_s)
-    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session, \
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as probe:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as probe:
         sampler = asyncio.create_task(_sample_running(probe, running.batch_probe, samples)) \
             if running.batch_probe else None
-        start = time.perf_counter()
-        tasks = [asyncio.create_task(client(session)) for _ in range(concurrency)]
-        _, pending = await asyncio.wait(tasks, timeout=timeout_s)
-        for task in pending:  # the level's bound: stop the clients, count what they still waited for
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-        wall = time.perf_counter() - start
-        if sampler is not None:
-            sampler.cancel()
-            await asyncio.gather(sampler, return_exceptions=True)
-    unfinished = len(texts) - len(answers) - errors
-    return Level(answers, errors + unfinished, unfinished, wall, samples)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The ``q`` quantile (nearest rank) of ``values`` in ms; NaN if empty."""
-    ordered = sorted(values)
-    return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
+        try:
+            load = await closed_loop(
+                texts, concurrency, lambda session, prompt: _complete(session, running.url, prompt, max_tokens,
+                                                                      running.stream), timeout_s, on_error=failed)
+        finally:
+            if sampler is not None:
+                sampler.cancel()
+                await asyncio.gather(sampler, return_exceptions=True)
+    return Level(load.answers, load.errors, load.unfinished, load.wall_s, samples)
 
 
 def level_record(running: Server, args: argparse.Namespace, concurrency: int, level: Level,

@@ -31,7 +31,8 @@ def main() -> None:
 
 def _load(path: str, overrides: tuple[str, ...]):  # -> Experiment
     """Load + validate, or print every error to stderr and exit 2 (Ray is never started)."""
-    from orchestrator.config import ExperimentError, load_experiment
+    from orchestrator.config import load_experiment
+    from orchestrator.experiment import ExperimentError
 
     try:
         return load_experiment(path, overrides)

@@ -7,7 +7,7 @@ A family is a plug-in. ``orchestrator/`` and ``serve/`` never name one; they rea
 =================  ==========================================================================
 declares           used by
 =================  ==========================================================================
-``model``          the ``model:`` section: a ``FamilyConfig`` dataclass (``errors()``)
+``model``          the ``model:`` section: a ``Section`` dataclass
 ``data``           the ``data:`` section: a ``DataSection`` subclass (``root`` + the family's)
 ``recipe``         ``trainables.training.loop``: the family's part of the one training loop
                    (a ``trainables.training.Recipe`` subclass, ``"module:Class"``)
@@ -23,8 +23,10 @@ declares           used by
 ``base_models``    built on a pretrained base: ``evaluate`` / ``generate`` also take a base name
 =================  ==========================================================================
 
-Every section is a dataclass with ``errors() -> list[str]`` (``field: got X, expected Y``
-lines without the section prefix). Everything here is plain data: no Ray, no torch.
+Every section is an ``orchestrator.schema.Section`` dataclass: its fields declare what they accept
+(``setting(default, ge=..., one_of=..., doc=...)``) and ``cross_checks`` relates fields to each other;
+``errors()`` gives ``field: got X, expected Y`` lines without the section prefix. Everything here is
+plain data: no Ray, no torch.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from orchestrator.schema import fmt
+from orchestrator.schema import Section, fmt, setting
 
 INGRESS_MODES = ("proxy", "direct", "haproxy")
 STRATEGIES = ("ddp", "deepspeed")
@@ -52,21 +54,12 @@ def import_ref(ref: str) -> Any:
 
 
 @dataclass
-class Section:
-    """A config section: a dataclass that checks itself."""
-
-    def errors(self) -> list[str]:
-        """Every problem, one ``field: got X, expected Y`` line each (no section prefix)."""
-        return []
-
-
-@dataclass
 class DataSection(Section):
     """Where a family's data lives. ``root``: None = each process reads ``$MOE_ORCH_DATA`` of the node it
     runs on (else ``./data``), so every node of a cluster has its own copy; a path given is made absolute
     by the driver and read at that path on every node."""
 
-    root: str | None = None
+    root: str | None = setting(None, doc="the data folder; null = $MOE_ORCH_DATA of each node, else ./data")
 
 
 @dataclass
@@ -74,73 +67,60 @@ class EvaluateSection(Section):
     """A family's evaluation settings; ``at_end: true`` evaluates the final checkpoint of every
     train run and sweep trial, into the same MLflow run."""
 
-    at_end: bool = False
+    at_end: bool = setting(False, doc="evaluate the final checkpoint of every run and trial")
 
 
 @dataclass
 class ServeSection(Section):
     """The Ray Serve settings every served family shares: HTTP, batching, autoscaling, ingress.
 
-    Families subclass it for their own request limits and route prefix.
+    Families subclass it for their own request limits and route prefix. ``ingress``: ``proxy``, Ray's HTTP
+    proxy routes every request to the replicas (autoscaling behind one port); ``direct``, Ray Serve's direct
+    ingress: the single replica's own HTTP server answers on host:port with no proxy hop (more throughput on
+    a small box; needs min_replicas = max_replicas = 1; Ray's own proxy then takes port + 1); ``haproxy``,
+    HAProxy on host:port in front of replicas that each run their own HTTP server, Serve keeping its backend
+    list in step with the replicas (autoscaling; Ray's proxy, its backup, on port + 1).
     """
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    route_prefix: str = "/"
-    min_replicas: int = 1
-    max_replicas: int = 2
-    target_ongoing_requests: float = 16.0  # autoscaling target per replica
-    upscale_delay_s: float = 30.0  # load above target this long before a replica is added (Ray's default)
-    downscale_delay_s: float = 600.0  # load below target this long before a replica is removed (Ray's default)
-    max_ongoing_requests: int | None = None  # per replica; None = 2 * max_batch_size (must be >= max_batch_size)
-    max_batch_size: int = 32  # requests per @serve.batch call
-    # requests waiting at each caller (Ray's proxy) beyond the replicas' max_ongoing_requests; past it
-    # a request gets 503 at once instead of waiting without bound (-1 = no limit, Ray's default)
-    max_queued_requests: int = 256
-    batch_wait_timeout_s: float = 0.01
-    num_cpus_per_replica: float = 1.0
-    access_log: bool = True  # one log line per request in each replica (off for load tests)
-    max_body_bytes: int = 1_048_576  # a request body over this gets 413 before it is parsed
+    host: str = setting("127.0.0.1", doc="the HTTP address")
+    port: int = setting(8000, doc="the HTTP port (1..65535; 1..65534 with direct or haproxy ingress)")
+    route_prefix: str = setting("/", pattern=r"/.*", expect="a path starting with /", doc="the app's URL prefix")
+    min_replicas: int = setting(1, ge=1, doc="autoscaling floor")
+    max_replicas: int = setting(2, doc="autoscaling ceiling, >= min_replicas")
+    target_ongoing_requests: float = setting(16.0, gt=0, doc="autoscaling target per replica")
+    upscale_delay_s: float = setting(30.0, ge=0, doc="load above target this long before a replica is added "
+                                                     "(Ray's default)")
+    downscale_delay_s: float = setting(600.0, ge=0, doc="load below target this long before a replica is "
+                                                        "removed (Ray's default)")
+    max_ongoing_requests: int | None = setting(None, doc="per replica; null = 2 * max_batch_size (must be >= "
+                                                         "max_batch_size)")
+    max_batch_size: int = setting(32, ge=1, doc="requests per @serve.batch call")
+    max_queued_requests: int = setting(256, ge=1, special=(-1, "no limit"),
+                                       doc="requests waiting at each caller (Ray's proxy) beyond the replicas' "
+                                           "max_ongoing_requests; past it a request gets 503 at once")
+    batch_wait_timeout_s: float = setting(0.01, ge=0, doc="how long a batch waits to fill")
+    num_cpus_per_replica: float = setting(1.0, gt=0, doc="CPUs Ray reserves per replica")
+    access_log: bool = setting(True, doc="one log line per request in each replica (off for load tests)")
+    max_body_bytes: int = setting(1_048_576, ge=1, doc="a request body over this gets 413 before it is parsed")
     # Start-up and health checks, sized for a busy laptop (Ray's proxy ready check is 5 s by default,
     # which a loaded CPU misses: the proxy is then killed and Serve never comes up).
-    proxy_ready_timeout_s: float = 60.0  # Ray's HTTP proxy must answer its ready check within this
-    health_check_period_s: float = 10.0  # replicas and the proxy are checked this often
-    health_check_timeout_s: float = 60.0  # a replica or proxy that misses this is restarted
-    # "proxy": Ray's HTTP proxy routes every request to the replicas (autoscaling behind one port).
-    # "direct": Ray Serve's direct ingress; the single replica's own HTTP server answers on host:port,
-    # with no proxy hop (more throughput on a small box; needs min_replicas = max_replicas = 1;
-    # Ray's own proxy then takes port + 1).
-    # "haproxy": HAProxy on host:port in front of replicas that each run their own HTTP server; Serve
-    # keeps its backend list in step with the replicas (autoscaling; Ray's proxy, its backup, port + 1).
-    ingress: str = "proxy"
+    proxy_ready_timeout_s: float = setting(60.0, gt=0, doc="Ray's HTTP proxy must answer its ready check "
+                                                           "within this")
+    health_check_period_s: float = setting(10.0, gt=0, doc="replicas and the proxy are checked this often")
+    health_check_timeout_s: float = setting(60.0, gt=0, doc="a replica or proxy that misses this is restarted")
+    ingress: str = setting("proxy", one_of=INGRESS_MODES, doc="proxy, direct or haproxy (see above)")
 
-    def errors(self) -> list[str]:
-        errors = [f"{key}: got {fmt(getattr(self, key))}, expected >= 1"
-                  for key in ("min_replicas", "max_batch_size", "max_body_bytes") if not getattr(self, key) >= 1]
+    def cross_checks(self) -> list[str]:
+        errors = []
         if not self.max_replicas >= max(1, self.min_replicas):
             errors.append(f"max_replicas: got {fmt(self.max_replicas)}, expected >= {max(1, self.min_replicas)}")
         top_port = 65534 if self.ingress in ("direct", "haproxy") else 65535  # Ray's proxy takes port + 1
         if not 0 < self.port <= top_port:
             errors.append(f"port: got {fmt(self.port)}, expected 1..{top_port}")
-        if not self.route_prefix.startswith("/"):
-            errors.append(f"route_prefix: got {fmt(self.route_prefix)}, expected a path starting with /")
-        if not (self.max_queued_requests == -1 or self.max_queued_requests >= 1):
-            errors.append(f"max_queued_requests: got {fmt(self.max_queued_requests)}, expected -1 (no limit) or >= 1")
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
             errors.append(f"max_ongoing_requests: got {self.max_ongoing_requests}, expected null or "
                           f">= max_batch_size ({self.max_batch_size})")
-        for key in ("upscale_delay_s", "downscale_delay_s"):
-            if not getattr(self, key) >= 0:
-                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected >= 0")
-        for key in ("target_ongoing_requests", "num_cpus_per_replica", "proxy_ready_timeout_s",
-                    "health_check_period_s", "health_check_timeout_s"):
-            if not getattr(self, key) > 0:
-                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected > 0")
-        if self.batch_wait_timeout_s < 0:
-            errors.append(f"batch_wait_timeout_s: got {fmt(self.batch_wait_timeout_s)}, expected >= 0")
-        if self.ingress not in INGRESS_MODES:
-            errors.append(f"ingress: got {fmt(self.ingress)}, expected one of {', '.join(INGRESS_MODES)}")
-        elif self.ingress == "direct":
+        if self.ingress == "direct":
             for key in ("min_replicas", "max_replicas"):
                 if getattr(self, key) != 1:
                     errors.append(f"{key}: got {fmt(getattr(self, key))}, expected 1 with serve.ingress 'direct' "
@@ -211,7 +191,7 @@ class Family:
     """A model family's declaration (see the module docstring for who reads which field)."""
 
     name: str
-    model: type  # the model config dataclass (trainables.config_base.FamilyConfig)
+    model: type  # the model config, a Section dataclass
     data: type  # a DataSection subclass
     recipe: str  # "module:Class", a trainables.training.Recipe subclass (imported in the worker)
     checkpoint: str  # "module:function": load(directory, manifest) -> model

@@ -28,8 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir
-from orchestrator.config import Experiment, section_with_overrides
 from orchestrator.contract import EvalRequest, EvaluateSection, Family, import_ref
+from orchestrator.experiment import Experiment
+from orchestrator.overrides import section_with_overrides
 from orchestrator.registry import base_family, family_with
 from orchestrator.tracking import Run, Store
 from trainables.training.manifest import UnsafeCheckpointError, read_manifest

@@ -1,30 +1,233 @@
-"""``moe-orch report <sweep run id>``: the comparison table of a sweep, read from MLflow.
+"""A sweep's results: the summary ``moe-orch sweep`` writes at its end, and ``moe-orch report``.
 
-The sweep's trials (the runs nested under its parent run) are grouped by the swept keys (the
-``sweep.space`` of the parent's ``experiment.yaml``, or ``--by``), and averaged over the rest:
-swept keys naming a seed (``train.seed``) are not grouping keys (unless ``--by`` names them), so
-trials that differ only by seed are the repeats of one row. Each metric (the sweep's ``metric``, or
-``--metric``) is its final value in each trial; a row gives n, mean, the sample standard
-deviation (n - 1 in the denominator; 0 for a single trial) and the seeds it averaged (the
-swept seed keys' values, else ``train.seed``).
+The end of a sweep (``write_summary``, called by ``orchestrator/sweep.py`` once Tune returns): one row
+per trial (swept values, metrics, status, timings, MLflow run id) into ``summary.csv`` in the sweep
+folder, the Optuna plots (parallel coordinates, parameter importance, the Pareto front with several
+metrics) into ``plots/``, both logged to the sweep's parent run with the best trial's params and
+metrics, and the fixed-width table the command prints.
 
-Writes ``report.md``, ``report.csv`` and ``report.png`` (a bar per row and metric, error bars one
-standard deviation) into ``--out`` and logs them to the parent run under ``report/``. Trials
-that did not finish are left out and counted.
+``moe-orch report <sweep run id>`` (``report_sweep``): the comparison table of a sweep, read from
+MLflow, at any time after it. The sweep's trials (the runs nested under its parent run) are grouped
+by the swept keys (the ``sweep.space`` of the parent's ``experiment.yaml``, or ``--by``), and
+averaged over the rest: swept keys naming a seed (``train.seed``) are not grouping keys (unless
+``--by`` names them), so trials that differ only by seed are the repeats of one row. Each metric
+(the sweep's ``metric``, or ``--metric``) is its final value in each trial; a row gives n, mean, the
+sample standard deviation (n - 1 in the denominator; 0 for a single trial) and the seeds it averaged
+(the swept seed keys' values, else ``train.seed``). It writes ``report.md``, ``report.csv`` and
+``report.png`` (a bar per row and metric, error bars one standard deviation) into ``--out`` and logs
+them to the parent run under ``report/``. Trials that did not finish are left out and counted.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
+import shutil
 import statistics
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from orchestrator.tracking import Store
+
+if TYPE_CHECKING:
+    from orchestrator.experiment import Experiment
+    from orchestrator.storage import Storage
+    from orchestrator.tracking import Run
+
+CHILD_ID_FILE, TIMING_FILE = "mlflow_run_id", "timing.json"  # a trial folder's files (sweep.py writes them)
+
+
+# -- the end of a sweep: summary rows, summary.csv, the table, the Optuna plots -------------------------
+
+
+def expected_reports(exp: Experiment) -> int:
+    """How many reports a trial that runs to the end makes."""
+    return math.ceil(exp.train.max_steps / exp.train.eval_every)
+
+
+def trial_status(error: bool, reports: int, expected: int, finished: bool) -> str:
+    """``ERROR`` (it raised), ``STOPPED`` (cut short by ASHA or an interruption: fewer reports than a
+    full run and no ``timing.json``, which only a driver that returned writes) or ``TERMINATED``."""
+    if error:
+        return "ERROR"
+    if reports < expected and not finished:
+        return "STOPPED"
+    return "TERMINATED"
+
+
+def trial_row(exp: Experiment, name: str, config: dict[str, Any], metrics: dict[str, Any], error: bool,
+              timing: dict[str, Any], run_id: str | None) -> dict[str, Any]:
+    """One summary row: name, swept values, metric(s), status, wall/train/overhead seconds, run id.
+
+    ``metrics`` is the trial's last Tune result, ``timing`` its ``timing.json`` (empty if the
+    driver did not return).
+    """
+    train_time = metrics.get("train_time_s")
+    wall = timing.get("wall_time_s") or metrics.get("time_total_s")
+    reports = int(metrics.get("training_iteration", 0) or 0)
+    row = {"trial": name}
+    row.update({key: config.get(key) for key in exp.sweep.space})
+    row.update({m: metrics.get(m) for m in exp.metrics})
+    row.update({
+        "status": trial_status(error, reports, expected_reports(exp), bool(timing)),
+        "reports": reports, "step": metrics.get("step"),
+        "wall_time_s": _round(wall), "train_time_s": _round(train_time),
+        "overhead_s": round(wall - train_time, 2) if wall is not None and train_time is not None else None,
+        "startup_s": _round(timing.get("startup_s")), "teardown_s": _round(timing.get("teardown_s")),
+        "run_id": run_id,
+    })
+    return row
+
+
+def trial_rows(exp: Experiment, grid: Any, sweep_dir: Storage) -> list[dict[str, Any]]:
+    """``trial_row`` for every trial of Tune's ``ResultGrid``, sorted by name."""
+    rows = []
+    for result in grid:
+        name = Path(result.path).name
+        timing_file, run_file = (sweep_dir / name).file(TIMING_FILE), (sweep_dir / name).file(CHILD_ID_FILE)
+        rows.append(trial_row(
+            exp, name, dict(result.config or {}), dict(result.metrics or {}), result.error is not None,
+            json.loads(timing_file.read_text()) if timing_file.exists() else {},
+            run_file.read_text().strip() if run_file.exists() else None))
+    return sorted(rows, key=lambda r: r["trial"])
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 2) if value is not None else None
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """The summary table as CSV."""
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["trial"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    """A plain fixed-width text table."""
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    cells = [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return "\n".join(lines)
+
+
+def optuna_study(exp: Experiment, rows: list[dict[str, Any]]) -> Any:
+    """An Optuna study rebuilt from the trial rows (completed trials with all metrics)."""
+    import optuna
+
+    distributions = {}
+    for dim in exp.dims:
+        if dim.kind in ("choice", "grid"):
+            distributions[dim.key] = optuna.distributions.CategoricalDistribution(list(dim.args))
+        elif dim.kind == "randint":
+            distributions[dim.key] = optuna.distributions.IntDistribution(*dim.args)
+        else:
+            distributions[dim.key] = optuna.distributions.FloatDistribution(*dim.args, log=dim.kind == "loguniform")
+    directions = ["minimize" if m == "min" else "maximize" for m in exp.modes]
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(directions=directions, study_name=exp.name)
+    for row in rows:
+        values = [row.get(m) for m in exp.metrics]
+        if any(v is None for v in values) or row["status"] == "ERROR":
+            continue
+        params = {k: row[k] for k in distributions if row.get(k) is not None}
+        if len(params) != len(distributions):
+            continue
+        study.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, values=values,
+            user_attrs={"trial": row["trial"], "status": row["status"]}))
+    return study
+
+
+def write_plots(exp: Experiment, study: Any, out: Path) -> list[Path]:
+    """Parallel coordinates + parameter importance (+ Pareto front with several metrics) as HTML."""
+    import optuna.visualization as vis
+
+    out.mkdir(parents=True, exist_ok=True)
+    target = (lambda t: t.values[0]) if len(exp.metrics) > 1 else None
+    name = exp.metrics[0]
+    plots = {
+        "parallel_coordinate.html": lambda: vis.plot_parallel_coordinate(study, target=target, target_name=name),
+        "param_importances.html": lambda: vis.plot_param_importances(study, target=target, target_name=name),
+    }
+    if len(exp.metrics) > 1:
+        plots["pareto_front.html"] = lambda: vis.plot_pareto_front(study, target_names=exp.metrics)
+    written = []
+    for filename, make in plots.items():
+        try:
+            # plotly.js embedded (about 4 MB a file): the plots open offline and inside the MLflow UI
+            make().write_html(str(out / filename), include_plotlyjs=True)
+            written.append(out / filename)
+        except Exception as exc:  # too few trials, constant params...: a plot is never worth failing a sweep
+            print(f"plot {filename} skipped: {exc}")
+    return written
+
+
+def write_summary(exp: Experiment, grid: Any, rows: list[dict[str, Any]], sweep_dir: Storage, parent: Run,
+                  wall: float) -> dict[str, Any]:
+    """The results of a finished sweep (``rows``: ``trial_rows``): ``summary.csv`` and ``plots/`` into
+    ``sweep_dir`` and the parent run, the best trial's params and metrics and the sweep's totals into the
+    parent run (which the caller closes). Returns what ``run_sweep`` returns: the rows, a printable table,
+    the best row, the parent run id, where the CSV and plots are, the wall time."""
+    local = sweep_dir.local_path or Path(tempfile.mkdtemp(prefix="moe-orch-sweep-"))  # written here, then stored
+    try:
+        return _write_summary(exp, grid, rows, sweep_dir, local, parent, wall)
+    finally:
+        if sweep_dir.local_path is None:
+            sweep_dir.upload(local)
+            shutil.rmtree(local, ignore_errors=True)
+
+
+def _write_summary(exp: Experiment, grid: Any, rows: list[dict[str, Any]], sweep_dir: Storage, local: Path,
+                   parent: Run, wall: float) -> dict[str, Any]:
+    csv_path = write_csv(rows, local / "summary.csv")
+    parent.log_artifact(csv_path)
+    plots: list[Path] = []
+    if rows:
+        try:
+            plots = write_plots(exp, optuna_study(exp, rows), local / "plots")
+        except Exception as exc:
+            print(f"plots skipped: {exc}")
+    for plot in plots:
+        parent.log_artifact(plot, "plots")
+
+    metric, mode = exp.metrics[0], exp.modes[0]
+    scored = [r for r in rows if r.get(metric) is not None and r["status"] != "ERROR"]
+    best = (min if mode == "min" else max)(scored, key=lambda r: r[metric]) if scored else None
+    if best is not None:
+        parent.log_params({"best": {"trial": best["trial"], **{k: best[k] for k in exp.sweep.space}}})
+        best_result = next((r for r in grid if Path(r.path).name == best["trial"]), None)
+        best_metrics = dict(best_result.metrics or {}) if best_result is not None else {}
+        family = exp.family_spec  # the family's own scalars, not Tune's bookkeeping or per-layer keys
+        parent.log_metrics({f"best_{k}": v for k, v in best_metrics.items()
+                            if k in family.metrics or k in family.eval_metrics}, step=0)
+    finished = sum(r["status"] != "ERROR" for r in rows)
+    parent.log_metrics({"sweep_wall_time_s": wall, "trials": len(rows), "trials_ok": finished})
+
+    columns = ["trial", *exp.sweep.space, *exp.metrics, "status", "step", "wall_time_s", "train_time_s", "overhead_s"]
+    table = format_table(rows, columns)
+    if best is not None:
+        table += f"\nbest: {best['trial']} {metric}={best[metric]:.4f}"
+    return {"interrupted": False, "rows": rows, "table": table, "best": best, "parent_run_id": parent.run_id,
+            "csv": str(sweep_dir / "summary.csv"), "plots": [str(sweep_dir / "plots" / p.name) for p in plots],
+            "wall_time_s": wall}
+
+
+# -- moe-orch report: a sweep's trials from MLflow, grouped and averaged over seeds ---------------------
 
 
 class ReportError(ValueError):

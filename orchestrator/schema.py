@@ -1,18 +1,20 @@
-"""Type checking of plain config data against dataclass type hints.
+"""Checking plain config data against section dataclasses: types, declared rules, the ``Section`` base.
 
-The experiment schema is a set of dataclasses (see ``orchestrator.config``); this module
-checks raw YAML values against their field types and reports problems as
-``path: got X, expected Y`` lines, never raising. It also owns the YAML loader, which
-reads ``3e-4`` as a float (plain PyYAML reads it as a string).
+The experiment schema is a set of ``Section`` dataclasses (``orchestrator.sections`` and each family's
+own). This module checks raw YAML values against their field types, checks the rules each field declares
+with ``setting(default, ge=..., one_of=..., doc=...)``, and reports problems as ``path: got X,
+expected Y`` lines, never raising. It also owns the YAML loader, which reads ``3e-4`` as a float
+(plain PyYAML reads it as a string), and ``field_docs``, the source of the configuration reference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, Self, get_args, get_origin
 
 import yaml
 
@@ -40,8 +42,9 @@ def dump_yaml(data: Any) -> str:
     return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)
 
 
+@functools.cache
 def field_types(cls: type) -> dict[str, Any]:
-    """``{field name: resolved type hint}`` of a dataclass, in declaration order."""
+    """``{field name: resolved type hint}`` of a dataclass, in declaration order (don't mutate it)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
@@ -145,3 +148,211 @@ def check_section(path: str, raw: Any, cls: type) -> tuple[dict[str, Any], list[
         else:
             errors.append(f"{path}.{key}: got {fmt(value)}, expected {describe(fields[key])}")
     return values, errors
+
+
+# -- declared constraints ----------------------------------------------------------------------
+#
+# A section field declares what it accepts beside its type: ``setting(200, ge=1, doc="optimizer steps")``.
+# ``rule_errors(obj)`` checks every declared rule of a dataclass instance; ``field_docs(cls)`` lists the
+# fields for the configuration reference (docs/configuration.md is generated from it).
+
+
+def _num(value: float) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """What one field accepts beyond its type hint; ``text`` is the ``expected ...`` part of an error.
+
+    ``ge``/``gt``/``le``/``lt``: a range; ``one_of``: allowed values; ``some_of``: a list field whose
+    items are each one of these (and at least one); ``nonempty``: a non-blank string or non-empty list;
+    ``pattern``: a regular expression the whole string matches; ``special``: ``(value, meaning)``, one
+    more value allowed outside the range (``(-1, "no limit")``); ``items``: a rule every item of a list
+    field passes (each bad item is its own error line); ``expect``: the text to show instead of
+    the generated one. A null value passes when the field's type admits null.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    one_of: tuple[Any, ...] = ()
+    some_of: tuple[Any, ...] = ()
+    nonempty: bool = False
+    pattern: str | None = None
+    special: tuple[Any, str] | None = None
+    items: Rule | None = None
+    expect: str | None = None
+
+    @property
+    def text(self) -> str:
+        """What the field accepts, in words: ``>= 1``, ``0 <= x < 1``, ``one of a, b``..."""
+        if self.expect is not None:
+            return self.expect
+        if self.one_of:
+            return "one of " + ", ".join(str(v) for v in self.one_of)
+        if self.some_of:
+            return "some of " + ", ".join(str(v) for v in self.some_of)
+        low = f"{_num(self.ge)} <= " if self.ge is not None else f"{_num(self.gt)} < " if self.gt is not None else ""
+        high = f" <= {_num(self.le)}" if self.le is not None else f" < {_num(self.lt)}" if self.lt is not None else ""
+        if low and high:
+            text = f"{low}x{high}"
+        elif low:
+            text = (">= " if self.ge is not None else "> ") + low.split(" ")[0]
+        elif high:
+            text = high.strip()
+        elif self.nonempty:
+            text = "a non-empty value"
+        elif self.items is not None:
+            text = f"items {self.items.text}"
+        else:
+            text = ""
+        if self.special is not None:
+            text = f"{fmt(self.special[0])} ({self.special[1]}) or {text}"
+        return text
+
+    def accepts(self, value: Any) -> bool:
+        """Whether a (well-typed, non-null) value passes."""
+        if self.special is not None and value == self.special[0] and type(value) is type(self.special[0]):
+            return True
+        if self.one_of and value not in self.one_of:
+            return False
+        if self.some_of and (not value or any(v not in self.some_of for v in value)):
+            return False
+        if self.nonempty and (not value or (isinstance(value, str) and not value.strip())):
+            return False
+        if self.pattern is not None and not re.fullmatch(self.pattern, str(value)):
+            return False
+        try:
+            return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                    and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+        except TypeError:
+            return False
+
+    def problems(self, name: str, value: Any, nullable: bool) -> list[str]:
+        """The error lines for ``value`` at field ``name`` (none when it passes)."""
+        if value is None and nullable:
+            return []
+        prefix = "null or " if nullable else ""
+        if self.some_of and isinstance(value, list) and value:  # name each bad item
+            return [f"{name}: got {fmt(v)}, expected {prefix}{self.text}" for v in value if v not in self.some_of]
+        if not self.accepts(value):
+            return [f"{name}: got {fmt(value) if value != [] else '[]'}, expected {prefix}{self.text}"]
+        if self.items is not None and isinstance(value, list):
+            bad = [v for v in value if not self.items.accepts(v)]
+            if bad and self.expect is not None:  # the field says what a whole list must be
+                return [f"{name}: got {fmt(value)}, expected {prefix}{self.expect}"]
+            return [f"{name}: got {fmt(v)}, expected {self.items.text}" for v in bad]
+        return []
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, doc: str = "",
+            **rule: Any) -> Any:
+    """A section field with its default, its one-line ``doc`` and its declared ``Rule`` (keyword arguments
+    of ``Rule``; ``items`` may be a dict of them): ``max_steps: int = setting(200, ge=1, doc="optimizer steps")``."""
+    if isinstance(rule.get("items"), dict):
+        rule["items"] = Rule(**rule["items"])
+    metadata = {"doc": doc, "rule": Rule(**rule) if rule else None}
+    if factory is not dataclasses.MISSING:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def override(base: type, name: str, default: Any) -> Any:
+    """A subclass's new default for an inherited field, keeping the base's rule and doc:
+    ``max_batch_size: int = override(ServeSection, "max_batch_size", 16)``."""
+    inherited = {f.name: f for f in dataclasses.fields(base)}[name]
+    return dataclasses.field(default=default, metadata=inherited.metadata)
+
+
+def _nullable(tp: Any) -> bool:
+    return get_origin(tp) in (typing.Union, types.UnionType) and type(None) in get_args(tp)
+
+
+def type_errors(obj: Any) -> list[str]:
+    """``field: got X, expected <type>`` for each field of a dataclass instance that does not fit its hint."""
+    return [f"{name}: got {fmt(getattr(obj, name))}, expected {describe(tp)}"
+            for name, tp in field_types(type(obj)).items() if not check(getattr(obj, name), tp)[0]]
+
+
+def rule_errors(obj: Any) -> list[str]:
+    """Every declared rule of a dataclass instance checked: one ``field: got X, expected Y`` line per problem."""
+    hints = field_types(type(obj))
+    errors: list[str] = []
+    for f in dataclasses.fields(obj):
+        rule = f.metadata.get("rule")
+        if rule is not None:
+            errors += rule.problems(f.name, getattr(obj, f.name), _nullable(hints[f.name]))
+    return errors
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldDoc:
+    """One row of the configuration reference."""
+
+    name: str
+    type: str  # describe() of the hint: "an integer", "a number or null"
+    default: str  # as YAML would show it
+    rule: str  # what it accepts beyond its type ("" = anything of the type)
+    doc: str
+
+
+def _default_text(f: dataclasses.Field) -> str:
+    if f.default is not dataclasses.MISSING:
+        value = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        value = f.default_factory()
+    else:
+        return "required"
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip()
+
+
+def field_docs(cls: type) -> list[FieldDoc]:
+    """The fields of a section dataclass, for the configuration reference (in declaration order)."""
+    hints = field_types(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        rule = f.metadata.get("rule")
+        text = rule.text if rule is not None else ""
+        if rule is not None and _nullable(hints[f.name]):
+            text = f"null or {text}"
+        out.append(FieldDoc(f.name, describe(hints[f.name]), _default_text(f), text, f.metadata.get("doc", "")))
+    return out
+
+
+@dataclasses.dataclass
+class Section:
+    """The base of every config section, generic or a family's: a dataclass that checks itself.
+
+    Fields declare what they accept with ``setting(...)``; a subclass overrides ``cross_checks`` only for
+    relations between fields (``top_k <= num_experts``). ``errors()`` lists every problem at once.
+    """
+
+    def cross_checks(self) -> list[str]:
+        """Problems that involve several fields, one ``field: got X, expected Y`` line each (no prefix).
+        Runs only when every field is well typed."""
+        return []
+
+    def errors(self) -> list[str]:
+        """Every problem: wrong types, else broken field rules plus the cross checks (no section prefix)."""
+        return type_errors(self) or rule_errors(self) + self.cross_checks()
+
+    def validate(self) -> Self:
+        """Raise ValueError listing every error; return self when valid."""
+        errs = self.errors()
+        if errs:
+            raise ValueError(f"invalid {type(self).__name__}:\n  " + "\n  ".join(errs))
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """The section as plain nested data (YAML, JSON, Ray and MLflow params)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Build from a dict; unknown keys raise ValueError naming them."""
+        unknown = sorted(set(data) - set(field_types(cls)))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys: {', '.join(unknown)}")
+        return cls(**data)

@@ -22,7 +22,7 @@ from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
 from ray.train.torch import TorchTrainer
 
 from orchestrator.callbacks import MlflowReportCallback, TrainProgress, overhead_split
-from orchestrator.config import Experiment
+from orchestrator.experiment import Experiment
 from orchestrator.node_interface import NodeInterfaceTorchConfig
 from orchestrator.storage import Storage, StoredFile, resolve
 from orchestrator.tracking import Run, Store, TextFile
@@ -38,8 +38,8 @@ def build_trainer(exp: Experiment, name: str, storage: Storage, callbacks: list[
     scaling = exp.scaling
     return TorchTrainer(
         train_loop_per_worker,
-        # the typed experiment itself, and where the workers import its family from
-        train_loop_config={"experiment": exp, "family": exp.family_ref},
+        # the typed experiment itself, and where the workers import its family's recipe from
+        train_loop_config={"experiment": exp, "recipe": exp.family_spec.recipe},
         # each worker's gloo/NCCL on the interface of its node's Ray IP, not where its hostname resolves
         torch_config=NodeInterfaceTorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

@@ -139,8 +139,7 @@ class ModelServer:
     def __init__(self, source: dict[str, Any], family: str, settings: dict[str, Any]) -> None:
         import torch
 
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        spec = load_family(family)
+        spec = load_family(family)  # imports trainables, which keeps the model hub offline
         self.settings = section_from(spec.serve, settings)
         torch.set_num_threads(max(1, int(self.settings.num_cpus_per_replica)))
         path, self.download_dir = fetch_checkpoint(source)  # a download is deleted in __del__

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir, newest_checkpoint
-from orchestrator.config import Experiment
 from orchestrator.contract import Family, ServeSection, section_from
+from orchestrator.experiment import Experiment
 from orchestrator.registry import family_ref, family_with
 from trainables.training.manifest import UnsafeCheckpointError, read_manifest
 

@@ -10,8 +10,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from orchestrator.config import Experiment, section_with_overrides
 from orchestrator.contract import ServeSection, import_ref
+from orchestrator.experiment import Experiment
+from orchestrator.overrides import section_with_overrides
 from serve.resolve import Target, TargetError, resolve_target
 
 

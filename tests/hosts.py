@@ -62,7 +62,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from support import wait_for
+from support import SHARED_DATA, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -306,7 +306,7 @@ class Cluster:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-        data = os.environ.get("MOE_ORCH_DATA") or str((REPO / ".." / "shared" / "data").resolve())
+        data = os.environ.get("MOE_ORCH_DATA") or str(SHARED_DATA)  # read now: a test may have set it
         # joinable: a local Ray started earlier in this process (orchestrator.ray_runtime) left the switch at 0
         return {**env, **NODE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "MOE_ORCH_DATA": data,
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}

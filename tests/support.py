@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from collections.abc import Callable
@@ -9,6 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+
+# The tests' data root: $MOE_ORCH_DATA if set, else ../shared/data beside the repository (where CI and the
+# README put it). Tests that need real data skip or fail naming it when it is missing.
+SHARED_DATA = Path(os.environ.get("MOE_ORCH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data").resolve()
 
 
 def ray_processes(title_prefix: str) -> list[psutil.Process]:
@@ -258,7 +263,7 @@ def randomize_routing(model: Any, seed: int = 0) -> None:
     0.5 * N(0, 1) (fresh ones are zero), seeded, so routing and outputs vary from token to token."""
     import torch
 
-    from trainables.mixlora.layer import mixlora_blocks
+    from trainables.mixlora.surgery import mixlora_blocks
 
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():

@@ -15,11 +15,11 @@ import pytest
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
 from scripted_llm import ScriptedLLM
+from support import SHARED_DATA
 
 from orchestrator.cli import main
 
 EXPERIMENT = Path(__file__).resolve().parents[2] / "experiments" / "llm_judge.yaml"
-SHARED_DATA = (Path(__file__).resolve().parents[3] / "shared" / "data").resolve()
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 
 

@@ -17,16 +17,13 @@ from safetensors.torch import load_model, save_model
 from torch import nn
 
 from orchestrator.contract import DataSection, EvalRequest, EvaluateSection, Family
-from trainables.config_base import FamilyConfig
+from orchestrator.schema import Section, setting
 from trainables.training import Manifest, Recipe, StepOutput, read_manifest, write_manifest
 
 
 @dataclass
-class ToyConfig(FamilyConfig):
-    dim: int = 8
-
-    def errors(self) -> list[str]:
-        return [] if self.dim >= 1 else [f"dim: got {self.dim}, expected >= 1"]
+class ToyConfig(Section):
+    dim: int = setting(8, ge=1, doc="input features")
 
 
 @dataclass

@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 
 import pytest
+from support import SHARED_DATA
 
 REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 EXPERIMENTS = REPO / "experiments"
 
 

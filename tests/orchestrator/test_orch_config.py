@@ -9,7 +9,8 @@ import ray
 from click.testing import CliRunner
 
 from orchestrator.cli import main
-from orchestrator.config import ExperimentError, load_experiment
+from orchestrator.config import load_experiment
+from orchestrator.experiment import ExperimentError
 from orchestrator.registry import family_names
 
 EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"

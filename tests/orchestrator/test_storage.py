@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from support import S3Server
 
-from orchestrator.config import ExperimentError, load_experiment
+from orchestrator.config import load_experiment
+from orchestrator.experiment import ExperimentError
 from orchestrator.storage import Storage, resolve
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"

@@ -1,5 +1,6 @@
 """The sweep's pure helpers, which only slow end-to-end tests reached before: summary rows and their
-status, the trial namer, and the Optuna study rebuilt for the plots."""
+status and the Optuna study rebuilt for the plots (``orchestrator.report``), and the trial namer
+(``orchestrator.sweep``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ from types import SimpleNamespace
 import pytest
 
 from orchestrator.config import load_experiment
+from orchestrator.report import expected_reports, optuna_study, trial_row, trial_status
 from orchestrator.storage import Storage
-from orchestrator.sweep import TrialNamer, expected_reports, optuna_study, trial_row, trial_status
+from orchestrator.sweep import TrialNamer
 
 TINY = Path(__file__).resolve().parents[2] / "experiments" / "tiny.yaml"
 

@@ -16,7 +16,8 @@ from safetensors.torch import save_file
 
 from orchestrator.checkpoints import find_checkpoint_dir, load_checkpoint
 from orchestrator.cli import main
-from orchestrator.config import ExperimentError, load_experiment
+from orchestrator.config import load_experiment
+from orchestrator.experiment import ExperimentError
 from trainables.training.manifest import UnsafeCheckpointError, pickled_files
 from trainables.training.strategies import TRAIN_STATE, DDPStrategy
 

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import requests
-
-SHARED_DATA = (Path(__file__).resolve().parents[2] / ".." / "shared" / "data").resolve()
+from support import SHARED_DATA
 
 
 @pytest.fixture(scope="module")

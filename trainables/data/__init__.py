@@ -6,6 +6,8 @@
 - `load_babi(task, split)`: bAbI tasks 2 and 3 as `BabiExample`s.
 - `arithmetic_examples(...)`: generated arithmetic problems (`ArithmeticFormat`: operators, reversed answers).
 - `encode_corpus` / `random_batches`: token tensors and nanoGPT-style (x, y) batches.
+- `arc_easy.arc_easy_records`, `hellaswag.hellaswag_split`: the one reader of each benchmark's local
+  files (the HellaSwag split into train and eval parts is fixed there).
 
 Local data is read from `$MOE_ORCH_DATA` (default `./data`); see `registry.py`.
 """

@@ -1,4 +1,4 @@
-"""Named text corpora, the data root, and the error raised when data is missing.
+"""Named text corpora, the data root, local JSON-lines files, and the error raised when data is missing.
 
 Every corpus is a function `split -> str` registered under a name with
 `@register_dataset(name, splits=...)`; `load_text(name, split)` checks the name and split
@@ -19,10 +19,13 @@ Online fallbacks (Hugging Face `datasets`) are tried only when `online_allowed()
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 DATA_ENV = "MOE_ORCH_DATA"
 OFFLINE_ENV = "MOE_ORCH_OFFLINE"
@@ -110,6 +113,13 @@ def local_file(dataset: str, *relative: str, root: str | Path | None = None) -> 
     if not path.is_file():
         raise DataNotFoundError.missing(dataset, [path], root=root)
     return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file (gzip-compressed when its name ends in ``.gz``), blank lines skipped."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 @dataclass(frozen=True)

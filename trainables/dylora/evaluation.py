@@ -3,7 +3,7 @@
 - ``skill_scores``: per skill, the held-out answer-token ``loss`` (mean NLL), ``ppl`` and ``acc`` (the
   share of answer tokens the model predicts exactly, greedy next token): ``acc`` is the score of the
   accuracy matrix R[i][j];
-- ``code_scores``: MBPP / HumanEval pass@k through ``trainables.dylora.codeeval`` (sandboxed), the
+- ``code_scores``: MBPP / HumanEval pass@k through ``trainables.codeeval`` (sandboxed), the
   problems split across DDP ranks and merged;
 - ``detection_summary``: the delay from each true phase boundary to the expert the detector added;
 - ``evaluate_checkpoint`` (the family contract's evaluator, ``evaluate.at_end``): reads the rows the
@@ -23,9 +23,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from trainables.dylora import codeeval
+from trainables import codeeval
 from trainables.dylora.metrics import ContinualMatrix, accuracy_heatmap_png, lifecycle_png
-from trainables.mixlora import data as lm_data
+from trainables.lm import instructions
+from trainables.training.metrics import perplexity_of
 
 
 @torch.no_grad()
@@ -38,15 +39,15 @@ def skill_scores(model: Any, heldout: dict[str, list], pad_id: int, batch_size: 
     for skill, rows in heldout.items():
         nll = correct = tokens = 0.0
         for i in range(0, len(rows), batch_size):
-            batch = {k: v.to(device) for k, v in lm_data.collate(rows[i:i + batch_size], pad_id).items()}
+            batch = {k: v.to(device) for k, v in instructions.collate(rows[i:i + batch_size], pad_id).items()}
             logits = model(**batch).logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
             target = batch["labels"][:, 1:]  # (B, T-1)
-            scored = target != lm_data.IGNORE
+            scored = target != instructions.IGNORE
             nll += torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="sum").item()
             correct += (logits.argmax(-1)[scored] == target[scored]).sum().item()
             tokens += scored.sum().item()
         loss = nll / max(tokens, 1)
-        out[skill] = {"loss": loss, "ppl": math.exp(min(loss, 50.0)), "acc": correct / max(tokens, 1)}
+        out[skill] = {"loss": loss, "ppl": perplexity_of(loss), "acc": correct / max(tokens, 1)}
     model.train(was_training)
     return out
 

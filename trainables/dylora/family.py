@@ -5,11 +5,11 @@ phase. Registered in ``orchestrator/registry.py``."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
-from orchestrator.schema import fmt
+from orchestrator.schema import fmt, setting
 from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.stream import SKILLS
 from trainables.lm.sections import LMServe
@@ -19,15 +19,18 @@ from trainables.lm.sections import LMServe
 class StreamData(DataSection):
     """The stream: ``phases`` in order (a skill and its optimizer steps each), held-out examples per skill."""
 
-    phases: list[dict[str, Any]] = field(default_factory=lambda: [{"skill": "python_basics", "steps": 40},
-                                                                   {"skill": "web_requests", "steps": 40}])
-    heldout: int = 24  # per skill, never trained on: held-out loss, perplexity and token accuracy
-    max_train_examples: int | None = None  # per skill; null = all that remain after the held-out split
+    phases: list[dict[str, Any]] = setting(factory=lambda: [{"skill": "python_basics", "steps": 40},
+                                                            {"skill": "web_requests", "steps": 40}],
+                                           nonempty=True, expect="a list of {skill, steps}",
+                                           doc=f"the skills in order, each {{skill: <one of {', '.join(SKILLS)}>, "
+                                               "steps: <optimizer steps>}")
+    heldout: int = setting(24, ge=1, le=64, expect="1..64", doc="per skill, never trained on: held-out loss, "
+                                                                "perplexity and token accuracy")
+    max_train_examples: int | None = setting(None, ge=1, doc="per skill; null = all that remain after the "
+                                                             "held-out split")
 
-    def errors(self) -> list[str]:
+    def cross_checks(self) -> list[str]:
         errors = []
-        if not isinstance(self.phases, list) or not self.phases:
-            return [f"phases: got {fmt(self.phases)}, expected a list of {{skill, steps}}"]
         for i, phase in enumerate(self.phases):
             if not isinstance(phase, dict) or set(phase) != {"skill", "steps"}:
                 errors.append(f"phases[{i}]: got {fmt(phase)}, expected {{skill: <name>, steps: <int>}}")
@@ -36,10 +39,6 @@ class StreamData(DataSection):
                 errors.append(f"phases[{i}].skill: got {fmt(phase['skill'])}, expected one of {', '.join(SKILLS)}")
             if not isinstance(phase["steps"], int) or isinstance(phase["steps"], bool) or phase["steps"] < 1:
                 errors.append(f"phases[{i}].steps: got {fmt(phase['steps'])}, expected an integer >= 1")
-        if not isinstance(self.heldout, int) or not 1 <= self.heldout <= 64:
-            errors.append(f"heldout: got {fmt(self.heldout)}, expected 1..64")
-        if self.max_train_examples is not None and self.max_train_examples < 1:
-            errors.append(f"max_train_examples: got {self.max_train_examples}, expected null or >= 1")
         return errors
 
     @property
@@ -56,36 +55,23 @@ class CodeEvalSection(EvaluateSection):
     each k in ``k`` up to ``n_samples`` (the unbiased estimator). No repetition penalty, ever.
     """
 
-    mbpp_limit: int = 20  # 0 = skip MBPP
-    humaneval_limit: int = 20  # 0 = skip HumanEval
-    n_samples: int = 1
-    k: list[int] = field(default_factory=lambda: [1])
-    temperature: float = 0.8  # used when n_samples > 1
-    max_new_tokens: int = 128
-    batch_size: int = 8
-    timeout_s: float = 10.0  # per program, in the sandbox
-    memory_mb: int = 1024
-    # the evaluator (evaluate.at_end, moe-orch evaluate) scores the code benchmarks of the checkpoint
-    # again with these settings, e.g. n_samples=5 k=[1,5] for pass@5 (eval/<bench>/pass_at_<k>)
-    rescore: bool = False
+    mbpp_limit: int = setting(20, ge=0, doc="MBPP problems; 0 = skip MBPP")
+    humaneval_limit: int = setting(20, ge=0, doc="HumanEval problems; 0 = skip HumanEval")
+    n_samples: int = setting(1, ge=1, doc="samples per problem (1 = greedy)")
+    k: list[int] = setting(factory=lambda: [1], doc="the k of each pass@k, in 1..n_samples")
+    temperature: float = setting(0.8, gt=0, doc="used when n_samples > 1")
+    max_new_tokens: int = setting(128, ge=1, doc="tokens per program")
+    batch_size: int = setting(8, ge=1, doc="prompts decoded together")
+    timeout_s: float = setting(10.0, gt=0, doc="per program, in the sandbox")
+    memory_mb: int = setting(1024, ge=1, doc="per program, in the sandbox")
+    rescore: bool = setting(False, doc="the evaluator (evaluate.at_end, moe-orch evaluate) scores the code "
+                                       "benchmarks of the checkpoint again with these settings, e.g. n_samples=5 "
+                                       "k=[1,5] for pass@5 (eval/<bench>/pass_at_<k>)")
 
-    def errors(self) -> list[str]:
-        errors = []
-        for key in ("mbpp_limit", "humaneval_limit"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 0:
-                errors.append(f"{key}: got {fmt(value)}, expected an integer >= 0")
-        for key in ("n_samples", "max_new_tokens", "batch_size", "memory_mb"):
-            value = getattr(self, key)
-            if not isinstance(value, int) or value < 1:
-                errors.append(f"{key}: got {fmt(value)}, expected an integer >= 1")
-        if not self.k or any(not isinstance(k, int) or not 1 <= k <= max(1, int(self.n_samples)) for k in self.k):
-            errors.append(f"k: got {fmt(self.k)}, expected integers in 1..n_samples ({self.n_samples})")
-        if not self.temperature > 0:
-            errors.append(f"temperature: got {fmt(self.temperature)}, expected > 0")
-        if not self.timeout_s > 0:
-            errors.append(f"timeout_s: got {fmt(self.timeout_s)}, expected > 0")
-        return errors
+    def cross_checks(self) -> list[str]:
+        if not self.k or any(not 1 <= k <= max(1, self.n_samples) for k in self.k):
+            return [f"k: got {fmt(self.k)}, expected integers in 1..n_samples ({self.n_samples})"]
+        return []
 
 
 def _stream_checks(exp: Any) -> list[str]:

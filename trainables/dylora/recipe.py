@@ -11,7 +11,7 @@
   prototype the window's mean feature, seeding LR, older experts frozen);
 - evaluation (every ``train.eval_every`` steps): per skill held-out ``loss``, ``ppl`` and answer-token
   ``acc`` (``skill/<name>/...``; ``val_loss`` is their mean); at step 0 (before training) and at every
-  phase end also MBPP / HumanEval pass@k (``evaluate:`` section; ``trainables.dylora.codeeval``). Phase
+  phase end also MBPP / HumanEval pass@k (``evaluate:`` section; ``trainables.codeeval``). Phase
   ends add ``registry/phase`` and ``registry/experts``: the orchestrator registers those checkpoints;
 - checkpoint: the pool directory (``trainables.dylora.checkpoint``) whose metadata holds the matrix rows,
   code scores, lifecycle events and per-step curves the evaluator turns into metrics and pictures.
@@ -19,15 +19,12 @@
 
 from __future__ import annotations
 
-import math
-import os
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
 from trainables.dylora import evaluation
@@ -37,17 +34,12 @@ from trainables.dylora.novelty import NoveltyDetector
 from trainables.dylora.router import DynamicHybridRouter
 from trainables.dylora.schedule import TwoPhaseLRScheduler
 from trainables.dylora.stream import SkillStream, skill_splits, stream_batches
+from trainables.lm import instructions
 from trainables.lm.base import load_base
-from trainables.mixlora import data as lm_data
 from trainables.training import Recipe, StepOutput
+from trainables.training.metrics import all_reduce_sum, perplexity_of
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels: each (B, T)
-
-
-def _all_reduce(t: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(t)
-    return t
 
 
 class DyLoRARecipe(Recipe):
@@ -58,7 +50,6 @@ class DyLoRARecipe(Recipe):
     # -- set-up ---------------------------------------------------------------------------------
 
     def setup(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         exp = self.experiment
         cfg, data = exp.model, exp.data
         self.base, self.tokenizer = load_base(cfg.base)
@@ -67,8 +58,8 @@ class DyLoRARecipe(Recipe):
         self.heldout_sets: dict[str, list] = {}
         for skill in self.stream.skills:
             train, heldout = skill_splits(skill, data.root, data.heldout, exp.train.seed, data.max_train_examples)
-            self.train_sets[skill] = [lm_data.encode(self.tokenizer, ex, cfg.max_length) for ex in train]
-            self.heldout_sets[skill] = [lm_data.encode(self.tokenizer, ex, cfg.max_length) for ex in heldout]
+            self.train_sets[skill] = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in train]
+            self.heldout_sets[skill] = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in heldout]
         self.code_problems = evaluation.code_problems(exp.evaluate, data.root)
         self.events: list[dict[str, Any]] = [{"step": b, "kind": "phase_boundary", "phase": i + 1}
                                              for i, b in enumerate(self.stream.boundaries())]
@@ -148,8 +139,8 @@ class DyLoRARecipe(Recipe):
 
     def on_step_end(self, model: nn.Module, step: int) -> None:
         """Prototypes, maturity and novelty after ``step`` optimizer steps (same values on every rank)."""
-        scalars = _all_reduce(torch.tensor([self._loss_sum, self._entropy_sum, float(self._micro)]))
-        sums, counts = _all_reduce(self._feature_sums.clone()), _all_reduce(self._feature_counts.clone())
+        scalars = all_reduce_sum(torch.tensor([self._loss_sum, self._entropy_sum, float(self._micro)]))
+        sums, counts = all_reduce_sum(self._feature_sums.clone()), all_reduce_sum(self._feature_counts.clone())
         loss, entropy = (scalars[0] / scalars[2]).item(), (scalars[1] / scalars[2]).item()
         self._window_features.append(sums.sum(0) / counts.sum().clamp_min(1))
         self._reset_step_stats()
@@ -265,4 +256,4 @@ class DyLoRARecipe(Recipe):
 
     def checkpoint_metadata(self, metrics: dict[str, float]) -> dict[str, Any]:
         return {"val_loss": metrics.get("val_loss"), "skills": self.stream.skills,
-                "perplexity": math.exp(min(metrics.get("val_loss", 0.0), 50.0))}
+                "perplexity": perplexity_of(metrics.get("val_loss", 0.0))}

@@ -20,11 +20,11 @@ once its training loss stops improving (``ExpertManager`` decides; the router on
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainables.moe import router_entropy
 
 DENSE, SPARSE = "dense", "sparse"
 
@@ -95,11 +95,7 @@ class DynamicHybridRouter(nn.Module):
     @staticmethod
     def normalised_entropy(probs: torch.Tensor) -> float:
         """Mean over the batch of H(probs) / log E; 0 with a single expert."""
-        n = probs.shape[-1]
-        if n < 2:
-            return 0.0
-        h = -(probs * probs.clamp_min(1e-12).log()).sum(-1)
-        return float(h.mean() / math.log(n))
+        return float(router_entropy(probs))
 
     @torch.no_grad()
     def add(self, slot: int, prototype: torch.Tensor | None) -> None:

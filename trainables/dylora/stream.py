@@ -9,7 +9,7 @@ Skills
 Records come from ``<root>/code_alpaca/code_alpaca_2k.json`` (2,017 ``{instruction, input, output}``) and
 ``<root>/code_alpaca/new_codealpaca.json`` (4,535 ``{instruction, input, output, response}``; ``response`` equals
 ``output`` in every record, and ``output`` is used). An example's prompt is the instruction, plus ``"\\n\\n"`` and
-the input when the input is not empty; its answer is ``output`` (as in ``trainables.mixlora.data``).
+the input when the input is not empty; its answer is ``output`` (as in ``trainables.lm.instructions``).
 
 The rule, applied in this order (so the skills are disjoint):
 
@@ -50,7 +50,7 @@ falls in (``step_fn()`` is read when the next batch is requested, so a prefetchi
 depth); in mode ``"joint"`` (the joint-training upper bound) every batch draws uniformly from the union of all
 the stream's skills from step 0, so a skill's share of the batches is proportional to its size. Each skill (or
 the union) is reshuffled every epoch with the given generator; an epoch's incomplete tail is skipped, as in
-``trainables.mixlora.data.batches``. Batches carry ``input_ids``, ``attention_mask`` and ``labels`` only: no
+``trainables.lm.instructions.batches``. Batches carry ``input_ids``, ``attention_mask`` and ``labels`` only: no
 skill label reaches the model.
 """
 
@@ -68,13 +68,13 @@ from pathlib import Path
 import torch
 
 from trainables.data import data_root
-from trainables.mixlora.data import Example, collate
+from trainables.lm.instructions import Example, collate
 
 SKILLS = ("python_basics", "web_requests", "sql")
 MODES = ("stream", "joint")
 FILES = ("code_alpaca_2k.json", "new_codealpaca.json")
 
-Encoded = tuple[list[int], list[int]]  # (input_ids, labels) of one example, as trainables.mixlora.data.encode returns
+Encoded = tuple[list[int], list[int]]  # (input_ids, labels) of one example (trainables.lm.instructions.encode)
 
 WEB_RE = re.compile(
     r"\bimport requests\b|\brequests\.(get|post|put|patch|delete|head|options|request|Session)\b"

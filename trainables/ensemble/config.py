@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from trainables.config_base import FamilyConfig
+from orchestrator.schema import Section, setting
 
 EXPERT_TRAINING = ("all", "heads", "frozen")
 TOKENIZER_KINDS = ("wordpiece", "bpe")
@@ -28,7 +28,7 @@ def default_experts() -> list[dict[str, Any]]:
 
 
 @dataclass
-class EnsembleConfig(FamilyConfig):
+class EnsembleConfig(Section):
     """Every knob of an Ensemble MoE. Plain data: serialises to YAML, JSON and flat params.
 
     ``experts`` is a list of mappings, one per expert (names must be unique):
@@ -46,52 +46,33 @@ class EnsembleConfig(FamilyConfig):
     (optional) fine-tunes only the top N blocks and the head (with ``expert_training: all``).
     """
 
-    experts: list[dict[str, Any]] = field(default_factory=default_experts)
-    num_labels: int = 2
-    max_length: int = 64  # tokens per expert input (longer inputs are truncated)
-    # gate: hashed word n-gram bag (fastText-style) -> mean embedding -> MLP -> expert logits
-    gate_buckets: int = 65536
-    gate_ngrams: int = 2
-    gate_embed_dim: int = 64
-    gate_hidden: int = 64
-    gate_dropout: float = 0.1
-    gate_lr: float | None = 3e-3  # None = train.lr
-    top_k: int | None = None  # None = dense gate; k = keep the k largest gate weights (renormalised)
-    expert_training: str = "all"  # all: fine-tune everything; heads: only classifier heads; frozen: gate only
-    expert_loss_coef: float = 1.0  # weight of the mean per-expert cross-entropy (keeps every expert learning)
-    balance_coef: float = 0.01  # Switch load-balance loss E * sum_i f_i P_i against gate collapse
-    max_train_examples: int | None = 4000  # None = the whole training split (shuffled subset otherwise)
-    max_eval_examples: int | None = None  # None = the whole validation split
+    experts: list[dict[str, Any]] = setting(factory=default_experts, doc="one mapping per expert (above)")
+    num_labels: int = setting(2, ge=2, doc="classes")
+    max_length: int = setting(64, ge=1, doc="tokens per expert input (longer inputs are truncated)")
+    gate_buckets: int = setting(65536, ge=1, doc="gate: hashed word n-gram bag (fastText-style) -> mean embedding "
+                                                 "-> MLP -> expert logits; hash buckets")
+    gate_ngrams: int = setting(2, ge=1, doc="word n-grams up to this length")
+    gate_embed_dim: int = setting(64, ge=1, doc="n-gram embedding width")
+    gate_hidden: int = setting(64, ge=1, doc="gate MLP width")
+    gate_dropout: float = setting(0.1, ge=0, lt=1, doc="dropout in the gate")
+    gate_lr: float | None = setting(3e-3, gt=0, doc="the gate's learning rate; null = train.lr")
+    top_k: int | None = setting(None, ge=1, doc="null = dense gate; k = keep the k largest gate weights "
+                                                "(renormalised), <= the number of experts")
+    expert_training: str = setting("all", one_of=EXPERT_TRAINING, doc="all: fine-tune everything; heads: only "
+                                                                      "classifier heads; frozen: gate only")
+    expert_loss_coef: float = setting(1.0, ge=0, doc="weight of the mean per-expert cross-entropy (keeps every "
+                                                     "expert learning)")
+    balance_coef: float = setting(0.01, ge=0, doc="Switch load-balance loss E * sum_i f_i P_i against gate "
+                                                  "collapse")
+    max_train_examples: int | None = setting(4000, ge=1, doc="null = the whole training split (shuffled subset "
+                                                             "otherwise)")
+    max_eval_examples: int | None = setting(None, ge=1, doc="null = the whole validation split")
 
-    def errors(self) -> list[str]:
-        """Every problem with this config, one ``field: got X, expected Y`` line each."""
+    def cross_checks(self) -> list[str]:
         errs = _expert_errors(self.experts)
-        for name in ("num_labels", "max_length", "gate_buckets", "gate_ngrams", "gate_embed_dim", "gate_hidden"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                errs.append(f"{name}: got {value!r}, expected an integer >= 1")
-        if isinstance(self.num_labels, int) and self.num_labels < 2:
-            errs.append(f"num_labels: got {self.num_labels}, expected >= 2")
-        n = len(self.experts) if isinstance(self.experts, list) else 0
-        if self.top_k is not None and (not isinstance(self.top_k, int) or self.top_k < 1):
-            errs.append(f"top_k: got {self.top_k!r}, expected null or an integer >= 1")
-        elif self.top_k is not None and n and self.top_k > n:
-            errs.append(f"top_k: got {self.top_k}, expected null or <= {n} (the number of experts)")
-        if self.expert_training not in EXPERT_TRAINING:
-            errs.append(f"expert_training: got {self.expert_training!r}, expected one of {', '.join(EXPERT_TRAINING)}")
-        if not 0.0 <= self.gate_dropout < 1.0:
-            errs.append(f"gate_dropout: got {self.gate_dropout}, expected 0 <= x < 1")
-        if self.gate_lr is not None and not self.gate_lr > 0:
-            errs.append(f"gate_lr: got {self.gate_lr}, expected null or > 0")
-        for name in ("expert_loss_coef", "balance_coef"):
-            if not getattr(self, name) >= 0:
-                errs.append(f"{name}: got {getattr(self, name)}, expected >= 0")
-        for name in ("max_train_examples", "max_eval_examples"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                errs.append(f"{name}: got {value!r}, expected null or an integer >= 1")
+        if self.top_k is not None and self.experts and self.top_k > len(self.experts):
+            errs.append(f"top_k: got {self.top_k}, expected null or <= {len(self.experts)} (the number of experts)")
         return errs
-
 
     @property
     def expert_names(self) -> list[str]:

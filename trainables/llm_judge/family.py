@@ -8,11 +8,11 @@ per iteration), run by the same Ray Train worker, reports, checkpoints and MLflo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
-from orchestrator.schema import fmt
+from orchestrator.schema import fmt, setting
 from trainables.llm_judge.config import JudgeConfig
 from trainables.llm_judge.tasks import DATASETS, MBPP_SPLITS
 
@@ -24,22 +24,16 @@ EVAL_TASKS = ("arc_easy", "mbpp")
 class QuestionData(DataSection):
     """The questions iterated over: ``limit`` of ``dataset``/``split``, shuffled with ``train.seed``."""
 
-    dataset: str = "arc_easy"  # arc_easy | mbpp | prompts (a JSONL of {"prompt", "context"}; no ground truth)
-    split: str = "train"
-    limit: int | None = 200  # null = all
-    prompts_file: str | None = None  # dataset prompts: the JSONL file
+    dataset: str = setting("arc_easy", one_of=DATASETS, doc='arc_easy | mbpp | prompts (a JSONL of {"prompt", '
+                                                            '"context"}; no ground truth)')
+    split: str = setting("train", one_of=SPLITS, doc="the split the questions come from")
+    limit: int | None = setting(200, ge=1, doc="questions; null = all")
+    prompts_file: str | None = setting(None, doc="dataset prompts: the JSONL file")
 
-    def errors(self) -> list[str]:
-        errors = []
-        if self.dataset not in DATASETS:
-            errors.append(f"dataset: got {fmt(self.dataset)}, expected one of {', '.join(DATASETS)}")
-        if self.split not in SPLITS:
-            errors.append(f"split: got {fmt(self.split)}, expected one of {', '.join(SPLITS)}")
-        if self.limit is not None and not (isinstance(self.limit, int) and self.limit >= 1):
-            errors.append(f"limit: got {fmt(self.limit)}, expected null or >= 1")
+    def cross_checks(self) -> list[str]:
         if self.dataset == "prompts" and not self.prompts_file:
-            errors.append("prompts_file: got null, expected a JSONL file of prompts with dataset 'prompts'")
-        return errors
+            return ["prompts_file: got null, expected a JSONL file of prompts with dataset 'prompts'"]
+        return []
 
 
 @dataclass
@@ -47,25 +41,13 @@ class JudgeEvaluate(EvaluateSection):
     """Every expert answers each question; the judge-selected answer against a random expert, the
     best single expert, the highest-valued expert and the oracle (``evaluation.py``)."""
 
-    tasks: list[str] = field(default_factory=lambda: ["arc_easy"])
-    split: str = "test"  # ARC-Easy's test split; MBPP's test task ids (11-510)
-    limit: int = 20  # questions per task (the split's first ones after a fixed shuffle, seed 0)
-    concurrent_questions: int = 4  # questions in flight at once (their calls share the backend's batch)
-    max_tokens: int | None = None  # the experts' answer budget here (MBPP code needs more); null = as trained
-
-    def errors(self) -> list[str]:
-        errors = [f"tasks: got {fmt(t)}, expected some of {', '.join(EVAL_TASKS)}" for t in self.tasks
-                  if t not in EVAL_TASKS]
-        if not self.tasks:
-            errors.append(f"tasks: got [], expected some of {', '.join(EVAL_TASKS)}")
-        if self.split not in SPLITS:
-            errors.append(f"split: got {fmt(self.split)}, expected one of {', '.join(SPLITS)}")
-        if self.max_tokens is not None and not (isinstance(self.max_tokens, int) and self.max_tokens >= 1):
-            errors.append(f"max_tokens: got {fmt(self.max_tokens)}, expected null or an integer >= 1")
-        for key in ("limit", "concurrent_questions"):
-            if not (isinstance(getattr(self, key), int) and getattr(self, key) >= 1):
-                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected an integer >= 1")
-        return errors
+    tasks: list[str] = setting(factory=lambda: ["arc_easy"], some_of=EVAL_TASKS, doc="the evaluation tasks")
+    split: str = setting("test", one_of=SPLITS, doc="ARC-Easy's test split; MBPP's test task ids (11-510)")
+    limit: int = setting(20, ge=1, doc="questions per task (the split's first ones after a fixed shuffle, seed 0)")
+    concurrent_questions: int = setting(4, ge=1, doc="questions in flight at once (their calls share the backend's "
+                                                     "batch)")
+    max_tokens: int | None = setting(None, ge=1, doc="the experts' answer budget here (MBPP code needs more); "
+                                                     "null = as trained")
 
 
 def _checks(exp: Any) -> list[str]:

@@ -3,7 +3,7 @@
 - ``arc_easy``: a multiple-choice science question; the expert starts with the letter. The letter
   is extracted from the text (``extract_choice``) and compared with the answer key;
 - ``mbpp``: a Python task with its asserts; the code in the answer runs with the asserts in the
-  DyLoRA family's sandbox (own process group, limits, no network) and passes or not;
+  shared sandbox (``trainables.codeeval``: own process group, limits, no network) and passes or not;
 - ``prompts``: open prompts from a JSONL file (``{"prompt": ..., "context": ...}`` per line, the
   tutorial's use): no ground truth, so the external reward must be the tutorial's random one.
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from trainables.data.registry import local_file
+from trainables.data.arc_easy import arc_easy_records
 
 ARC_SYSTEM = ("You are an expert. Answer the multiple-choice question: start with the letter of the correct "
               "choice, then explain in one sentence.")
@@ -39,7 +39,7 @@ class Question:
     context: str  # what the judges read as the background
     answer: str | None = None  # arc_easy: the answer key
     labels: tuple[str, ...] = ()  # arc_easy: the choice labels
-    problem: Any = None  # mbpp: the trainables.dylora.codeeval.CodeProblem
+    problem: Any = None  # mbpp: the trainables.codeeval.CodeProblem
 
     @property
     def gradable(self) -> bool:
@@ -61,12 +61,8 @@ def load_questions(dataset: str, split: str, limit: int | None, root: str | None
 
 
 def _arc(split: str, root: str | None) -> list[Question]:
-    path = local_file("arc_easy", "arc_easy", f"{split}.jsonl", root=root)
     questions = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for row in arc_easy_records(split, root):
         labels, texts = row["choices"]["label"], row["choices"]["text"]
         body = row["question"] + "\n" + "\n".join(f"{label}. {text}" for label, text in zip(labels, texts, strict=True))
         questions.append(Question(row["id"], "arc_easy", [{"role": "system", "content": ARC_SYSTEM},
@@ -76,7 +72,7 @@ def _arc(split: str, root: str | None) -> list[Question]:
 
 
 def _mbpp(split: str, root: str | None) -> list[Question]:
-    from trainables.dylora.codeeval import mbpp_problems
+    from trainables.codeeval import mbpp_problems
 
     problems = mbpp_problems(root, ids=MBPP_SPLITS[split])
     return [Question(p.task_id, "mbpp", [{"role": "system", "content": MBPP_SYSTEM},
@@ -116,8 +112,7 @@ def grade(question: Question, text: str) -> bool | None:
     if question.kind == "arc_easy":
         return extract_choice(text, question.labels) == question.answer
     if question.kind == "mbpp":
-        from trainables.dylora.codeeval import build_program
-        from trainables.dylora.sandbox import run_program
+        from trainables.codeeval import build_program, run_program
 
         return run_program(build_program(question.problem, text), timeout_s=10.0).status == "passed"
     return None

@@ -16,8 +16,12 @@ Tasks (zero-shot, loglikelihood multiple choice, no chat template)
   training/validation splits (unused at zero shot).
 - ``hellaswag``: lm-eval's ``hellaswag`` (query ``"{activity}: {ctx_a} {Ctx_b}"``, choices
   the endings, both through lm-eval's own ``preprocess``), evaluated on the *eval part*
-  of the local validation file (see the split below); the *train part* is lm-eval's
-  training split and is what the training side may use (``hellaswag_split("train")``).
+  of the local validation file (the fixed split of ``trainables.data.hellaswag``); the
+  *train part* is lm-eval's training split and is what the training side may use
+  (``hellaswag_split("train")``).
+
+The local files are read by ``trainables.data.arc_easy`` and ``trainables.data.hellaswag``;
+this module turns their records into lm-eval tasks.
 
 The local HellaSwag file has ``idx, ctx, label, endings`` only: ``ctx`` already holds
 ``activity_label + ": " + ctx_a [+ " " + ctx_b]``, with ``ctx_b`` as upstream, i.e. *not*
@@ -30,18 +34,6 @@ sentence (all 3,243 ActivityNet items, and only they: ``ctx_b`` is a fragment su
 ``preprocess`` runs on the query and on every ending, as lm-eval does; it strips the 18
 WikiHow items whose link markup (``[pixie cut | ...]``) the local conversion kept. Checked
 against the original records of the first items (tests).
-
-HellaSwag train/eval split (fixed, documented, no leakage)
----------------------------------------------------------
-Consecutive HellaSwag items come from the same video or article: an item's gold ending
-often reappears verbatim in the context of its neighbour (1,326 such pairs; a per-item
-random split would put 437 of them across train and eval). So the unit of the split is a
-*group*: a maximal run of consecutive ``idx`` with the same activity label (7,417 groups,
-at most 14 items). A group is *eval* iff ``sha256("moe-orch/hellaswag/v1:<first idx of the
-group>")``, read as a big-endian integer from its first 8 bytes, is ``0 mod 5``; every
-other group is *train*. Result on the 10,042 items: **eval 2,056** items (1,514 groups; 686
-ActivityNet, 1,370 WikiHow), **train 7,986**. The rule depends on the data alone, never on
-a random state, so it is the same on every machine and every run.
 
 The model adapter
 -----------------
@@ -71,16 +63,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gzip
-import hashlib
 import importlib.metadata
-import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import datasets
 import torch
@@ -90,17 +79,11 @@ from lm_eval.api.task import ConfigurableTask
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from trainables.data.registry import local_file
+from trainables.data.arc_easy import ARC_EASY_SPLITS, arc_easy_records
+from trainables.data.hellaswag import hellaswag_parts
 
 TASKS: tuple[str, ...] = ("arc_easy", "hellaswag")
 METRICS: tuple[str, ...] = ("acc", "acc_norm")
-
-ARC_EASY_DIR = "arc_easy"
-ARC_EASY_SPLITS: tuple[str, ...] = ("train", "validation", "test")
-HELLASWAG_FILE = ("hellaswag", "hellaswag_val.jsonl.gz")
-HELLASWAG_SPLIT_SALT = "moe-orch/hellaswag/v1"
-HELLASWAG_EVAL_ONE_IN = 5  # one group in five is eval
-HellaSwagSplit = Literal["train", "eval"]
 
 DEFAULT_MAX_LENGTH = 2048  # lm-eval's fallback when the model config names no context size
 _SENTENCE_END = re.compile(r"[.!?] ")
@@ -111,80 +94,7 @@ def lm_eval_version() -> str:
     return importlib.metadata.version("lm_eval")
 
 
-# ---------------------------------------------------------------------------- local data
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def arc_easy_records(split: str = "test", data_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """ARC-Easy records ``{id, question, choices: {text, label}, answerKey}`` of one split.
-
-    Raises:
-        ValueError: unknown split.
-        DataNotFoundError: ``<data root>/arc_easy/<split>.jsonl`` is missing.
-    """
-    if split not in ARC_EASY_SPLITS:
-        raise ValueError(f"split: got {split!r}, expected one of {', '.join(ARC_EASY_SPLITS)}")
-    return _read_jsonl(local_file("arc_easy", ARC_EASY_DIR, f"{split}.jsonl", root=data_root))
-
-
-def hellaswag_records(data_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """All 10,042 local HellaSwag validation records ``{idx, ctx, label, endings}``, by ``idx``."""
-    path = local_file("hellaswag", *HELLASWAG_FILE, root=data_root)
-    return sorted(_read_jsonl(path), key=lambda r: r["idx"])
-
-
-def hellaswag_activity(record: dict[str, Any]) -> str:
-    """The activity label of a local HellaSwag record (``ctx`` is ``"<activity>: <context>"``)."""
-    return record["ctx"].split(": ", 1)[0]
-
-
-def hellaswag_groups(records: Sequence[dict[str, Any]]) -> list[int]:
-    """For each record (sorted by ``idx``), the ``idx`` opening its group.
-
-    A group is a maximal run of consecutive records with the same activity label: the
-    items cut from one video or article, which share text.
-    """
-    starts: list[int] = []
-    previous: str | None = None
-    for record in records:
-        activity = hellaswag_activity(record)
-        starts.append(record["idx"] if activity != previous else starts[-1])
-        previous = activity
-    return starts
-
-
-def _is_eval_group(first_idx: int) -> bool:
-    digest = hashlib.sha256(f"{HELLASWAG_SPLIT_SALT}:{first_idx}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") % HELLASWAG_EVAL_ONE_IN == 0
-
-
-def hellaswag_split(split: HellaSwagSplit, data_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """The fixed ``"train"`` (7,986) or ``"eval"`` (2,056) part of the local HellaSwag validation set.
-
-    The rule (module docstring): whole activity runs go to one side, chosen by a salted
-    sha256 of the run's first ``idx``; the two parts are disjoint and cover every record.
-
-    Returns:
-        raw records ``{idx, ctx, label, endings}`` sorted by ``idx``; ``hellaswag_doc``
-        turns one into lm-eval's prompt form.
-    """
-    if split not in ("train", "eval"):
-        raise ValueError(f"split: got {split!r}, expected 'train' or 'eval'")
-    return _hellaswag_parts(data_root)[split]
-
-
-def _hellaswag_parts(data_root: str | Path | None) -> dict[str, list[dict[str, Any]]]:
-    """``{"train": [...], "eval": [...]}``: every local record in exactly one part."""
-    records = hellaswag_records(data_root)
-    parts: dict[str, list[dict[str, Any]]] = {"train": [], "eval": []}
-    for record, start in zip(records, hellaswag_groups(records), strict=True):
-        parts["eval" if _is_eval_group(start) else "train"].append(record)
-    return parts
+# ---------------------------------------------------------------------------- HellaSwag in lm-eval's form
 
 
 def _capitalize_ctx_b(ctx: str) -> str:
@@ -234,7 +144,7 @@ def _arc_easy_dataset(data_root: str | Path | None, **_: Any) -> datasets.Datase
 
 def _hellaswag_dataset(data_root: str | Path | None, **_: Any) -> datasets.DatasetDict:
     """Our train part as lm-eval's ``train`` split, our eval part as its ``validation`` split."""
-    parts = _hellaswag_parts(data_root)
+    parts = hellaswag_parts(data_root)
     return datasets.DatasetDict(
         {
             "train": datasets.Dataset.from_list([hellaswag_doc(r) for r in parts["train"]]),
@@ -328,7 +238,7 @@ class ModuleLM(TemplateLM):
         max_length: context window; default the config's ``max_position_embeddings``
             (or ``n_positions``/``n_ctx``), else 2048. Longer inputs lose their left end.
         chat_template: score each choice as the assistant's answer to the context as a user
-            turn (the tokenizer's chat template), the format ``trainables.mixlora.data`` trains
+            turn (the tokenizer's chat template), the format ``trainables.lm.instructions`` trains
             on; off: lm-eval's plain ``context + continuation``.
     """
 

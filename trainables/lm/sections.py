@@ -1,11 +1,19 @@
-"""The ``serve:`` section every LM family shares (``trainables.lm.serving.LMEndpoint``)."""
+"""What every family on a pretrained causal LM declares alike: the ``base`` field and the ``serve:``
+section (``trainables.lm.serving.LMEndpoint``)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from orchestrator.contract import ServeSection
-from orchestrator.schema import fmt
+from orchestrator.schema import override, setting
+
+
+def base_model_setting(default: str = "tiny-llama") -> Any:
+    """The ``base:`` field of a family on a pretrained causal LM (a ``trainables.lm.load_base`` name)."""
+    return setting(default, nonempty=True, expect="smollm2-135m-instruct, tiny-llama, a hub name or a dir",
+                   doc="the frozen base: smollm2-135m-instruct | tiny-llama | a hub name | a local directory")
 
 
 @dataclass
@@ -15,16 +23,9 @@ class LMServe(ServeSection):
     ``max_batch_size`` is the number of sequences the engine decodes together (continuous batching).
     """
 
-    max_batch_size: int = 16
-    max_ongoing_requests: int | None = 64  # requests a replica accepts at once (the rest queue at the proxy)
-    target_ongoing_requests: float = 16.0
-    max_tokens_limit: int = 512  # a request asking for more gets 400
-    max_prompt_tokens: int = 2048  # a longer prompt gets 400
-    max_n: int = 4  # choices per request
-
-    def errors(self) -> list[str]:
-        errors = super().errors()
-        for key in ("max_tokens_limit", "max_prompt_tokens", "max_n"):
-            if not getattr(self, key) >= 1:
-                errors.append(f"{key}: got {fmt(getattr(self, key))}, expected >= 1")
-        return errors
+    max_batch_size: int = override(ServeSection, "max_batch_size", 16)
+    max_ongoing_requests: int | None = setting(64, doc="requests a replica accepts at once (the rest queue at the "
+                                                       "proxy)")
+    max_tokens_limit: int = setting(512, ge=1, doc="a request asking for more gets 400")
+    max_prompt_tokens: int = setting(2048, ge=1, doc="a longer prompt gets 400")
+    max_n: int = setting(4, ge=1, doc="choices per request")

@@ -1,20 +1,19 @@
-"""MixLoRA: top-k routed LoRA experts inside the frozen FFN of a causal LM (see layer.py)."""
+"""MixLoRA: top-k routed LoRA experts inside the frozen FFN of a causal LM.
 
-from trainables.mixlora.layer import (
-    LoRABank,
-    MixLoRAFFN,
-    MixLoRALayerConfig,
-    MixLoRAMLP,
-    MixLoRANaive,
-    MixLoRASettings,
+``block.py``: the MixLoRA FFN block and its LoRA banks; ``surgery.py``: putting the blocks (and plain
+LoRA on attention) into a pretrained model; ``params.py``: trainable-parameter budgets and the matched
+LoRA rank.
+"""
+
+from trainables.mixlora.block import LoRABank, MixLoRAFFN, MixLoRAMLP
+from trainables.mixlora.config import MixLoRALayerConfig
+from trainables.mixlora.params import lora_parameters_per_rank, matched_lora_rank, mixlora_parameters
+from trainables.mixlora.surgery import (
     apply_attention_lora,
     apply_lora,
     apply_mixlora,
     freeze_base,
-    lora_parameters_per_rank,
-    matched_lora_rank,
     mixlora_blocks,
-    mixlora_parameters,
     router_outputs,
 )
 
@@ -23,8 +22,6 @@ __all__ = [
     "MixLoRAFFN",
     "MixLoRALayerConfig",
     "MixLoRAMLP",
-    "MixLoRANaive",
-    "MixLoRASettings",
     "apply_attention_lora",
     "apply_lora",
     "apply_mixlora",

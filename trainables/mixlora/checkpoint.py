@@ -24,7 +24,8 @@ from torch import nn
 
 from trainables.lm.base import ATTENTION_MODULES, MLP_MODULES, base_reference, load_base
 from trainables.mixlora.config import MixLoRAConfig
-from trainables.mixlora.layer import apply_lora, apply_mixlora, freeze_base, matched_lora_rank
+from trainables.mixlora.params import matched_lora_rank
+from trainables.mixlora.surgery import apply_lora, apply_mixlora, freeze_base
 from trainables.training.manifest import Manifest, read_manifest, write_manifest
 
 FAMILY, FORMAT_VERSION = "mixlora", 1

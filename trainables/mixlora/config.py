@@ -4,60 +4,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainables.config_base import FamilyConfig, base_reference_errors
+from orchestrator.schema import Section, setting
+from trainables.lm.sections import base_model_setting
 
 METHODS = ("lora", "mixlora")
 PRECISIONS = ("float32", "bfloat16")
 
 
 @dataclass
-class MixLoRAConfig(FamilyConfig):
+class MixLoRALayerConfig(Section):
+    """The layer-level MixLoRA settings, declared once: what ``MixLoRAFFN.from_mlp``,
+    ``surgery.apply_mixlora`` and ``params.matched_lora_rank`` read (the family's ``MixLoRAConfig``
+    extends it). Dropout and router jitter act in training only."""
+
+    num_experts: int = setting(8, ge=1, doc="LoRA experts per FFN")
+    top_k: int = setting(2, ge=1, doc="experts per token, <= num_experts")
+    rank: int = setting(8, ge=1, doc="r of every MixLoRA LoRA (experts and attention)")
+    alpha: float = setting(16.0, gt=0, doc="LoRA scale numerator (scale = alpha / rank)")
+    dropout: float = setting(0.05, ge=0, lt=1, doc="LoRA input dropout")
+    router_init_std: float = setting(0.02, ge=0, doc="std of the router's initial weights")
+    router_jitter: float = setting(0.0, ge=0, doc="multiplicative router input noise, training only")
+    attention_lora: bool = setting(True, doc="plain LoRA on q/k/v/o_proj too")
+
+    def cross_checks(self) -> list[str]:
+        if self.top_k > self.num_experts:
+            return [f"top_k: got {self.top_k}, expected <= num_experts ({self.num_experts})"]
+        return []
+
+
+@dataclass
+class MixLoRAConfig(MixLoRALayerConfig):
     """Every knob of one adapter run. Plain data: serialises to YAML, JSON and flat params.
 
     ``method``:
 
     - ``mixlora``: the base FFN of every decoder layer becomes ``num_experts`` experts sharing
       its frozen weights, each with its own LoRA on gate/up/down, ``top_k`` routed per token;
-      ``attention_lora`` adds plain LoRA on q/k/v/o_proj (``trainables.mixlora.layer``);
+      ``attention_lora`` adds plain LoRA on q/k/v/o_proj (``trainables.mixlora.surgery``);
     - ``lora``: the baseline, plain peft LoRA on all seven projections; ``lora_rank`` null picks
       the rank whose trainable-parameter count matches MixLoRA's with the same settings.
     """
 
-    base: str = "tiny-llama"  # smollm2-135m-instruct | tiny-llama | a hub name | a local directory
-    method: str = "mixlora"
-    num_experts: int = 8
-    top_k: int = 2
-    rank: int = 8  # r of every MixLoRA LoRA (experts and attention)
-    alpha: float = 16.0
-    dropout: float = 0.05
-    router_init_std: float = 0.02
-    router_jitter: float = 0.0
-    attention_lora: bool = True
-    load_balance_coef: float = 0.01  # times the unweighted Switch loss of trainables.moe.losses
-    lora_rank: int | None = None  # method lora: its rank; null = matched to MixLoRA's trainable parameters
-    max_length: int = 256  # tokens per training example (prompt truncated from the left)
-    precision: str = "float32"  # float32 | bfloat16 (for GPUs; CPUs train in float32)
+    base: str = base_model_setting()
+    method: str = setting("mixlora", one_of=METHODS, doc="mixlora, or the plain-LoRA baseline")
+    load_balance_coef: float = setting(0.01, ge=0, doc="times the unweighted Switch loss of trainables.moe.losses")
+    lora_rank: int | None = setting(None, ge=1, doc="method lora: its rank; null = matched to MixLoRA's "
+                                                    "trainable parameters")
+    max_length: int = setting(256, ge=1, doc="tokens per training example (prompt truncated from the left)")
+    precision: str = setting("float32", one_of=PRECISIONS, doc="float32 | bfloat16 (for GPUs; CPUs train in float32)")
 
-    def errors(self) -> list[str]:
-        errs = []
-        if self.method not in METHODS:
-            errs.append(f"method: got {self.method!r}, expected one of {', '.join(METHODS)}")
-        errs += base_reference_errors(self.base)
-        for name in ("num_experts", "top_k", "rank", "max_length"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                errs.append(f"{name}: got {value!r}, expected an integer >= 1")
-        if isinstance(self.top_k, int) and isinstance(self.num_experts, int) and self.top_k > self.num_experts:
-            errs.append(f"top_k: got {self.top_k}, expected <= num_experts ({self.num_experts})")
-        if self.precision not in PRECISIONS:
-            errs.append(f"precision: got {self.precision!r}, expected one of {', '.join(PRECISIONS)}")
-        if self.lora_rank is not None and self.lora_rank < 1:
-            errs.append(f"lora_rank: got {self.lora_rank}, expected null or >= 1")
-        if not self.alpha > 0:
-            errs.append(f"alpha: got {self.alpha}, expected > 0")
-        if not 0.0 <= self.dropout < 1.0:
-            errs.append(f"dropout: got {self.dropout}, expected 0 <= dropout < 1")
-        for name in ("router_init_std", "router_jitter", "load_balance_coef"):
-            if not getattr(self, name) >= 0:
-                errs.append(f"{name}: got {getattr(self, name)}, expected >= 0")
-        return errs

@@ -13,9 +13,9 @@ import json
 import time
 from typing import Any
 
+from trainables.lm import instructions
 from trainables.lm.base import load_base
 from trainables.lm.lm_eval_tasks import evaluate_lm
-from trainables.mixlora import data as lm_data
 from trainables.mixlora import routing
 from trainables.mixlora.checkpoint import load_adapter
 
@@ -60,9 +60,9 @@ def _router_pictures(model: Any, tokenizer: Any, request: Any) -> dict[str, floa
     if n == 0:
         return {}
     root = request.data_root
-    sources = {"ARC-Easy test": lambda: lm_data.arc_examples("test", root),
-               "HellaSwag eval": lambda: lm_data.hellaswag_examples("eval", root),
-               "Code Alpaca": lambda: lm_data.code_alpaca_examples(root)}
+    sources = {"ARC-Easy test": lambda: instructions.arc_examples("test", root),
+               "HellaSwag eval": lambda: instructions.hellaswag_examples("eval", root),
+               "Code Alpaca": lambda: instructions.code_alpaca_examples(root)}
     measured = {}
     for name, examples in sources.items():
         found = routing.measure_routing(model, tokenizer, examples()[:n])

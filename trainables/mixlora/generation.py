@@ -10,8 +10,8 @@ from pathlib import Path
 from transformers import TextIteratorStreamer
 
 from trainables.lm.base import load_base
+from trainables.lm.instructions import chat_prompt
 from trainables.mixlora.checkpoint import load_adapter
-from trainables.mixlora.data import chat_prompt
 
 
 def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tokens: int,

@@ -1,6 +1,6 @@
 """The MixLoRA family's recipe for the shared training loop (DDP, or DeepSpeed ZeRO-2 with the base frozen).
 
-- data: the training sources of ``data.sources`` (``trainables.mixlora.data``; at most
+- data: the training sources of ``data.sources`` (``trainables.lm.instructions``; at most
   ``data.max_train_examples`` each), chat-formatted, loss on the answer tokens only; a fixed
   validation set of ``data.max_val_examples`` ARC-Easy *validation* questions;
 - model: the base (``model.base``, ``trainables.lm.load_base``) frozen, with LoRA or MixLoRA
@@ -15,22 +15,20 @@
 
 from __future__ import annotations
 
-import math
-import os
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 
+from trainables.lm import instructions
 from trainables.lm.base import load_base
-from trainables.mixlora import data as lm_data
 from trainables.mixlora.checkpoint import apply_adapters, load_weights, save_adapter, trainable_parameters
-from trainables.mixlora.layer import router_outputs
+from trainables.mixlora.surgery import router_outputs
+from trainables.moe.stats import RoutingMeter
 from trainables.training import Recipe, StepOutput
+from trainables.training.metrics import validation_metrics
 
 Batch = dict[str, torch.Tensor]  # input_ids, attention_mask, labels: each (B, T)
 
@@ -41,15 +39,14 @@ class MixLoRARecipe(Recipe):
     throughput_unit = "tokens"
 
     def setup(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
         exp = self.experiment
         cfg, data = exp.model, exp.data
         dtype = torch.bfloat16 if cfg.precision == "bfloat16" else torch.float32
         self.base, self.tokenizer = load_base(cfg.base, dtype=dtype)
-        train = lm_data.training_set(data.sources, data.max_train_examples, exp.train.seed, data.root)
-        self.encoded = [lm_data.encode(self.tokenizer, ex, cfg.max_length) for ex in train]
-        val = lm_data.arc_examples("validation", data.root)[:data.max_val_examples]
-        self.val = [lm_data.encode(self.tokenizer, ex, cfg.max_length) for ex in val]
+        train = instructions.training_set(data.sources, data.max_train_examples, exp.train.seed, data.root)
+        self.encoded = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in train]
+        val = instructions.arc_examples("validation", data.root)[:data.max_val_examples]
+        self.val = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in val]
 
     def build_model(self, resume_dir: Path | None) -> nn.Module:
         model = apply_adapters(self.base, self.experiment.model)
@@ -62,7 +59,8 @@ class MixLoRARecipe(Recipe):
         return model
 
     def batches(self, generator: torch.Generator) -> Iterator[Batch]:
-        return lm_data.batches(self.encoded, self.experiment.train.batch_size, self.tokenizer.pad_token_id, generator)
+        train = self.experiment.train
+        return instructions.batches(self.encoded, train.batch_size, self.tokenizer.pad_token_id, generator)
 
     def forward(self, model: nn.Module, batch: Batch) -> StepOutput:
         batch = {k: v.to(self.worker.device) for k, v in batch.items()}
@@ -77,31 +75,17 @@ class MixLoRARecipe(Recipe):
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         model.eval()
         batch_size = self.experiment.train.batch_size
-        loss_sum, token_sum = 0.0, 0
-        sums: dict[str, float] = defaultdict(float)
-        batches = 0
+        loss_sum, token_sum, routing = 0.0, 0, RoutingMeter()
         for i in range(0, len(self.val), batch_size):
             batch = {k: v.to(self.worker.device)
-                     for k, v in lm_data.collate(self.val[i:i + batch_size], self.tokenizer.pad_token_id).items()}
+                     for k, v in instructions.collate(self.val[i:i + batch_size], self.tokenizer.pad_token_id).items()}
             out = model(**batch)
-            answer_tokens = int((batch["labels"][:, 1:] != lm_data.IGNORE).sum())  # HF shifts labels by one
+            answer_tokens = int((batch["labels"][:, 1:] != instructions.IGNORE).sum())  # HF shifts labels by one
             loss_sum += out.loss.item() * answer_tokens
             token_sum += answer_tokens
             for layer, routed in enumerate(router_outputs(model)):
-                stats = routed.stats  # over every position of the batch, padding included
-                load = stats.tokens_per_expert.float() / stats.tokens_per_expert.sum().clamp_min(1)
-                for e, frac in enumerate(load.tolist()):
-                    sums[f"routing/L{layer}/load/E{e}"] += frac
-                sums[f"routing/L{layer}/entropy"] += float(stats.router_entropy)
-                sums[f"routing/L{layer}/cv"] += float(stats.load_balance_cv)
-            batches += 1
-        totals = torch.tensor([loss_sum, float(token_sum)])
-        if dist.is_initialized():
-            dist.all_reduce(totals)
-        val_loss = (totals[0] / totals[1].clamp_min(1)).item()
-        metrics = {"val_loss": val_loss, "val_perplexity": math.exp(min(val_loss, 50.0))}
-        metrics.update({k: v / max(1, batches) for k, v in sums.items()})
-        return metrics
+                routing.add(f"routing/L{layer}", routed.stats)  # over every position of the batch, padding included
+        return {**validation_metrics(loss_sum, token_sum, self.worker.device), **routing.metrics()}
 
     def save_model(self, model: nn.Module, directory: Path, metadata: dict[str, Any]) -> None:
         save_adapter(model, self.experiment.model, directory, metadata)

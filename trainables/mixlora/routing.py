@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,8 +25,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from trainables.mixlora import data as lm_data  # noqa: E402
-from trainables.mixlora.layer import mixlora_blocks, router_outputs  # noqa: E402
+from trainables.lm import instructions  # noqa: E402
+from trainables.mixlora.surgery import mixlora_blocks, router_outputs  # noqa: E402
+from trainables.moe import load_balance_cv, load_share, router_entropy  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -45,7 +45,7 @@ class LayerRouting:
 
 
 @torch.no_grad()
-def measure_routing(model: nn.Module, tokenizer: Any, examples: Sequence[lm_data.Example], max_length: int = 256,
+def measure_routing(model: nn.Module, tokenizer: Any, examples: Sequence[instructions.Example], max_length: int = 256,
                     batch_size: int = 8) -> LayerRouting | None:
     """Route ``examples`` through ``model``; None when it has no MixLoRA layers (plain LoRA, a bare base)."""
     blocks = mixlora_blocks(model)
@@ -58,9 +58,9 @@ def measure_routing(model: nn.Module, tokenizer: Any, examples: Sequence[lm_data
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    encoded = [lm_data.encode(tokenizer, ex, max_length) for ex in examples]
+    encoded = [instructions.encode(tokenizer, ex, max_length) for ex in examples]
     for i in range(0, len(encoded), batch_size):
-        batch = lm_data.collate(encoded[i:i + batch_size], tokenizer.pad_token_id)
+        batch = instructions.collate(encoded[i:i + batch_size], tokenizer.pad_token_id)
         model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
         real = batch["attention_mask"].reshape(-1).bool()  # (B·T,) routers see every position
         tokens += int(real.sum())
@@ -68,12 +68,9 @@ def measure_routing(model: nn.Module, tokenizer: Any, examples: Sequence[lm_data
             chosen = out.expert_indices[real.to(out.expert_indices.device)].reshape(-1).cpu()  # (n·k,)
             counts[layer] += torch.bincount(chosen, minlength=num_experts).float()
             probs = out.router_logits[real.to(out.router_logits.device)].float().softmax(-1).cpu()  # (n, E)
-            entropy_sum[layer] += float(-(probs * probs.clamp_min(1e-12).log()).sum())
+            entropy_sum[layer] += float(router_entropy(probs)) * len(probs)  # token-weighted over batches
     model.train(was_training)
-    load = counts / counts.sum(-1, keepdim=True).clamp_min(1)
-    mean = counts.mean(-1)
-    cv = counts.std(-1, unbiased=False) / mean.clamp_min(1e-12)
-    return LayerRouting(load, entropy_sum / max(1, tokens) / math.log(num_experts), cv, tokens)
+    return LayerRouting(load_share(counts), entropy_sum / max(1, tokens), load_balance_cv(counts), tokens)
 
 
 def expert_load_png(routing: Mapping[str, LayerRouting], path: str | Path, title: str) -> Path:

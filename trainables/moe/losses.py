@@ -44,14 +44,24 @@ def router_z_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
+def router_entropy(probs: torch.Tensor) -> torch.Tensor:
+    """Mean over tokens of the router softmax's entropy / log E, in [0, 1] (0 when E = 1); probs (T, E)."""
+    num_experts = probs.shape[-1]
+    if num_experts == 1:
+        return probs.new_zeros(())
+    return -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean() / math.log(num_experts)
+
+
+@torch.no_grad()
+def load_balance_cv(counts: torch.Tensor) -> torch.Tensor:
+    """Population std / mean of assignments per expert (0 = balanced, or nothing routed); counts (..., E)."""
+    counts = counts.float()
+    mean = counts.mean(-1)
+    return torch.where(mean > 0, counts.std(-1, unbiased=False) / mean.clamp_min(1e-12), torch.zeros_like(mean))
+
+
+@torch.no_grad()
 def routing_stats(probs: torch.Tensor, tokens_per_expert: torch.Tensor) -> RoutingStats:
     """Stats of one routing decision; probs (T, E), tokens_per_expert (E,)."""
-    num_experts = probs.shape[-1]
     counts = tokens_per_expert.float()
-    if num_experts > 1:
-        entropy = -(probs * torch.log(probs.clamp_min(1e-12))).sum(-1).mean() / math.log(num_experts)
-    else:
-        entropy = probs.new_zeros(())
-    mean = counts.mean()
-    cv = counts.std(unbiased=False) / mean if mean > 0 else counts.new_zeros(())
-    return RoutingStats(counts, entropy, cv)
+    return RoutingStats(counts, router_entropy(probs), load_balance_cv(counts))

@@ -3,11 +3,11 @@ metrics, checkpoint loader and evaluator. Registered in ``orchestrator/registry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
-from orchestrator.schema import fmt
+from orchestrator.schema import fmt, setting
 from trainables.data.arithmetic import OPERATORS, ArithmeticFormat
 from trainables.data.mixture import ARITH_TRAIN_DIGITS
 from trainables.more.config import MoREConfig
@@ -19,30 +19,30 @@ from trainables.more.evaluation.suite import EvalSettings
 class MoREData(DataSection):
     """Which corpus to train on (a ``trainables.data.load_text`` name), and an optional mixture."""
 
-    dataset: str = "tinyshakespeare"
-    train_split: str = "train"
-    val_split: str = "validation"
-    # training mixture (trainables.data.mixture): relative weights of lm (the dataset above), babi, arithmetic;
-    # null = train on the dataset alone
-    mixture: dict[str, float] | None = None
-    arith_train_digits: int = ARITH_TRAIN_DIGITS  # arithmetic in the mixture: operands of 1..N digits
-    arith_ops: list[str] = field(default_factory=lambda: ["+", "-"])  # operators of training (and eval) arithmetic
-    # write arithmetic answers least-significant digit first ("123+45=861"), in training and evaluation
-    arith_reverse: bool = False
-    # zero-pad arithmetic operands to arith_train_digits ("005+043="; longer evaluation problems: to their own length)
-    arith_pad: bool = False
+    dataset: str = setting("tinyshakespeare", doc="a trainables.data corpus")
+    train_split: str = setting("train", doc="one of the corpus's splits")
+    val_split: str = setting("validation", doc="one of the corpus's splits")
+    mixture: dict[str, float] | None = setting(None, doc="training mixture (trainables.data.mixture): relative "
+                                                         "weights of lm (the dataset above), babi, arithmetic; "
+                                                         "null = train on the dataset alone")
+    arith_train_digits: int = setting(ARITH_TRAIN_DIGITS, doc="arithmetic in the mixture: operands of 1..N digits")
+    arith_ops: list[str] = setting(factory=lambda: ["+", "-"], nonempty=True, items={"one_of": OPERATORS},
+                                   expect=f"a non-empty list of {', '.join(OPERATORS)}",
+                                   doc="operators of training (and eval) arithmetic")
+    arith_reverse: bool = setting(False, doc='write arithmetic answers least-significant digit first ("123+45=861"), '
+                                             "in training and evaluation")
+    arith_pad: bool = setting(False, doc='zero-pad arithmetic operands to arith_train_digits ("005+043="; longer '
+                                         "evaluation problems: to their own length)")
 
     def arith_format(self) -> ArithmeticFormat:
         """The arithmetic format of training, which evaluation reuses."""
         return ArithmeticFormat(tuple(self.arith_ops), self.arith_reverse, self.arith_pad)
 
-    def errors(self) -> list[str]:
+    def cross_checks(self) -> list[str]:
         from trainables.data import dataset_splits, list_datasets
         from trainables.data.mixture import mixture_errors
 
         errors = [e.removeprefix("data.") for e in mixture_errors(self.mixture, self.arith_train_digits)]
-        if not self.arith_ops or any(op not in OPERATORS for op in self.arith_ops):
-            errors.append(f"arith_ops: got {fmt(self.arith_ops)}, expected a non-empty list of {', '.join(OPERATORS)}")
         known = list_datasets()
         if self.dataset not in known:
             return errors + [f"dataset: got {fmt(self.dataset)}, expected one of {', '.join(known)}"]

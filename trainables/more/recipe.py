@@ -23,23 +23,22 @@
 from __future__ import annotations
 
 import dataclasses
-import math
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_model
 from torch import nn
 
 from trainables.data import ByteTokenizer, encode_corpus, load_text, random_batches
 from trainables.data.mixture import ARITH_VAL_SEED, arithmetic_pool, arithmetic_stream, build_mixture, mixture_batches
+from trainables.moe.stats import RoutingMeter
 from trainables.more.budget import FlopsPlan, plan_steps, train_flops_per_step
 from trainables.more.checkpoint import WEIGHTS_FILE, save_checkpoint
 from trainables.more.model import MoRELM
 from trainables.training import Recipe, StepOutput
+from trainables.training.metrics import validation_metrics
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x, y), each (B, T) token ids
 
@@ -103,30 +102,18 @@ class MoRERecipe(Recipe):
         train, block = self.experiment.train, self.experiment.model.block_size
         gen = torch.Generator().manual_seed(10_000 + self.worker.rank)
         model.eval()
-        losses, sums, counts = [], defaultdict(float), defaultdict(int)
+        loss_sum, routing = 0.0, RoutingMeter()
         for _ in range(train.eval_batches):
             x, y = random_batches(self.val_tokens, train.batch_size, block, gen)
             out = model(x.to(self.worker.device), y.to(self.worker.device))
-            losses.append(out.lm_loss.item())
+            loss_sum += out.lm_loss.item()
             for r in out.routing:
-                key = f"routing/L{r.layer}/S{r.step}"
-                load = r.stats.tokens_per_expert.float()
-                load = load / load.sum().clamp_min(1)
-                for i, frac in enumerate(load.tolist()):
-                    sums[f"{key}/load/E{i}"] += frac
-                sums[f"{key}/entropy"] += float(r.stats.router_entropy)
-                sums[f"{key}/cv"] += float(r.stats.load_balance_cv)
-                counts[key] += 1
-        val_loss = torch.tensor(sum(losses) / len(losses))
-        if dist.is_initialized():
-            dist.all_reduce(val_loss)
-            val_loss /= dist.get_world_size()
-        metrics = {"val_loss": val_loss.item(), "val_perplexity": math.exp(min(val_loss.item(), 50.0))}
+                routing.add(f"routing/L{r.layer}/S{r.step}", r.stats)
+        metrics = validation_metrics(loss_sum, train.eval_batches, self.worker.device)  # every rank: as many batches
         if self.flops_plan is not None:
             metrics.update(flops_per_step=float(self.flops_plan.flops_per_step), budget_steps=self.flops_plan.steps,
                            train_flops=float(self.flops_plan.flops_per_step * self.step))
-        for name, total in sums.items():
-            metrics[name] = total / counts[name.rsplit("/", 2)[0] if "/load/" in name else name.rsplit("/", 1)[0]]
+        metrics.update(routing.metrics())
         return metrics
 
     def save_model(self, model: nn.Module, directory: Path, metadata: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The one Ray Train worker loop every family trains with.
 
-``train_loop_per_worker({"experiment": Experiment, "family": "module:FAMILY"})`` reads top to bottom:
+``train_loop_per_worker({"experiment": Experiment, "recipe": "module:Class"})`` reads top to bottom (the
+driver hands over the family's recipe reference, ``Family.recipe``, so the worker needs no registry):
 
 1. set-up: the family's recipe loads its data (and may resolve its copy of the experiment, e.g.
    derive ``train.max_steps`` from a compute budget: the loop reads ``recipe.experiment`` after
@@ -36,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import pkgutil
 import tempfile
 import time
 from collections.abc import Iterator
@@ -51,7 +53,7 @@ from trainables.training.iterative import IterativeRecipe, run_iterations
 from trainables.training.optim import build_optimizer
 from trainables.training.recipe import Recipe, StepOutput, WorkerInfo
 from trainables.training.session import current
-from trainables.training.strategies import make_strategy
+from trainables.training.strategies import Strategy, make_strategy
 
 HEARTBEAT_S = 60.0  # rank 0 prints progress this often between reports
 
@@ -59,18 +61,17 @@ HEARTBEAT_S = 60.0  # rank 0 prints progress this often between reports
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: run the family's recipe in the shared loop (see the module docstring).
 
-    Also called directly, in a sweep trial's own process, under an ``InProcessSession``."""
-    from orchestrator.contract import import_ref
-    from orchestrator.registry import load_family
-
+    ``config``: ``{"experiment": the resolved experiment, "recipe": "module:Class"}`` (a ``Recipe`` or
+    ``IterativeRecipe`` subclass). Also called directly, in a sweep trial's own process, under an
+    ``InProcessSession``."""
     _quiet_report_logs()
     experiment = config["experiment"]
-    family = load_family(config["family"])
+    recipe_class = pkgutil.resolve_name(config["recipe"])
     session = current()
     use_gpu = experiment.scaling.use_gpu
     worker = WorkerInfo(rank=session.rank, world_size=session.world_size,
                         device=ray.train.torch.get_device() if use_gpu else torch.device("cpu"))
-    recipe = import_ref(family.recipe)(experiment, worker)
+    recipe = recipe_class(experiment, worker)
     if isinstance(recipe, IterativeRecipe):  # a family that learns without gradient steps
         run_iterations(experiment, recipe)
     else:
@@ -103,7 +104,7 @@ def run(experiment: Any, recipe: Recipe) -> None:
     started = time.time()
     exp, train, worker = experiment, experiment.train, recipe.worker
     torch.set_num_threads(max(1, int(exp.scaling.cpus_per_worker)))
-    strategy = make_strategy(exp.scaling, train, worker.rank, recipe.standalone, worker.world_size)
+    strategy: Strategy = make_strategy(exp.scaling, train, worker.rank, recipe.standalone, worker.world_size)
     session = current()
 
     # 1. set-up (and 2. resume, while the restored checkpoint's folder exists)

@@ -56,7 +56,7 @@ class StepOutput:
 class Recipe:
     """Base class of a family's recipe; override the methods marked *required*.
 
-    ``experiment`` is the typed ``orchestrator.config.Experiment`` (``experiment.model`` is the
+    ``experiment`` is the typed ``orchestrator.experiment.Experiment`` (``experiment.model`` is the
     family's config dataclass, ``experiment.data`` its data section with an absolute ``root``).
     """
 

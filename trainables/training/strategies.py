@@ -1,14 +1,10 @@
-"""The distributed strategies behind one small interface: DDP (gloo on CPU, NCCL on GPU) and
-DeepSpeed ZeRO 0-3. The training loop calls only these methods:
+"""The distributed strategies behind one small interface, the ``Strategy`` protocol: DDP (gloo on CPU,
+NCCL on GPU) and DeepSpeed ZeRO 0-3. The training loop calls only its methods:
 
-- ``wrap(model, optimizer, scheduler)``: returns the three, wrapped;
-- ``backward(model, loss, last)``: one micro-batch's backward (``train.grad_accum_steps`` of them
-  per step; ``last`` on the final one, where DDP all-reduces the gradients);
-- ``step(model, optimizer, scheduler, grad_clip)``: clipping, optimizer and scheduler step;
-- ``unwrap(model)``: the family's module inside the wrapper;
-- ``save(directory, model, optimizer, scheduler, step, write_model)``: this rank's part of a
-  checkpoint (collective under DeepSpeed); returns whether this rank wrote anything;
-- ``restore(directory, model, optimizer, scheduler)``: the step to continue from.
+- ``wrap``, then per micro-batch ``backward`` (``train.grad_accum_steps`` of them per step; ``last``
+  on the final one, where DDP all-reduces the gradients), then ``step`` (a no-op under DeepSpeed,
+  whose engine steps at the accumulation boundary inside ``backward``);
+- ``unwrap`` for the family's module; ``save`` (collective under DeepSpeed) and ``restore``.
 
 Checkpoint layout (one directory per report)::
 
@@ -22,7 +18,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -32,6 +28,44 @@ from trainables.training.manifest import UnsafeCheckpointError
 WriteModel = Callable[[nn.Module, Path], None]  # (module to save, model/ directory) -> None
 DS_TAG = "state"
 TRAIN_STATE = "train_state.pt"
+
+
+class Strategy(Protocol):
+    """How the loop wraps, steps, saves and restores a model, whatever distributes it (module docstring).
+
+    ``model``, ``optimizer`` and ``scheduler`` passed to the methods after ``wrap`` are the wrapped ones.
+    """
+
+    def wrap(self, model: nn.Module, optimizer: Any, scheduler: Any) -> tuple[nn.Module, Any, Any]:
+        """The model, optimizer and LR scheduler, wrapped for training."""
+        ...
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        """The family's module inside the wrapper."""
+        ...
+
+    def backward(self, model: nn.Module, loss: torch.Tensor, last: bool) -> None:
+        """One micro-batch's backward; ``last``: the final micro-batch of the optimizer step."""
+        ...
+
+    def step(self, model: nn.Module, optimizer: Any, scheduler: Any, grad_clip: float | None) -> None:
+        """The optimizer step: gradient clipping (max norm ``grad_clip``), optimizer, LR scheduler."""
+        ...
+
+    def save(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any, step: int,
+             write_model: WriteModel) -> bool:
+        """This rank's part of a checkpoint in ``directory`` (``write_model`` writes ``model/``); whether
+        it wrote anything."""
+        ...
+
+    def restore(self, directory: Path, model: nn.Module, optimizer: Any, scheduler: Any) -> int:
+        """The training state saved in ``directory`` restored; the step to continue from."""
+        ...
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module a DDP or DeepSpeed wrapper holds (``.module``), else ``model`` itself."""
+    return model.module if hasattr(model, "module") else model
 
 
 class DDPStrategy:
@@ -48,9 +82,7 @@ class DDPStrategy:
         wrapped = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
         return wrapped, optimizer, scheduler
 
-    @staticmethod
-    def unwrap(model: nn.Module) -> nn.Module:
-        return model.module if hasattr(model, "module") else model
+    unwrap = staticmethod(_unwrap)
 
     def backward(self, model: nn.Module, loss: torch.Tensor, last: bool) -> None:
         """Gradients of the mean loss over the step's micro-batches; DDP syncs on the last only."""
@@ -113,9 +145,7 @@ class DeepSpeedStrategy:
             model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.config)
         return engine, optimizer, scheduler
 
-    @staticmethod
-    def unwrap(model: nn.Module) -> nn.Module:
-        return model.module if hasattr(model, "module") else model
+    unwrap = staticmethod(_unwrap)
 
     def backward(self, model: Any, loss: torch.Tensor, last: bool) -> None:
         model.backward(loss)
@@ -144,7 +174,7 @@ class DeepSpeedStrategy:
 
 
 def make_strategy(scaling: Any, train: Any, rank: int, standalone: Callable[[nn.Module], nn.Module],
-                  world_size: int | None = None) -> DDPStrategy | DeepSpeedStrategy:
+                  world_size: int | None = None) -> Strategy:
     """The strategy named by ``scaling.strategy`` (validation already checked the family supports it)."""
     if scaling.strategy == "deepspeed":
         return DeepSpeedStrategy(rank, scaling.zero_stage, train.batch_size, train.grad_clip, standalone,

@@ -3,10 +3,9 @@
 from pathlib import Path
 
 import pytest
+from support import SHARED_DATA
 
 from trainables.data import BabiExample, load_babi, load_text, parse_babi
-
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from support import SHARED_DATA
 
 from trainables.data import ArithmeticFormat, ByteTokenizer, encode_corpus
 from trainables.data.mixture import (
@@ -18,7 +18,6 @@ from trainables.data.mixture import (
     mixture_errors,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 TOK = ByteTokenizer()
 LM_TEXT = "the quick brown fox jumps over the lazy dog. " * 200
 

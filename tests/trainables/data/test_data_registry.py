@@ -4,10 +4,9 @@ import pickle
 from pathlib import Path
 
 import pytest
+from support import SHARED_DATA
 
 from trainables.data import DataNotFoundError, corpora, data_root, list_datasets, load_babi, load_text
-
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 
 @pytest.fixture

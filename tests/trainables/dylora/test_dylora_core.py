@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.config import ExperimentError, load_experiment
+from orchestrator.config import load_experiment
+from orchestrator.experiment import ExperimentError
 from trainables.dylora.checkpoint import load_pool, save_pool
 from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.experts import DyLoRAModel, ExpertManager, content_mask, template_lengths

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import SHARED_DATA
 
 from orchestrator.config import load_experiment
 from trainables.dylora.recipe import DyLoRARecipe
@@ -17,7 +18,6 @@ from trainables.training.manifest import read_manifest
 from trainables.training.optim import build_optimizer
 
 REPO = Path(__file__).resolve().parents[3]
-SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 TINY_YAML = REPO / "experiments" / "dylora_tiny.yaml"
 pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="needs ../shared/data")
 

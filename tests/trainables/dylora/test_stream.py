@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
+from support import SHARED_DATA
 
 from trainables.dylora import stream as st
-from trainables.mixlora.data import IGNORE
+from trainables.lm.instructions import IGNORE
 
-SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "code_alpaca" / "new_codealpaca.json").exists(),
                                 reason="shared Code Alpaca data not present")
 MIN_SIZE = {"python_basics": 500, "web_requests": 80, "sql": 200}

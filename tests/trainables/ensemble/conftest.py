@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
+from support import SHARED_DATA
 
 
 @pytest.fixture(scope="session")

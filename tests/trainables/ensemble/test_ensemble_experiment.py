@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import ExperimentError, load_experiment
+from orchestrator.config import load_experiment
+from orchestrator.experiment import ExperimentError
 
 YAML = Path(__file__).resolve().parents[3] / "experiments" / "ensemble.yaml"
 

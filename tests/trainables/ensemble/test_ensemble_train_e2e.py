@@ -13,11 +13,11 @@ import torch
 import yaml
 from click.testing import CliRunner
 from mlflow.tracking import MlflowClient
+from support import SHARED_DATA
 
 from orchestrator.cli import main
 
 pytestmark = pytest.mark.slow
-SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,17 @@ and the bound on calls in flight."""
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 from scripted_llm import ScriptedLLM
+from support import SHARED_DATA
 
 from trainables.llm_judge.backends import Caller, GenerationConfig, OpenAIBackend
 from trainables.llm_judge.config import JudgeConfig
 from trainables.llm_judge.pipeline import Team, run_round
 from trainables.llm_judge.tasks import load_questions
-
-DATA = Path(os.environ.get("MOE_ORCH_DATA", Path(__file__).resolve().parents[4] / "shared" / "data"))
 
 
 def expert(model: str) -> GenerationConfig:
@@ -27,7 +24,7 @@ def expert(model: str) -> GenerationConfig:
 
 @pytest.fixture(scope="module")
 def llm() -> Iterator[ScriptedLLM]:
-    with ScriptedLLM(DATA, slow_s=5.0) as server:
+    with ScriptedLLM(SHARED_DATA, slow_s=5.0) as server:
         yield server
 
 
@@ -35,7 +32,7 @@ def _round(llm: ScriptedLLM, team: Team, cfg: JudgeConfig, questions: int = 2, *
     async def go() -> tuple[list, dict]:
         caller = Caller(OpenAIBackend(llm.base_url, "NO_SUCH_KEY_VAR", cfg.timeout_s), cfg.max_concurrency,
                         cfg.timeout_s, cfg.retries, cfg.backoff_s)
-        qs = load_questions("arc_easy", "validation", questions, str(DATA), seed=0)
+        qs = load_questions("arc_easy", "validation", questions, str(SHARED_DATA), seed=0)
         rounds = [await run_round(caller, team, cfg, q, list(range(len(team.experts))), seed=i, **kw)
                   for i, q in enumerate(qs)]
         await caller.backend.aclose()

@@ -1,9 +1,8 @@
-"""ARC-Easy / HellaSwag through lm-eval on an in-memory model: local data, the HellaSwag split,
-fidelity to lm-eval's own tasks and HFLM, metrics of a tiny model, no network."""
+"""ARC-Easy / HellaSwag through lm-eval on an in-memory model: fidelity to lm-eval's own tasks and HFLM,
+metrics of a tiny model, no network (the local readers and the HellaSwag split: tests/trainables/data)."""
 
 from __future__ import annotations
 
-import hashlib
 import re
 import socket
 from pathlib import Path
@@ -19,28 +18,19 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 from lm_eval.tasks.hellaswag.utils import process_docs
 from peft import LoraConfig, get_peft_model
+from support import SHARED_DATA
 from torch import nn
 
-from trainables.data import DataNotFoundError
+from trainables.data.hellaswag import hellaswag_records, hellaswag_split
 from trainables.lm import tiny_llama
 from trainables.lm.lm_eval_tasks import (
     ModuleLM,
-    arc_easy_records,
     arc_easy_task,
     evaluate_lm,
-    hellaswag_activity,
     hellaswag_doc,
-    hellaswag_records,
-    hellaswag_split,
     hellaswag_task,
     lm_eval_version,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-HELLASWAG_EVAL_SIZE = 2056
-HELLASWAG_TRAIN_SIZE = 7986
-# sha256 of the eval idx list joined by ","; changes only if the split rule or the data change
-HELLASWAG_EVAL_DIGEST = "3946f39802e465180a22b90376b7f71a3995a1e091f486ef035623277162db70"
 
 # The first three records of upstream hellaswag_val.jsonl (rowanz/hellaswag), with the
 # fields the local file dropped; local idx 0, 1, 2 are these items.
@@ -123,53 +113,6 @@ class BareLM(nn.Module):
         return SimpleNamespace(logits=self.inner(input_ids=input_ids, attention_mask=attention_mask).logits)
 
 
-# ---------------------------------------------------------------------------- data and split
-
-
-def test_arc_easy_local_splits_have_the_official_sizes(data_root: Path) -> None:
-    sizes = {split: len(arc_easy_records(split, data_root)) for split in ("train", "validation", "test")}
-    assert sizes == {"train": 2251, "validation": 570, "test": 2376}
-
-
-def test_hellaswag_split_is_disjoint_covering_and_stable(data_root: Path) -> None:
-    all_idx = [r["idx"] for r in hellaswag_records(data_root)]
-    train = [r["idx"] for r in hellaswag_split("train", data_root)]
-    evaluation = [r["idx"] for r in hellaswag_split("eval", data_root)]
-    assert len(all_idx) == 10042
-    assert not set(train) & set(evaluation)
-    assert sorted(train + evaluation) == sorted(all_idx)
-    assert (len(evaluation), len(train)) == (HELLASWAG_EVAL_SIZE, HELLASWAG_TRAIN_SIZE)
-    assert hashlib.sha256(",".join(map(str, evaluation)).encode()).hexdigest() == HELLASWAG_EVAL_DIGEST
-    assert [r["idx"] for r in hellaswag_split("eval", data_root)] == evaluation  # same on a second call
-
-
-def test_hellaswag_split_keeps_each_activity_run_on_one_side(data_root: Path) -> None:
-    records = hellaswag_records(data_root)
-    eval_idx = {r["idx"] for r in hellaswag_split("eval", data_root)}
-    for before, after in zip(records, records[1:], strict=False):
-        if hellaswag_activity(before) == hellaswag_activity(after):
-            assert (before["idx"] in eval_idx) == (after["idx"] in eval_idx)
-    # the reason: a gold ending often reappears verbatim in a neighbour's context
-    for i, record in enumerate(records):
-        gold = record["endings"][record["label"]]
-        if record["idx"] not in eval_idx or len(gold) < 25:
-            continue
-        for other in records[max(0, i - 15) : i + 16]:
-            assert other["idx"] in eval_idx or gold not in other["ctx"]
-
-
-def test_hellaswag_split_reads_the_data_root_from_the_environment(
-    data_root: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    monkeypatch.setenv("MOE_ORCH_DATA", str(data_root))
-    assert len(hellaswag_split("eval")) == HELLASWAG_EVAL_SIZE
-    monkeypatch.setenv("MOE_ORCH_DATA", str(tmp_path))
-    with pytest.raises(DataNotFoundError, match="hellaswag_val.jsonl.gz"):
-        hellaswag_split("train")
-    with pytest.raises(ValueError, match="split"):
-        hellaswag_split("test", data_root)  # type: ignore[arg-type]
-
-
 # ---------------------------------------------------------------------------- fidelity to lm-eval
 
 
@@ -217,8 +160,8 @@ def test_task_configs_match_lm_evals_builtin_tasks(build: Any, packaged: str, da
 def test_tasks_serve_the_local_splits(data_root: Path) -> None:
     assert len(arc_easy_task(data_root).test_docs()) == 2376
     hellaswag = hellaswag_task(data_root)
-    assert len(hellaswag.validation_docs()) == HELLASWAG_EVAL_SIZE
-    assert len(hellaswag.training_docs()) == HELLASWAG_TRAIN_SIZE
+    assert len(hellaswag.validation_docs()) == len(hellaswag_split("eval", data_root))
+    assert len(hellaswag.training_docs()) == len(hellaswag_split("train", data_root))
 
 
 def test_module_lm_scores_like_hflm_at_any_batch_size() -> None:

@@ -15,9 +15,9 @@ from support import randomize_routing
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
 from trainables.mixlora import mixlora_blocks
+from trainables.mixlora.block import MixLoRAFFN
 from trainables.mixlora.checkpoint import apply_adapters
 from trainables.mixlora.config import MixLoRAConfig
-from trainables.mixlora.layer import MixLoRAFFN
 
 TIGHT = dict(rtol=1e-5, atol=1e-5)  # float32; the paths differ only in summation order
 PROMPTS = ["Hello there, how are", "x", "def f(a, b):\n    return"]

@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from reference_mixlora import MixLoRANaive  # benchmarks/, on the pythonpath (pyproject.toml)
 from torch import nn
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaMLP
@@ -15,7 +16,6 @@ from trainables.mixlora import (
     MixLoRAFFN,
     MixLoRALayerConfig,
     MixLoRAMLP,
-    MixLoRANaive,
     apply_attention_lora,
     apply_lora,
     apply_mixlora,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
+from trainables.lm import instructions as lm_data
 from trainables.lm import load_base
-from trainables.mixlora import data as lm_data
 from trainables.mixlora.checkpoint import apply_adapters
 from trainables.mixlora.config import MixLoRAConfig
 from trainables.mixlora.routing import expert_load_png, measure_routing, routing_curves_png

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
+from support import SHARED_DATA
 from torch import nn
 
 from trainables.data import ArithmeticFormat, ByteTokenizer, load_babi
@@ -30,7 +30,6 @@ from trainables.more.evaluation import (
 )
 from trainables.more.evaluation.babi import distinguishing_lengths
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 TOK = ByteTokenizer()
 V = TOK.vocab_size
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from support import SHARED_DATA
 
 from trainables.data import ByteTokenizer
 from trainables.more import MoREConfig, MoRELM
 from trainables.more.evaluation import ARTIFACTS, EvalSettings, routing_trace, run_suite
 from trainables.more.routing_plots import sankey_links
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 TOK = ByteTokenizer()
 TINY = dict(block_size=48, n_layer=3, n_head=2, d_model=16, num_experts=4, top_k=2, expert_hidden=32)
 SMALL = EvalSettings(batch_size=16, ppl_max_tokens=600, babi_max_questions=6, arith_n=3, generation_tokens=8,

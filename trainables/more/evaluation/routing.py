@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from trainables.moe import load_balance_cv, load_share
 from trainables.more.model import MoRELM
 
 
@@ -46,9 +47,9 @@ def expert_load(model: MoRELM, batches: Iterable[torch.Tensor]) -> dict[tuple[in
         for r in model(x.to(device)).routing:
             key = (r.layer, r.step)
             totals[key] = totals.get(key, 0) + r.stats.tokens_per_expert.float().cpu()
-    return {key: t / t.sum().clamp_min(1) for key, t in sorted(totals.items())}
+    return {key: load_share(t) for key, t in sorted(totals.items())}
 
 
 def load_cv(load: torch.Tensor) -> float:
     """Load-balance CV (std / mean) of one load vector (E,)."""
-    return float(load.std(unbiased=False) / load.mean().clamp_min(1e-12))
+    return float(load_balance_cv(load))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from trainables.training.metrics import perplexity_of
+
 
 def normalize_answer(text: str) -> str:
     """Lower-case, strip surrounding whitespace and a trailing period: ``" Garden.\\n"`` -> ``"garden"``."""
@@ -29,7 +31,7 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
     """``exp(total negative log-likelihood / tokens)`` (capped at exp(50) to stay finite)."""
     if n_tokens <= 0:
         raise ValueError(f"n_tokens: got {n_tokens}, expected > 0")
-    return math.exp(min(nll_sum / n_tokens, 50.0))
+    return perplexity_of(nll_sum / n_tokens)
 
 
 def bits_per_token(nll_sum: float, n_tokens: int) -> float:

@@ -28,12 +28,13 @@ import csv
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from orchestrator.schema import Section, setting
 from trainables.data import ArithmeticFormat, Tokenizer, encode_corpus, load_babi, load_text
 from trainables.data.arithmetic import DEFAULT_FORMAT
 from trainables.data.mixture import ARITH_TRAIN_DIGITS
@@ -54,40 +55,28 @@ ARTIFACTS = ("metrics.json", "predictions.csv", "generation.txt", "routing_sanke
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(Section):
     """What the suite runs and how much of each data set (small defaults: minutes on a laptop CPU)."""
 
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    batch_size: int = 32
-    ppl_dataset: str = "wikitext-2"
-    ppl_split: str = "test"
-    ppl_stride: int | None = None  # None = block_size // 2
-    ppl_max_tokens: int | None = 16384  # first N tokens of the split; None = all (~1.26M bytes for WikiText-2 test)
-    babi_tasks: list[int] = field(default_factory=lambda: [2, 3])
-    babi_max_questions: int | None = 200  # first N test questions per task; None = all 1,000
-    arith_n: int = 100  # held-out problems per operand length
-    arith_long_digits: list[int] = field(default_factory=lambda: [4, 5])  # longer than data.arith_train_digits
-    generation_prompt: str = "The history of the"
-    generation_tokens: int = 200
-    generation_temperature: float = 0.8
-    generation_top_k: int | None = 40
-    routing_batches: int = 4  # WikiText test batches for the expert-load bars
-    seed: int = 0
-
-    def errors(self) -> list[str]:
-        """``field: got X, expected Y`` lines (without a section prefix)."""
-        errs = [f"tasks: got {t!r}, expected some of {', '.join(TASKS)}" for t in self.tasks if t not in TASKS]
-        errs += [f"babi_tasks: got {t!r}, expected 2 or 3" for t in self.babi_tasks if t not in (2, 3)]
-        errs += [f"arith_long_digits: got {d!r}, expected lengths >= 1" for d in self.arith_long_digits if d < 1]
-        for name in ("batch_size", "arith_n", "generation_tokens", "routing_batches"):
-            if getattr(self, name) < 1:
-                errs.append(f"{name}: got {getattr(self, name)}, expected >= 1")
-        for name in ("ppl_stride", "ppl_max_tokens", "babi_max_questions", "generation_top_k"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                errs.append(f"{name}: got {getattr(self, name)}, expected null or >= 1")
-        if not self.generation_temperature > 0:
-            errs.append(f"generation_temperature: got {self.generation_temperature}, expected > 0")
-        return errs
+    tasks: list[str] = setting(factory=lambda: list(TASKS), some_of=TASKS, doc="which parts of the suite run")
+    batch_size: int = setting(32, ge=1, doc="sequences per forward pass")
+    ppl_dataset: str = setting("wikitext-2", doc="the perplexity corpus")
+    ppl_split: str = setting("test", doc="its split")
+    ppl_stride: int | None = setting(None, ge=1, doc="sliding-window stride; null = block_size // 2")
+    ppl_max_tokens: int | None = setting(16384, ge=1, doc="first N tokens of the split; null = all (~1.26M bytes "
+                                                          "for WikiText-2 test)")
+    babi_tasks: list[int] = setting(factory=lambda: [2, 3], items={"one_of": (2, 3), "expect": "2 or 3"},
+                                    doc="bAbI tasks 2 and/or 3")
+    babi_max_questions: int | None = setting(200, ge=1, doc="first N test questions per task; null = all 1,000")
+    arith_n: int = setting(100, ge=1, doc="held-out problems per operand length")
+    arith_long_digits: list[int] = setting(factory=lambda: [4, 5], items={"ge": 1, "expect": "lengths >= 1"},
+                                           doc="operand lengths longer than data.arith_train_digits")
+    generation_prompt: str = setting("The history of the", doc="the seeded sample's prompt")
+    generation_tokens: int = setting(200, ge=1, doc="tokens sampled")
+    generation_temperature: float = setting(0.8, gt=0, doc="sampling temperature")
+    generation_top_k: int | None = setting(40, ge=1, doc="top-k sampling; null = the whole vocabulary")
+    routing_batches: int = setting(4, ge=1, doc="WikiText test batches for the expert-load bars")
+    seed: int = setting(0, doc="seeds sampling and held-out problems")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> EvalSettings:

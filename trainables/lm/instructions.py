@@ -3,11 +3,12 @@ with the base's chat template, with the loss on the answer tokens only.
 
 Each example is a prompt (one user turn) and an answer (the assistant turn):
 
-- ``arc_easy`` (``<root>/arc_easy/train.jsonl``): ``Question: {question}\\nAnswer:`` -> the text of
-  the correct choice. The evaluation (``trainables.lm.lm_eval_tasks``) scores each choice's text
-  after the same prompt in the same chat template, so training and scoring agree;
+- ``arc_easy`` (``<root>/arc_easy/train.jsonl``, read by ``trainables.data.arc_easy``):
+  ``Question: {question}\\nAnswer:`` -> the text of the correct choice. The evaluation
+  (``trainables.lm.lm_eval_tasks``) scores each choice's text after the same prompt in the same
+  chat template, so training and scoring agree;
 - ``hellaswag``: the context -> the correct ending, from the fixed *train* part of the local
-  validation file (``trainables.lm.lm_eval_tasks.hellaswag_split``; the eval part never trains);
+  validation file (``trainables.data.hellaswag.hellaswag_split``; the eval part never trains);
 - ``code_alpaca`` (``<root>/code_alpaca/code_alpaca_2k.json``): instruction (+ input) -> output.
 
 ``encode`` turns an example into token ids and labels (-100 on the prompt), ``batches`` pads
@@ -26,6 +27,8 @@ from typing import Any
 import torch
 
 from trainables.data import data_root
+from trainables.data.arc_easy import arc_easy_records, correct_choice
+from trainables.data.hellaswag import hellaswag_split
 
 IGNORE = -100  # label of a token the loss skips
 SOURCES = ("arc_easy", "hellaswag", "code_alpaca")
@@ -33,28 +36,25 @@ SOURCES = ("arc_easy", "hellaswag", "code_alpaca")
 
 @dataclass(frozen=True)
 class Example:
+    """One instruction example: the user turn and the assistant's answer (the only tokens with a loss)."""
+
     prompt: str
     answer: str
 
 
 def arc_prompt(question: str) -> str:
+    """lm-eval's ARC prompt: ``Question: {question}\\nAnswer:``."""
     return f"Question: {question}\nAnswer:"
 
 
 def arc_examples(split: str, root: str | Path | None = None) -> list[Example]:
     """ARC-Easy ``train`` / ``validation`` / ``test`` as (question, correct choice text)."""
-    path = data_root(root) / "arc_easy" / f"{split}.jsonl"
-    examples = []
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        labels, texts = row["choices"]["label"], row["choices"]["text"]
-        examples.append(Example(arc_prompt(row["question"]), texts[labels.index(row["answerKey"])]))
-    return examples
+    return [Example(arc_prompt(row["question"]), correct_choice(row)) for row in arc_easy_records(split, root)]
 
 
 def hellaswag_examples(split: str, root: str | Path | None = None) -> list[Example]:
     """The ``train`` or ``eval`` part of the local HellaSwag validation file as (context, correct ending)."""
-    from trainables.lm.lm_eval_tasks import hellaswag_doc, hellaswag_split
+    from trainables.lm.lm_eval_tasks import hellaswag_doc  # imports lm-eval: only when HellaSwag is asked for
 
     docs = [hellaswag_doc(row) for row in hellaswag_split(split, root)]  # lm-eval's own query and endings
     return [Example(doc["query"], doc["choices"][doc["gold"]]) for doc in docs]

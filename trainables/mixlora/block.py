@@ -26,7 +26,8 @@ token for all experts, on all T tokens. The T·k (token, expert) assignments are
 grouped by expert with one stable sort (as ``trainables/moe/dispatch.py`` does), and each
 expert runs only its LoRA deltas, the activation and the down path (frozen down + its
 LoRA) on its contiguous rows. So a token costs 2 + k frozen projections, against 3k for
-an expert-by-expert FFN (``MixLoRANaive``, the reference the tests compare against).
+an expert-by-expert FFN (``MixLoRANaive`` in ``benchmarks/reference_mixlora.py``, the reference the
+tests and the benchmark compare against).
 The LoRA deltas are added by ``addmm`` with the alpha/r scale folded in, and the per-expert
 results are concatenated once, at width D. (Measured and rejected on CPU: one fused
 (T, 2H) gate|up matmul, whose strided halves slowed the elementwise work more than the
@@ -42,79 +43,25 @@ over all E experts' stacked factors with the unchosen ones masked to zero, and a
 frozen down projection once per token, to the router-weighted sum of its k activations (it is
 linear); the training losses are skipped (see ``MixLoRAFFN.forward``).
 
-``apply_mixlora`` swaps every decoder layer's ``mlp`` for a ``MixLoRAMLP`` and freezes the
-base; ``apply_attention_lora`` puts plain peft LoRA on q/k/v/o_proj. Served, a ``MixLoRAMLP``
-reports its top-k choices to the generation engine (``pop_expert_choices``), which answers each
-request with a per-layer count of the experts its generated tokens were routed to.
+Served, a ``MixLoRAMLP`` reports its top-k choices to the generation engine
+(``pop_expert_choices``), which answers each request with a per-layer count of the experts its
+generated tokens were routed to. Putting the blocks into a model: ``surgery.py``; their
+trainable-parameter budget: ``params.py``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, inject_adapter_in_model
 from torch import nn
 
-from trainables.lm.base import ATTENTION_MODULES, MLP_MODULES, check_architecture, decoder_layers
-from trainables.moe.dispatch import dispatch
+from trainables.mixlora.config import MixLoRALayerConfig
 from trainables.moe.layer import MoEOutput
 from trainables.moe.losses import load_balance_loss, router_z_loss, routing_stats
 from trainables.moe.router import TopKRouter
-
-# ---------------------------------------------------------------------------- config
-
-
-class MixLoRASettings(Protocol):
-    """What ``apply_mixlora`` and ``matched_lora_rank`` read from a config (duck-typed, so a
-    family config with these fields passes as it is)."""
-
-    @property
-    def num_experts(self) -> int: ...
-    @property
-    def top_k(self) -> int: ...
-    @property
-    def rank(self) -> int: ...
-    @property
-    def alpha(self) -> float: ...
-    @property
-    def dropout(self) -> float: ...
-    @property
-    def router_init_std(self) -> float: ...
-    @property
-    def router_jitter(self) -> float: ...
-    @property
-    def attention_lora(self) -> bool: ...
-
-
-@dataclass(frozen=True)
-class MixLoRALayerConfig:
-    """The layer-level MixLoRA settings.
-
-    Args:
-        num_experts: E, LoRA experts per FFN.
-        top_k: k experts per token.
-        rank: r of every LoRA (experts and attention).
-        alpha: LoRA scale numerator; deltas are multiplied by alpha / r.
-        dropout: dropout on every LoRA input, training only.
-        router_init_std: std of the router's normal init.
-        router_jitter: multiplicative input jitter of the router, training only (0 = off).
-        attention_lora: also put plain LoRA (same r, alpha, dropout) on q/k/v/o_proj.
-    """
-
-    num_experts: int = 8
-    top_k: int = 2
-    rank: int = 8
-    alpha: float = 16.0
-    dropout: float = 0.05
-    router_init_std: float = 0.02
-    router_jitter: float = 0.0
-    attention_lora: bool = True
-
 
 # ---------------------------------------------------------------------------- parts
 
@@ -203,7 +150,7 @@ class MixLoRAFFN(nn.Module):
     inference_max_tokens: int = 128
 
     @classmethod
-    def from_mlp(cls, mlp: nn.Module, cfg: MixLoRASettings | None = None) -> MixLoRAFFN:
+    def from_mlp(cls, mlp: nn.Module, cfg: MixLoRALayerConfig | None = None) -> MixLoRAFFN:
         """Wrap a Llama-style MLP (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``)."""
         cfg = cfg or MixLoRALayerConfig()
         return cls(
@@ -343,45 +290,10 @@ class MixLoRAFFN(nn.Module):
         return out, tokens_per_expert
 
 
-class _NaiveExperts:
-    """The callable ``trainables.moe.dispatch`` expects: each expert runs the whole
-    frozen FFN plus its own LoRA on its contiguous rows."""
-
-    def __init__(self, block: MixLoRAFFN) -> None:
-        self.block = block
-        self.num_experts = block.num_experts
-
-    def __call__(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        """x: (N, D) rows grouped by expert (``counts[e]`` rows each) -> (N, D)."""
-        b, outs = self.block, []
-        for e, rows in enumerate(x.split(counts)):
-            if rows.shape[0] == 0:
-                continue
-            g = b.gate_proj(rows) + b.lora_gate(b.lora_dropout(rows), e)  # (n_e, H)
-            u = b.up_proj(rows) + b.lora_up(b.lora_dropout(rows), e)  # (n_e, H)
-            a = b.act_fn(g) * u  # (n_e, H)
-            outs.append(b.down_proj(a) + b.lora_down(b.lora_dropout(a), e))  # (n_e, D)
-        return torch.cat(outs)  # (N, D)
-
-
-class MixLoRANaive(MixLoRAFFN):
-    """Reference MixLoRA: the same parameters and router as ``MixLoRAFFN``, but every
-    expert runs the whole frozen FFN (3 projections) on its routed rows, through the
-    generic ``trainables.moe.dispatch``. For tests and the benchmark only."""
-
-    fast_inference = False  # always the reference path, in eval mode too
-
-    def _mix_experts(
-        self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        result = dispatch(x, weights, indices, _NaiveExperts(self))  # type: ignore[arg-type]
-        return result.output, result.tokens_per_expert
-
-
 class MixLoRAMLP(MixLoRAFFN):
     """``MixLoRAFFN`` as a drop-in for a decoder layer's ``mlp``: ``forward`` returns the
     output tensor (what the decoder layer adds to its residual) and keeps the full
-    ``MoEOutput`` of the latest call in ``self.last`` for ``router_outputs``.
+    ``MoEOutput`` of the latest call in ``self.last`` for ``surgery.router_outputs``.
 
     ``pop_expert_choices`` is the routing hook of ``trainables.lm.engine``: with it, the
     engine's ``moe`` for a MixLoRA model summarises, per layer, the experts that carried each
@@ -404,141 +316,8 @@ class MixLoRAMLP(MixLoRAFFN):
     def pop_expert_choices(self) -> torch.Tensor | None:
         """The top-k expert ids of each token of the latest forward, (B, T, k) for an input
         (B, T, D), highest router weight first; None if there was no forward since the last
-        call (it forgets ``last``, as ``router_outputs`` does, so nothing stale is read twice)."""
+        call (it forgets ``last``, as ``surgery.router_outputs`` does, so nothing stale is read twice)."""
         last, self.last = self.last, None
         if last is None:
             return None
         return last.expert_indices.reshape(*last.output.shape[:-1], -1)  # (T, k) -> (B, T, k)
-
-
-# ---------------------------------------------------------------------------- model surgery
-
-
-def _is_adapter_parameter(name: str) -> bool:
-    """LoRA (peft's and ours) and MixLoRA router parameters: the trainable ones."""
-    return "lora_" in name or ".router." in name or name.startswith("router.")
-
-
-def freeze_base(model: nn.Module) -> None:
-    """``requires_grad=False`` on every parameter that is not an adapter or router parameter."""
-    for name, param in model.named_parameters():
-        if not _is_adapter_parameter(name):
-            param.requires_grad_(False)
-
-
-def apply_mixlora(model: nn.Module, cfg: MixLoRASettings | None = None) -> nn.Module:
-    """Turn a Llama-style causal LM into a MixLoRA model, in place.
-
-    Every decoder layer's ``mlp`` becomes a ``MixLoRAMLP`` sharing the frozen base
-    weights; if ``cfg.attention_lora``, q/k/v/o_proj get plain LoRA (``apply_attention_lora``).
-    Everything but LoRA and router parameters is frozen.
-
-    Returns:
-        the same model object.
-    """
-    cfg = cfg or MixLoRALayerConfig()
-    check_architecture(model)
-    for layer in decoder_layers(model):  # type: ignore[union-attr]
-        if not isinstance(layer.mlp, MixLoRAFFN):
-            layer.mlp = MixLoRAMLP.from_mlp(layer.mlp, cfg)
-    freeze_base(model)
-    if cfg.attention_lora:
-        apply_attention_lora(model, cfg.rank, cfg.alpha, cfg.dropout)
-    return model
-
-
-def apply_lora(
-    model: nn.Module,
-    rank: int,
-    alpha: float,
-    dropout: float,
-    targets: tuple[str, ...] = ATTENTION_MODULES,
-) -> nn.Module:
-    """Plain peft LoRA on the named projections, in place (``peft.inject_adapter_in_model``).
-
-    The targeted base weights are frozen; every other parameter keeps its
-    ``requires_grad`` (peft alone would freeze everything but its own adapters).
-    """
-    before = {id(p): p.requires_grad for p in model.parameters()}
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(targets), bias="none")
-    inject_adapter_in_model(config, model)
-    for name, param in model.named_parameters():
-        if ".base_layer." in name:
-            param.requires_grad_(False)
-        elif id(param) in before:
-            param.requires_grad_(before[id(param)])
-    return model
-
-
-def apply_attention_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.05) -> nn.Module:
-    """Plain LoRA (rank, alpha, dropout) on q_proj, k_proj, v_proj and o_proj, in place."""
-    return apply_lora(model, rank, alpha, dropout, ATTENTION_MODULES)
-
-
-def mixlora_blocks(model: nn.Module) -> list[MixLoRAFFN]:
-    """The MixLoRA blocks of a model, in layer order."""
-    return [m for m in model.modules() if isinstance(m, MixLoRAFFN)]
-
-
-def router_outputs(model: nn.Module, clear: bool = True) -> list[MoEOutput]:
-    """The ``MoEOutput`` of each ``MixLoRAMLP`` from the latest forward, in layer order.
-
-    ``clear`` drops the blocks' references, so the graph is not kept alive past the step.
-    """
-    outs = []
-    for block in mixlora_blocks(model):
-        if isinstance(block, MixLoRAMLP) and block.last is not None:
-            outs.append(block.last)
-            if clear:
-                block.last = None
-    return outs
-
-
-# ---------------------------------------------------------------------------- parameter budgets
-
-
-def _shapes(model_cfg: Any) -> tuple[int, int, int, int, int]:
-    """``(layers, D, H, q width, kv width)`` of an HF decoder config."""
-    d, h = model_cfg.hidden_size, model_cfg.intermediate_size
-    heads = model_cfg.num_attention_heads
-    kv_heads = getattr(model_cfg, "num_key_value_heads", None) or heads
-    head_dim = getattr(model_cfg, "head_dim", None) or d // heads
-    return model_cfg.num_hidden_layers, d, h, heads * head_dim, kv_heads * head_dim
-
-
-def lora_parameters_per_rank(model_cfg: Any, targets: tuple[str, ...]) -> int:
-    """Trainable parameters of rank-1 LoRA on ``targets`` over all layers: Σ (in + out)."""
-    layers, d, h, q, kv = _shapes(model_cfg)
-    in_out = {
-        "q_proj": (d, q),
-        "k_proj": (d, kv),
-        "v_proj": (d, kv),
-        "o_proj": (q, d),
-        "gate_proj": (d, h),
-        "up_proj": (d, h),
-        "down_proj": (h, d),
-    }
-    return layers * sum(sum(in_out[t]) for t in targets)
-
-
-def mixlora_parameters(model_cfg: Any, cfg: MixLoRASettings) -> int:
-    """Trainable parameters of MixLoRA: E LoRA experts on gate/up/down + the router per
-    layer, plus rank-r LoRA on q/k/v/o if ``cfg.attention_lora``."""
-    layers, d, *_ = _shapes(model_cfg)
-    count = cfg.num_experts * cfg.rank * lora_parameters_per_rank(model_cfg, MLP_MODULES)
-    count += layers * d * cfg.num_experts  # routers
-    if cfg.attention_lora:
-        count += cfg.rank * lora_parameters_per_rank(model_cfg, ATTENTION_MODULES)
-    return count
-
-
-def matched_lora_rank(model_cfg: Any, mixlora_cfg: MixLoRASettings) -> int:
-    """The rank R of plain LoRA on all seven projections whose trainable-parameter count
-    is closest to MixLoRA's (``mixlora_parameters``); within 10 % once R >= 5.
-
-    Example: SmolLM2-135M with E = 8, r = 8 and attention LoRA: 440,832 parameters per
-    layer, R = 43 (437,568, 0.7 % fewer).
-    """
-    target = mixlora_parameters(model_cfg, mixlora_cfg)
-    per_rank = lora_parameters_per_rank(model_cfg, ATTENTION_MODULES + MLP_MODULES)
-    return max(1, round(target / per_rank))

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from support import SHARED_DATA
 
-from trainables.dylora.codeeval import (
+from trainables.codeeval import (
     HUMANEVAL_STOP,
     CodeEvalResult,
     build_program,
@@ -25,9 +25,8 @@ from trainables.dylora.codeeval import (
     pass_at_k_scores,
     truncate_at_stop,
 )
-from trainables.dylora.sandbox import run_many
+from trainables.codeeval.sandbox import run_many
 
-SHARED_DATA = (Path(__file__).resolve().parents[3] / ".." / "shared" / "data").resolve()
 needs_data = pytest.mark.skipif(
     not (SHARED_DATA / "mbpp" / "mbpp.jsonl").is_file() or not (SHARED_DATA / "humaneval").is_dir(),
     reason=f"MBPP / HumanEval not found under {SHARED_DATA}",

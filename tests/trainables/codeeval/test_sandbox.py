@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from trainables.dylora.sandbox import SandboxResult, network_isolated, run_many, run_program
+from trainables.codeeval.sandbox import SandboxResult, network_isolated, run_many, run_program
 
 SLACK_S = 20.0  # timing assertions only bound runaway waits; they never depend on exact timing
 
