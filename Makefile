@@ -11,7 +11,7 @@ LOCK_VENV := .lock-venv
 # The datasets live beside the repo, in ../shared/data, unless MOE_ORCH_DATA says otherwise.
 export MOE_ORCH_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup sweep test test-under-load fuzz lock
+.PHONY: setup sweep test test-under-load fuzz lock docs docs-build
 
 setup: $(STAMP)
 
@@ -43,6 +43,17 @@ fuzz: $(STAMP)
 	  echo "make fuzz found failures: pin each falsifying example printed above (@example(...) on its test, or the"; \
 	  echo "request body into the test's PINNED for the HTTP fuzz) so 'make test' tries it on every run, then fix it."; \
 	  exit 1; }
+
+# The docs site (mkdocs.yml, docs/): `make docs` serves it while you edit, on loopback (port 8001: moe-orch
+# serve takes 8000); `make docs-build` writes it to site/ with --strict (open site/index.html), as
+# tests/test_docs.py does. docs/configuration.md's tables are generated at build time (docs/hooks/).
+DOCS_ADDR ?= 127.0.0.1:8001
+
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --dev-addr $(DOCS_ADDR)
+
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 # Refresh the lock: resolve pyproject.toml's ranges afresh (the newest releases they admit) in a
 # throwaway venv, the way a fresh `pip install moe-orch[dev]` would, and pin what that installed.
