@@ -49,6 +49,7 @@ import json
 import os
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -306,7 +307,8 @@ class Cluster:
 
     def _env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-        data = os.environ.get("MOE_ORCH_DATA") or str(SHARED_DATA)  # read now: a test may have set it
+        # read now (a test may have set it), resolved: a link under /tmp would point nowhere on the hosts
+        data = str(Path(os.environ.get("MOE_ORCH_DATA") or SHARED_DATA).resolve())
         # joinable: a local Ray started earlier in this process (orchestrator.ray_runtime) left the switch at 0
         return {**env, **NODE_ENV, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "MOE_ORCH_DATA": data,
                 "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
@@ -331,11 +333,32 @@ class Cluster:
             # host's own from it (+ a pid namespace, its /proc), and its init starts once the tmpfs is mounted
             host.keeper = subprocess.Popen(
                 [IP, "netns", "exec", ns, UNSHARE, "--mount", "--propagation", "private", "--pid", "--fork",
-                 "--mount-proc", "sh", "-c", 'mount -t tmpfs -o size=2g "$0" "$1" && shift && exec "$@"',
-                 f"moe-{ns}", str(self.private), sys.executable, "-c", INIT],
+                 "--mount-proc", "sh", "-c", self._local_disk_script(index, f"moe-{ns}"), f"moe-{ns}",
+                 sys.executable, "-c", INIT],
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         wait_for(lambda: _init_pid(host.keeper) is not None, 60, alive=host.keeper)
         host.init_pid = _init_pid(host.keeper)
+
+    def _local_disk_script(self, index: int, name: str) -> str:
+        """The shell line that gives a host its own tmpfs at ``private`` and then runs ``"$@"``.
+
+        What every machine of a real cluster shares (the repository, the virtualenv, the datasets) stays
+        visible when it lives under ``private`` (a checkout in /tmp): it is bind-mounted aside before the
+        tmpfs hides it, and back onto its own path after."""
+        wanted = sorted(p for p in {REPO, Path(sys.prefix).resolve(), Path(self.env["MOE_ORCH_DATA"])}
+                        if p.is_relative_to(self.private))
+        keep = [p for p in wanted if not any(p != q and p.is_relative_to(q) for q in wanted)]
+        steps = []
+        for i, path in enumerate(keep):
+            aside = self.root / "keep" / f"h{index}-{i}"
+            aside.mkdir(parents=True, exist_ok=True)
+            steps.append(f"mount --bind {shlex.quote(str(path))} {shlex.quote(str(aside))}")
+        steps.append(f"mount -t tmpfs -o size=2g {shlex.quote(name)} {shlex.quote(str(self.private))}")
+        for i, path in enumerate(keep):
+            aside = self.root / "keep" / f"h{index}-{i}"
+            steps += [f"mkdir -p {shlex.quote(str(path))}",
+                      f"mount --bind {shlex.quote(str(aside))} {shlex.quote(str(path))}"]
+        return " && ".join([*steps, 'exec "$@"'])
 
     def hosts_file(self, index: int) -> str:
         """The /etc/hosts of host ``index``: the hostname on its own IP, or on 127.0.1.1 (the Debian host)."""
