@@ -15,6 +15,21 @@ loop, each iteration:
    gets the finish reason) and is dropped from the cache; columns no row needs any more are
    trimmed from the left.
 
+Log-probabilities (OpenAI's ``logprobs``): a request may ask for the log-probability of each token
+it generates (``SamplingParams.logprobs = k``: with the ``k`` likeliest alternatives) and of each of
+its prompt tokens (``prompt_logprobs = k``, for scoring: the prompt's first token has none). They
+are the *model's* distribution, ``log_softmax`` of the raw logits, before penalties, temperature and
+top-p (as vLLM returns by default), so they do not depend on how the token was sampled. Prompt
+log-probs come from the prefill's forward (its logits cover every position already); a request with
+``max_tokens = 0`` is only scored: one forward over its prompt, in this thread, and it never joins
+the batch. Rows that do not ask pay nothing: no log-softmax runs for them. Each ``Event`` carries
+the entries of the tokens produced since the previous event (the token that ended the request, EOS,
+included, as vLLM does), and the prompt's on the first event.
+
+Cancelling: ``GenerationStream.cancel()`` (a client that went away) drops the row from the batch at
+the next step, freeing its slot; a request still waiting is dropped when it would join. Its stream
+gets no further event.
+
 Logits shaping: OpenAI's frequency and presence penalties over the row's generated tokens
 (``logit -= frequency_penalty * count + presence_penalty * (count > 0)``), then temperature and top-p.
 Temperature divides the logits after their maximum is subtracted, so a tiny one sharpens towards
@@ -81,6 +96,18 @@ class SamplingParams:
     seed: int | None = None
     frequency_penalty: float = 0.0  # per earlier occurrence of a token in the completion
     presence_penalty: float = 0.0  # once for any token already in the completion
+    logprobs: int | None = None  # each generated token's log-prob and this many top alternatives
+    prompt_logprobs: int | None = None  # the same for each prompt token (from the prefill's forward)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability under the model (raw logits' log_softmax), and the ``k`` likeliest
+    tokens at its position, most likely first. ``logprob`` is None for the prompt's first token."""
+
+    token: int
+    logprob: float | None
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -93,6 +120,17 @@ class Event:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     moe: dict[str, Any] | None = None
+    logprobs: list[TokenLogprob] | None = None  # the tokens produced since the previous event, if asked
+    prompt_logprobs: list[TokenLogprob] | None = None  # on the first event, if asked
+
+
+def joined(events: list[Event]) -> Event:
+    """The events of one request as one: the whole text and log-probs, the last event's finish and usage."""
+    last = events[-1] if events else Event("")
+    asked = [e.logprobs for e in events if e.logprobs is not None]
+    prompt = next((e.prompt_logprobs for e in events if e.prompt_logprobs is not None), None)
+    return Event("".join(e.text for e in events), last.finish_reason, last.prompt_tokens, last.completion_tokens,
+                 last.moe, [t for part in asked for t in part] if asked else None, prompt)
 
 
 class GenerationStream:
@@ -105,6 +143,12 @@ class GenerationStream:
         self._async: asyncio.Queue[Event | BaseException] | None = asyncio.Queue() if loop is not None else None
         self.submitted = time.monotonic()
         self.first_token_at: float | None = None
+        self.cancelled = False  # set by ``cancel``; read by the engine's thread
+
+    def cancel(self) -> None:
+        """Stop this request (its client went away): the engine drops its row at the next step. Harmless
+        once the request has finished."""
+        self.cancelled = True
 
     def put(self, event: Event | BaseException) -> None:
         """Called by the engine's thread."""
@@ -124,11 +168,10 @@ class GenerationStream:
 
     async def collect_async(self) -> Event:
         """``collect`` on the event loop."""
-        parts, last = [], Event("")
-        while last.finish_reason is None:
-            last = await self.next_event()
-            parts.append(last.text)
-        return Event("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.moe)
+        events = [await self.next_event()]
+        while events[-1].finish_reason is None:
+            events.append(await self.next_event())
+        return joined(events)
 
     def get(self, timeout: float | None = None) -> Event:
         item = self._events.get(timeout=timeout)
@@ -144,11 +187,8 @@ class GenerationStream:
                 return
 
     def collect(self) -> Event:
-        """Wait for the end: one ``Event`` with the whole text, the finish reason and usage."""
-        parts, last = [], Event("")
-        for last in self:
-            parts.append(last.text)
-        return Event("".join(parts), last.finish_reason, last.prompt_tokens, last.completion_tokens, last.moe)
+        """Wait for the end: one ``Event`` with the whole text (and log-probs), the finish reason and usage."""
+        return joined(list(self))
 
 
 @dataclass
@@ -161,6 +201,20 @@ class _Row:
     emitted: int = 0  # characters of the decoded completion already sent
     moe: dict[str, Any] | None = None
     trace: list[torch.Tensor] = field(default_factory=list)  # per generated token: (L, k) expert ids
+    logprobs: list[TokenLogprob] | None = None  # generated tokens' entries not yet sent (if asked)
+    prompt_logprobs: list[TokenLogprob] | None = None  # the prompt's entries, until the first event
+
+    def __post_init__(self) -> None:
+        if self.params.logprobs is not None:
+            self.logprobs = []
+
+    def event(self, text: str, finish: str | None = None, moe: dict[str, Any] | None = None) -> Event:
+        """An event with ``text``, carrying the log-prob entries gathered since the previous one."""
+        logprobs, self.logprobs = self.logprobs, [] if self.logprobs is not None else None
+        prompt, self.prompt_logprobs = self.prompt_logprobs, None
+        if finish is None:
+            return Event(text, moe=moe, logprobs=logprobs, prompt_logprobs=prompt)
+        return Event(text, finish, len(self.prompt_ids), len(self.generated), moe, logprobs, prompt)
 
 
 class GenerationEngine:
@@ -199,6 +253,7 @@ class GenerationEngine:
         self._stop = threading.Event()
         self.steps = 0  # decode steps done (for tests and stats)
         self.max_running = 0  # the most rows decoded together so far
+        self.cancelled = 0  # rows dropped because their client went away
         self._thread = threading.Thread(target=self._loop, name="generation-engine", daemon=True)
         self._thread.start()
 
@@ -228,6 +283,7 @@ class GenerationEngine:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
+                self._drop_cancelled()
                 self._admit()
                 if self._rows:
                     self._decode()
@@ -247,21 +303,43 @@ class GenerationEngine:
                     new.append(self._waiting.get_nowait())
         except queue.Empty:
             pass
+        new = [row for row in new if not row.stream.cancelled]
         if not new:
             return False
-        try:
-            self._prefill(new)
-        except Exception as exc:  # the new rows are not in the batch yet: fail them here, keep the batch
-            for row in new:
-                row.stream.put(RuntimeError(f"generation failed: {type(exc).__name__}: {exc}"))
+        scored = [row for row in new if row.params.max_tokens == 0]  # prompt log-probs only: never join
+        joining = [row for row in new if row.params.max_tokens > 0]
+        for rows, step in ((scored, self._score), (joining, self._prefill)):
+            try:
+                if rows:
+                    step(rows)
+            except Exception as exc:  # these rows are not in the batch yet: fail them here, keep the batch
+                for row in rows:
+                    row.stream.put(RuntimeError(f"generation failed: {type(exc).__name__}: {exc}"))
         return True
 
+    def _drop_cancelled(self) -> None:
+        """Drop the rows whose client went away (``GenerationStream.cancel``), freeing their slots."""
+        gone = [i for i, row in enumerate(self._rows) if row.stream.cancelled]
+        if gone:
+            self.cancelled += len(gone)
+            self._drop(gone)
+
     @torch.no_grad()
-    def _prefill(self, new: list[_Row]) -> None:
-        width = max(len(r.prompt_ids) for r in new)
-        ids = torch.full((len(new), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(new), width), dtype=torch.long)
-        for i, row in enumerate(new):
+    def _score(self, rows: list[_Row]) -> None:
+        """Requests with ``max_tokens = 0``: one forward over their prompts for the prompt log-probs, then done."""
+        self._forward_prompts(rows, DynamicCache())
+        self._trace()  # clear the traced modules' record: nothing is generated, nothing reported
+        for row in rows:
+            row.stream.put(row.event("", "length", row.moe))
+
+    def _forward_prompts(self, rows: list[_Row], cache: DynamicCache) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+        """The prefill's forward over ``rows``' prompts, left-padded, into ``cache``: ``(output, mask (k, T),
+        routing weights (k, E) or None)``. Sets each row's per-sequence routing and, if it asked, its
+        prompt log-probs."""
+        width = max(len(r.prompt_ids) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
             ids[i, width - len(row.prompt_ids):] = torch.tensor(row.prompt_ids)
             mask[i, width - len(row.prompt_ids):] = 1
         ids, mask = ids.to(self.device), mask.to(self.device)
@@ -272,11 +350,21 @@ class GenerationEngine:
             weights = self.model.route_prompts(ids, mask)  # (k, E)
             extra["routing_weights"] = weights
             names = self.expert_names or [f"E{e}" for e in range(weights.shape[-1])]
-            for row, w in zip(new, weights.tolist(), strict=True):
+            for row, w in zip(rows, weights.tolist(), strict=True):
                 row.moe = {"experts": {n: round(v, 4) for n, v in zip(names, w, strict=True) if v > 0}}
-        cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, **extra)
+        for i, row in enumerate(rows):
+            if row.params.prompt_logprobs is not None:  # position t's logits predict token t + 1
+                n = len(row.prompt_ids)
+                row.prompt_logprobs = [TokenLogprob(row.prompt_ids[0], None), *_logprobs(
+                    out.logits[i, width - n:width - 1], row.prompt_ids[1:], row.params.prompt_logprobs)]
+        return out, mask, weights
+
+    @torch.no_grad()
+    def _prefill(self, new: list[_Row]) -> None:
+        cache = DynamicCache()
+        out, mask, weights = self._forward_prompts(new, cache)
         trace = self._trace()
         first = self._sample(out.logits[:, -1], new)
         self._merge(new, cache, mask, mask.sum(-1), first, weights)
@@ -327,22 +415,30 @@ class GenerationEngine:
         tokens = []
         for row, row_logits in zip(rows, logits.float(), strict=True):
             p = row.params
+            raw = row_logits  # (V,) the model's own: log-probs are reported from these
             if (p.frequency_penalty or p.presence_penalty) and row.generated:
                 counts = torch.bincount(torch.tensor(row.generated), minlength=row_logits.shape[-1])[
                     :row_logits.shape[-1]].to(row_logits.device, row_logits.dtype)  # (V,)
                 row_logits = row_logits - p.frequency_penalty * counts - p.presence_penalty * (counts > 0)
             if greedy(p.temperature):
                 tokens.append(int(row_logits.argmax()))
-                continue
-            # (V,) the max subtracted first: the best logit is 0 at any temperature, the rest <= 0 (or -inf)
-            probs = torch.softmax((row_logits - row_logits.max()) / p.temperature, dim=-1).cpu()
-            if p.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # the smallest set reaching top_p
-                keep[0] = True  # the likeliest token always: a top_p below float32's range keeps none otherwise
-                probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-            tokens.append(int(torch.multinomial(probs, 1, generator=row.generator)))
+            else:
+                tokens.append(self._draw(row_logits, p, row.generator))
+            if row.logprobs is not None:
+                row.logprobs += _logprobs(raw[None], tokens[-1:], p.logprobs or 0)
         return torch.tensor(tokens, device=logits.device)
+
+    @staticmethod
+    def _draw(row_logits: torch.Tensor, p: SamplingParams, generator: torch.Generator) -> int:
+        """A token sampled from ``row_logits`` (V,) at ``p``'s temperature and top-p."""
+        # (V,) the max subtracted first: the best logit is 0 at any temperature, the rest <= 0 (or -inf)
+        probs = torch.softmax((row_logits - row_logits.max()) / p.temperature, dim=-1).cpu()
+        if p.top_p < 1.0:
+            sorted_probs, order = probs.sort(descending=True)
+            keep = sorted_probs.cumsum(0) - sorted_probs < p.top_p  # the smallest set reaching top_p
+            keep[0] = True  # the likeliest token always: a top_p below float32's range keeps none otherwise
+            probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+        return int(torch.multinomial(probs, 1, generator=generator))
 
     def _merge(self, new: list[_Row], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor,
                first: torch.Tensor, weights: torch.Tensor | None) -> None:
@@ -399,9 +495,9 @@ class GenerationEngine:
             row.emitted = max(row.emitted, len(text))
             if finish is None:
                 if delta:
-                    row.stream.put(Event(delta, moe=row.moe))
+                    row.stream.put(row.event(delta, moe=row.moe))
             else:
-                row.stream.put(Event(delta, finish, len(row.prompt_ids), len(row.generated), self._summary(row)))
+                row.stream.put(row.event(delta, finish, self._summary(row)))
                 done.append(i)
         if done:
             self._drop(done)
@@ -422,3 +518,13 @@ class GenerationEngine:
         self._lengths, self._next = self._lengths[index], self._next[index]
         if self._weights is not None:
             self._weights = self._weights[index]
+
+
+def _logprobs(logits: torch.Tensor, tokens: list[int], k: int) -> list[TokenLogprob]:
+    """Each position's entry: ``tokens[i]``'s log-prob under ``logits`` (n, V) and the ``k`` likeliest."""
+    logprobs = logits.float().log_softmax(-1)  # (n, V)
+    index = torch.tensor(tokens, dtype=torch.long, device=logprobs.device)[:, None]  # (n, 1)
+    chosen = logprobs.gather(-1, index)[:, 0].tolist()  # (n,)
+    top_values, top_ids = logprobs.topk(min(k, logprobs.shape[-1]), dim=-1) if k else (logprobs[:, :0],) * 2
+    return [TokenLogprob(token, value, tuple(zip(ids, values, strict=True)))
+            for token, value, ids, values in zip(tokens, chosen, top_ids.tolist(), top_values.tolist(), strict=True)]

@@ -5,16 +5,33 @@ the Ray Serve deployment around it; this module imports FastAPI and pydantic, no
 
 Endpoints (under the route prefix, ``/`` by default):
 
-- ``POST /v1/completions`` ``{model, prompt, max_tokens, temperature, top_p, stop, seed, n, stream}``
-  -> OpenAI's ``text_completion`` (``choices[i].text``, ``finish_reason``, ``usage``);
+- ``POST /v1/completions`` ``{model, prompt, max_tokens, temperature, top_p, stop, seed, n, stream,
+  logprobs, echo, ...}`` -> OpenAI's ``text_completion`` (``choices[i].text``, ``finish_reason``, ``usage``).
+  ``prompt``: a string, a list of strings, a list of token ids or a list of token-id lists; prompt p's
+  choice i has ``index = p * n + i``. ``logprobs: k`` adds OpenAI's legacy ``{tokens, token_logprobs,
+  top_logprobs, text_offset}`` (top_logprobs: the k likeliest and the token itself, as vLLM); ``echo``
+  puts the prompt before the completion, in the text and the log-probs (the first prompt token's is
+  null); ``max_tokens: 0`` with ``echo`` only scores the prompt: lm-eval's ``local-completions``
+  loglikelihood requests (``{"prompt": [[ids]], "echo": true, "logprobs": 1, "max_tokens": 1}``) work;
 - ``POST /v1/chat/completions`` ``{model, messages, ...}``: the base's chat template, then the same;
-  OpenAI's ``chat.completion``;
+  OpenAI's ``chat.completion``; ``logprobs: true`` (and ``top_logprobs: 0..20``) adds
+  ``choices[i].logprobs.content = [{token, logprob, bytes, top_logprobs}]``; a message's ``content`` may be
+  a list of text parts (joined with newlines);
 - ``stream: true``: server-sent events, one ``data: {chunk}`` per piece of text and ``data: [DONE]``;
+  ``stream_options: {"include_usage": true}`` adds a last chunk with ``usage`` and no choices;
 - ``GET /v1/models``, ``GET /healthz``, ``GET /docs``.
 
 ``model`` may be omitted or the served name (``/v1/models``); answers say which model and version
 answered (``model``, header ``x-moe-orch-model-version``). A pool that routes per sequence adds
 ``moe`` to each choice: the experts that carried it and their weights.
+
+Log-probs are the model's own distribution (``log_softmax`` of the raw logits, before penalties, temperature
+and top-p), as vLLM returns by default; the token that ended a choice (EOS) has its entry too. Token names:
+``TokenTexts``. A field this server does not know is a 400 naming it, never ignored; fields clients send
+with values that change nothing are accepted (``user``; ``logit_bias: {}``; ``best_of`` equal to ``n``;
+``suffix: ""``; ``tools: []``, ``tool_choice: "none"``, ``parallel_tool_calls``; ``response_format:
+{"type": "text"}``; ``store: false``), other values of them are a 400. A client that disconnects, streamed
+or not, stops its choices' decoding and frees their batch slots.
 
 Bad input gets a 400 in OpenAI's error shape (``{"error": {"message", "type", "param", "code"}}``),
 limits from ``serve:`` (``max_tokens_limit``, ``max_prompt_tokens``, ``max_n``) included; nothing
@@ -28,78 +45,34 @@ numbers are a 400 naming the field; strings must be Unicode text (no lone surrog
 
 # No `from __future__ import annotations`: FastAPI resolves the routes' annotations at definition.
 import asyncio
+import codecs
 import json
+import math
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from serve.inputs import SafeJSONResponse, Seed, Text
-from trainables.lm.engine import Event, GenerationEngine, SamplingParams
+from serve.inputs import SafeJSONResponse
+from trainables.lm.engine import Event, GenerationEngine, GenerationStream, SamplingParams, TokenLogprob
+from trainables.lm.openai_api import (
+    MAX_PROMPTS,
+    ChatRequest,
+    CompletionRequest,
+    OpenAIError,
+    TextPart,
+    openai_error_body,
+)
 
 VERSION_HEADER = "x-moe-orch-model-version"
-
-
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: Text
-
-
-class _Sampling(BaseModel):
-    model: Text | None = None
-    max_tokens: int = Field(16, ge=1)
-    # A temperature that is 0 in float32 (below about 1.4e-45) decodes greedily, as 0 does.
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)  # the likeliest token is always kept, however small top_p is
-    stop: Text | list[Text] | None = None
-    seed: Seed | None = None  # choice i of n is seeded with seed + i (modulo 2**64)
-    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
-    n: int = Field(1, ge=1)
-    stream: bool = False
-
-
-class CompletionRequest(_Sampling):
-    """The body of ``POST /v1/completions`` (OpenAI's fields that this server honours)."""
-
-    prompt: Text = Field(..., min_length=1)
-
-
-class ChatRequest(_Sampling):
-    """The body of ``POST /v1/chat/completions``."""
-
-    messages: list[Message] = Field(..., min_length=1)
-
-
-class OpenAIError(Exception):
-    """A request error answered in OpenAI's shape."""
-
-    def __init__(self, status: int, message: str, param: str | None = None,
-                 kind: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-
-    def response(self) -> JSONResponse:
-        return SafeJSONResponse(openai_error_body(self.status, self.message, self.param, self.kind),
-                                status_code=self.status)
-
-
-ERROR_TYPES = {404: "not_found_error", 405: "invalid_request_error", 413: "invalid_request_error"}
-
-
-def openai_error_body(status: int, message: str, param: str | None = None, kind: str | None = None) -> dict[str, Any]:
-    """OpenAI's error shape: ``{"error": {"message", "type", "param", "code"}}``."""
-    kind = kind or ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
-    return {"error": {"message": message, "type": kind, "param": param, "code": None}}
 
 
 def load_lm(checkpoint_dir: Path) -> tuple[Any, Any, dict[str, Any]]:
@@ -125,7 +98,209 @@ class LoadedLM:
     tokenizer: Any
     info: dict[str, Any]  # name, family, version, base, experts
     engine: GenerationEngine
+    tokens: "TokenTexts"  # how answers name token ids (log-probs)
     inflight: int = 0  # requests taken and not yet answered in full
+
+
+# -- request and answer helpers -----------------------------------------------------------------
+
+
+def _message_text(content: str | list[TextPart], param: str) -> str:
+    """A message's text: ``content`` itself, or its text parts joined with newlines (as vLLM does)."""
+    if isinstance(content, str):
+        return content
+    texts = []
+    for j, part in enumerate(content):
+        extra = next(iter(part.model_extra or {}), None)
+        if part.type != "text":
+            raise OpenAIError(400, f"{param}.{j}.type: got {part.type!r}; only text parts are supported",
+                              f"{param}.{j}.type")
+        if extra is not None:
+            raise OpenAIError(400, f"{param}.{j}.{extra}: not a field of a text part", f"{param}.{j}.{extra}")
+        if part.text is None:
+            raise OpenAIError(400, f"{param}.{j}.text: a text part needs its text", f"{param}.{j}.text")
+        texts.append(part.text)
+    return "\n".join(texts)
+
+
+def _max_tokens(request: CompletionRequest | ChatRequest) -> int:
+    if isinstance(request, ChatRequest) and request.max_completion_tokens is not None:
+        return request.max_completion_tokens
+    return request.max_tokens
+
+
+def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _sse_data(chunk: dict[str, Any]) -> str:
+    return "data: " + json.dumps(chunk) + "\n\n"
+
+
+def _finite(logprob: float | None) -> float | None:
+    """A log-prob for JSON: -inf as OpenAI writes it (-9999.0), NaN as null."""
+    if logprob is None or math.isnan(logprob):
+        return None
+    return max(logprob, -9999.0)
+
+
+def _byte_alphabet() -> dict[str, int]:
+    """GPT-2's byte-level alphabet: the printable character that stands for each byte -> that byte."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)}
+    alphabet, shifted = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            alphabet[chr(byte)] = byte
+        else:
+            alphabet[chr(256 + shifted)] = byte
+            shifted += 1
+    return alphabet
+
+
+class TokenTexts:
+    """How answers name a token id: ``(name, bytes)``, cached.
+
+    A byte-level BPE token (GPT-2 style: SmolLM2's, the tiny byte tokenizer) is its own bytes; its name is
+    their UTF-8 text, or ``bytes:\\xNN...`` when they are not whole UTF-8 (OpenAI's legacy convention), so
+    two tokens never share a name (``top_logprobs`` maps names to log-probs). A special token is its name;
+    with any other tokenizer, a token is the text it decodes to alone.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        from tokenizers import decoders
+
+        self.tokenizer = tokenizer
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self.byte_level = backend is not None and isinstance(backend.decoder, decoders.ByteLevel)
+        self.alphabet = _byte_alphabet()
+        self.special = set(tokenizer.all_special_ids)
+        self._known: dict[int, tuple[str, bytes]] = {}
+
+    def __call__(self, token: int) -> tuple[str, bytes]:
+        known = self._known.get(token)
+        if known is None:
+            piece = self.tokenizer.convert_ids_to_tokens(token)
+            if token in self.special and piece:
+                raw = piece.encode("utf-8")
+            elif self.byte_level and piece and all(c in self.alphabet for c in piece):
+                raw = bytes(self.alphabet[c] for c in piece)
+            else:
+                raw = self.tokenizer.decode([token]).encode("utf-8")
+            try:
+                name = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                name = "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
+            known = self._known[token] = (name, raw)
+        return known
+
+    def chat_entry(self, entry: TokenLogprob) -> dict[str, Any]:
+        """One token in OpenAI's chat shape: ``{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}``."""
+        name, raw = self(entry.token)
+        top = [{"token": self(t)[0], "logprob": _finite(v), "bytes": list(self(t)[1])} for t, v in entry.top]
+        return {"token": name, "logprob": _finite(entry.logprob), "bytes": list(raw), "top_logprobs": top}
+
+    def legacy(self, entries: list[TokenLogprob], choice: "_Choice") -> dict[str, Any]:
+        """Tokens in OpenAI's completions shape: ``{tokens, token_logprobs, top_logprobs, text_offset}``.
+        ``top_logprobs`` holds the ``k`` likeliest and the token itself (as vLLM); ``text_offset`` is each
+        token's first character in the choice's text, counted on across the chunks of a stream."""
+        tokens, logprobs, tops, offsets = [], [], [], []
+        for entry in entries:
+            name, raw = self(entry.token)
+            tokens.append(name)
+            logprobs.append(_finite(entry.logprob))
+            offsets.append(choice.offset)
+            choice.offset += len(choice.decoder.decode(raw))
+            if entry.logprob is None:  # the prompt's first token: nothing predicts it
+                tops.append(None)
+                continue
+            top = {self(t)[0]: _finite(v) for t, v in entry.top}
+            top.setdefault(name, _finite(entry.logprob))
+            tops.append(top)
+        return {"tokens": tokens, "token_logprobs": logprobs, "top_logprobs": tops, "text_offset": offsets}
+
+
+@dataclass
+class _Choice:
+    """One choice of a request: its answer's ``index``, which prompt it continues, its engine stream."""
+
+    index: int
+    prompt: int
+    stream: GenerationStream
+    decoder: codecs.IncrementalDecoder = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+    offset: int = 0  # characters of the choice's text before its next token (legacy ``text_offset``)
+
+
+@dataclass
+class _Job:
+    """One request handed to the engine: its prompts (ids, and text for ``echo``) and its choices."""
+
+    kind: str  # "chat" | "text"
+    request: "CompletionRequest | ChatRequest"
+    prompts: list[list[int]]
+    texts: list[str]
+    tokens: TokenTexts
+    choices: list[_Choice] = field(default_factory=list)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(len(p) for p in self.prompts)
+
+    def cancel(self) -> None:
+        """Stop every choice still decoding (harmless for finished ones)."""
+        for choice in self.choices:
+            choice.stream.cancel()
+
+    def choice_body(self, choice: _Choice, event: Event, first: bool) -> dict[str, Any]:
+        """A choice's content for ``event`` (the whole answer, or a stream's chunk): message / delta or
+        text, and ``logprobs`` in the endpoint's shape (null unless asked)."""
+        r = self.request
+        if isinstance(r, ChatRequest):
+            message = {"role": "assistant", "content": event.text} if first else {"content": event.text}
+            logprobs = ({"content": [self.tokens.chat_entry(t) for t in event.logprobs or []], "refusal": None}
+                        if r.logprobs else None)
+            return {"delta" if r.stream else "message": message, "logprobs": logprobs}
+        echo = r.echo and first
+        text = (self.texts[choice.prompt] if echo else "") + event.text
+        if r.logprobs is None:
+            return {"text": text, "logprobs": None}
+        entries = ((event.prompt_logprobs or []) if echo else []) + (event.logprobs or [])
+        return {"text": text, "logprobs": self.tokens.legacy(entries, choice)}
+
+
+class _EngineStream(StreamingResponse):
+    """A streamed answer that calls ``done`` once, however it ends: in full, its client gone (Starlette
+    cancels the body), or the request cancelled."""
+
+    def __init__(self, content: AsyncIterator[str], done: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._done = done
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._done()
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client of ``request`` (whose body is read) disconnects."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _unless_disconnected(work: Awaitable[Any], request: Request) -> Any:
+    """``work``'s result, or None (``work`` cancelled) if the client disconnects first."""
+    task, gone = asyncio.ensure_future(work), asyncio.ensure_future(_disconnected(request))
+    try:
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
+
 
 
 class LMEndpoint:
@@ -146,7 +321,8 @@ class LMEndpoint:
         if version:
             info["version"] = str(version)
         return LoadedLM(model, tokenizer, info,
-                        GenerationEngine(model, tokenizer, max_batch_size=self.settings.max_batch_size))
+                        GenerationEngine(model, tokenizer, max_batch_size=self.settings.max_batch_size),
+                        TokenTexts(tokenizer))
 
     def reload(self, checkpoint_dir: Path | None, version: str | None) -> None:
         """Answer new requests from ``checkpoint_dir`` (None: the loaded one, relabelled), labelled
@@ -185,65 +361,110 @@ class LMEndpoint:
 
     # -- requests -> engine -----------------------------------------------------------------
 
-    def _prompt_ids(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> list[int]:
+    def _prompts(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> tuple[list[list[int]], list[str]]:
+        """``(token ids, text)`` of each prompt: the chat template's one, or each of ``prompt``'s (a token-id
+        prompt's text is its decoding, for ``echo``)."""
         if isinstance(request, ChatRequest):
             if not getattr(lm.tokenizer, "chat_template", None):
                 raise OpenAIError(400, "this model has no chat template; use /v1/completions", "messages")
-            text = lm.tokenizer.apply_chat_template([m.model_dump() for m in request.messages], tokenize=False,
-                                                      add_generation_prompt=True)
+            messages = [{"role": m.role, "content": _message_text(m.content, f"messages.{i}.content")}
+                        for i, m in enumerate(request.messages)]
+            text = lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            items: list[tuple[str, str | list[int]]] = [("messages", text)]
+        elif isinstance(request.prompt, str) or (request.prompt and isinstance(request.prompt[0], int)):
+            items = [("prompt", request.prompt)]
         else:
-            text = request.prompt
-        ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.settings.max_prompt_tokens:
-            raise OpenAIError(400, f"the prompt has {len(ids)} tokens, expected at most "
-                                   f"{self.settings.max_prompt_tokens}", "messages" if isinstance(
-                                       request, ChatRequest) else "prompt")
-        return ids
+            items = [(f"prompt.{i}", p) for i, p in enumerate(request.prompt)]
+            if not items or len(items) > MAX_PROMPTS:
+                raise OpenAIError(400, f"prompt: got {len(items)} prompts, expected 1 to {MAX_PROMPTS}", "prompt")
+        vocab = len(lm.tokenizer)
+        prompts, texts = [], []
+        for param, item in items:
+            ids = lm.tokenizer(item, add_special_tokens=False)["input_ids"] if isinstance(item, str) else list(item)
+            if not ids:
+                raise OpenAIError(400, f"{param}: empty prompt", param)
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise OpenAIError(400, f"{param}: token id {bad} is not in the vocabulary (0..{vocab - 1})", param)
+            if len(ids) > self.settings.max_prompt_tokens:
+                raise OpenAIError(400, f"{param}: the prompt has {len(ids)} tokens, expected at most "
+                                       f"{self.settings.max_prompt_tokens}", param)
+            prompts.append(ids)
+            texts.append(item if isinstance(item, str) else lm.tokenizer.decode(ids))
+        return prompts, texts
 
     def _check(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> None:
+        """What pydantic cannot say alone: the limits, and fields accepted only with values that change nothing."""
         s = self.settings
         if request.model not in (None, "", lm.info["name"]):
             raise OpenAIError(404, f"model {request.model!r} is not served here; this server has "
                                    f"{lm.info['name']!r}", "model", "not_found_error")
-        if request.max_tokens > s.max_tokens_limit:
-            raise OpenAIError(400, f"max_tokens: got {request.max_tokens}, expected at most {s.max_tokens_limit}",
-                              "max_tokens")
+        chat = isinstance(request, ChatRequest)
+        name = "max_completion_tokens" if chat and request.max_completion_tokens is not None else "max_tokens"
+        if chat and {"max_tokens", "max_completion_tokens"} <= request.model_fields_set:
+            raise OpenAIError(400, "max_tokens: give max_tokens or max_completion_tokens, not both", "max_tokens")
+        if _max_tokens(request) > s.max_tokens_limit:
+            raise OpenAIError(400, f"{name}: got {_max_tokens(request)}, expected at most {s.max_tokens_limit}", name)
         if request.n > s.max_n:
             raise OpenAIError(400, f"n: got {request.n}, expected at most {s.max_n}", "n")
         if request.stream and request.n > 1:
             raise OpenAIError(400, "n > 1 cannot be streamed", "n")
+        unsupported = {  # field: (its value is one that changes nothing, what is accepted)
+            "stream_options": (request.stream_options is None or request.stream, "only with stream: true"),
+            "logit_bias": (not request.logit_bias, "not supported: only {} or null"),
+        }
+        if chat:
+            unsupported |= {
+                "top_logprobs": (request.top_logprobs is None or request.logprobs, "needs logprobs: true"),
+                "response_format": (request.response_format in (None, {"type": "text"}),
+                                    'not supported: only {"type": "text"} or null'),
+                "tools": (not request.tools, "not supported: only [] or null"),
+                "tool_choice": (request.tool_choice in (None, "none"), 'not supported: only "none" or null'),
+                "store": (not request.store, "not supported: only false or null"),
+            }
+        else:
+            unsupported |= {
+                "max_tokens": (request.max_tokens > 0 or request.echo, "0 needs echo: true (scoring the prompt)"),
+                "best_of": (request.best_of in (None, request.n), "not supported: only null or equal to n"),
+                "suffix": (not request.suffix, 'not supported: only "" or null'),
+            }
+        for name, (harmless, accepted) in unsupported.items():
+            if not harmless:
+                raise OpenAIError(400, f"{name}: {accepted}", name)
 
-    def _submit(self, lm: LoadedLM, request: CompletionRequest | ChatRequest) -> tuple[list[Any], int]:
+    def _submit(self, lm: LoadedLM, kind: str, request: CompletionRequest | ChatRequest) -> "_Job":
         self._check(lm, request)
-        ids = self._prompt_ids(lm, request)
+        prompts, texts = self._prompts(lm, request)
+        if request.stream and len(prompts) > 1:
+            raise OpenAIError(400, "prompt: several prompts cannot be streamed", "prompt")
         stop = tuple([request.stop] if isinstance(request.stop, str) else (request.stop or []))
-        streams = []
-        for i in range(request.n):
-            seed = None if request.seed is None else request.seed + i
-            params = SamplingParams(request.max_tokens, request.temperature, request.top_p, stop, seed,
-                                    request.frequency_penalty, request.presence_penalty)
-            streams.append(lm.engine.submit(ids, params, loop=asyncio.get_running_loop()))
-        return streams, len(ids)
+        if isinstance(request, ChatRequest):
+            logprobs, prompt_logprobs = ((request.top_logprobs or 0) if request.logprobs else None), None
+        else:
+            logprobs, prompt_logprobs = request.logprobs, request.logprobs if request.echo else None
+        job = _Job(kind, request, prompts, texts, lm.tokens)
+        for p, ids in enumerate(prompts):
+            for i in range(request.n):
+                seed = None if request.seed is None else request.seed + i
+                params = SamplingParams(_max_tokens(request), request.temperature, request.top_p, stop, seed,
+                                        request.frequency_penalty, request.presence_penalty, logprobs,
+                                        prompt_logprobs)
+                job.choices.append(_Choice(p * request.n + i, p, lm.engine.submit(
+                    ids, params, loop=asyncio.get_running_loop())))
+        return job
 
     # -- answers ----------------------------------------------------------------------------
 
-    def _answer(self, lm: LoadedLM, kind: str, events: list[Event], prompt_tokens: int) -> dict[str, Any]:
+    def _answer(self, lm: LoadedLM, job: "_Job", events: list[Event]) -> dict[str, Any]:
         choices = []
-        for i, e in enumerate(events):
-            choice: dict[str, Any] = {"index": i, "finish_reason": e.finish_reason}
-            if kind == "chat":
-                choice["message"] = {"role": "assistant", "content": e.text}
-            else:
-                choice.update(text=e.text, logprobs=None)
-            if e.moe is not None:
-                choice["moe"] = e.moe
-            choices.append(choice)
+        for choice, e in zip(job.choices, events, strict=True):
+            choices.append({"index": choice.index, **job.choice_body(choice, e, first=True),
+                            "finish_reason": e.finish_reason, **({"moe": e.moe} if e.moe is not None else {})})
         completion = sum(e.completion_tokens for e in events)
-        return {"id": f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
-                "object": "chat.completion" if kind == "chat" else "text_completion",
+        return {"id": f"{'chatcmpl' if job.kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}",
+                "object": "chat.completion" if job.kind == "chat" else "text_completion",
                 "created": int(time.time()), "model": lm.info["name"], "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                          "total_tokens": prompt_tokens + completion}}
+                "usage": _usage(job.prompt_tokens, completion)}
 
     async def _events(self, stream: Any) -> AsyncIterator[Event]:
         while True:
@@ -252,55 +473,48 @@ class LMEndpoint:
             if event.finish_reason is not None:
                 return
 
-    def _sse(self, lm: LoadedLM, kind: str, stream: Any) -> AsyncIterator[str]:
-        """The SSE body of one streamed request; releases ``lm`` when it ends."""
-        chunk_id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-        created = int(time.time())
+    async def _sse(self, lm: LoadedLM, job: "_Job") -> AsyncIterator[str]:
+        """The SSE body of one streamed request (one choice)."""
+        chat = job.kind == "chat"
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}", "created": int(time.time()),
+                "model": lm.info["name"], "object": "chat.completion.chunk" if chat else "text_completion"}
+        usage = job.request.stream_options is not None and job.request.stream_options.include_usage
+        first, completion = True, 0
+        async for event in self._events(job.choices[0].stream):
+            choice: dict[str, Any] = {"index": 0, **job.choice_body(job.choices[0], event, first),
+                                      "finish_reason": event.finish_reason}
+            if event.moe is not None and (first or event.finish_reason is not None):  # routing known at
+                # prefill (per-sequence pools) comes first; per-token summaries complete on the last chunk
+                choice["moe"] = event.moe
+            first, completion = False, event.completion_tokens
+            yield _sse_data({**head, "choices": [choice], **({"usage": None} if usage else {})})
+        if usage:  # OpenAI's last chunk: no choices, the request's usage
+            yield _sse_data({**head, "choices": [], "usage": _usage(job.prompt_tokens, completion)})
+        yield "data: [DONE]\n\n"
 
-        async def body() -> AsyncIterator[str]:
-            try:
-                async for piece in pieces():
-                    yield piece
-            finally:
-                self._release(lm)
-
-        async def pieces() -> AsyncIterator[str]:
-            first = True
-            async for event in self._events(stream):
-                if kind == "chat":
-                    delta: dict[str, Any] = {"content": event.text}
-                    if first:
-                        delta["role"] = "assistant"
-                    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": event.finish_reason}
-                else:
-                    choice = {"index": 0, "text": event.text, "finish_reason": event.finish_reason, "logprobs": None}
-                if event.moe is not None and (first or event.finish_reason is not None):  # routing known at
-                    # prefill (per-sequence pools) comes first; per-token summaries complete on the last chunk
-                    choice["moe"] = event.moe
-                first = False
-                yield "data: " + json.dumps({"id": chunk_id, "created": created, "model": lm.info["name"],
-                                             "object": "chat.completion.chunk" if kind == "chat"
-                                             else "text_completion", "choices": [choice]}) + "\n\n"
-            yield "data: [DONE]\n\n"
-
-        return body()
-
-    async def _complete(self, kind: str, request: CompletionRequest | ChatRequest) -> Any:
+    async def _complete(self, kind: str, request: CompletionRequest | ChatRequest, raw: Request) -> Any:
         lm = self._acquire()  # the checkpoint this request is answered from, even if a swap comes
         try:
-            streams, prompt_tokens = self._submit(lm, request)
+            job = self._submit(lm, kind, request)
         except OpenAIError as exc:
             self._release(lm)
             return exc.response()
         headers = {VERSION_HEADER: lm.info["version"]}
-        if request.stream:
-            return StreamingResponse(self._sse(lm, kind, streams[0]), media_type="text/event-stream",
-                                     headers=headers)
-        try:
-            events = await asyncio.gather(*(s.collect_async() for s in streams))
-        finally:
+
+        def done() -> None:  # answered, failed or abandoned: stop what still decodes, free the checkpoint
+            job.cancel()
             self._release(lm)
-        return JSONResponse(self._answer(lm, kind, list(events), prompt_tokens), headers=headers)
+
+        if request.stream:
+            return _EngineStream(self._sse(lm, job), done, media_type="text/event-stream", headers=headers)
+        try:
+            events = await _unless_disconnected(asyncio.gather(*(c.stream.collect_async() for c in job.choices)),
+                                                raw)
+        finally:
+            done()
+        if events is None:  # the client went away: nobody reads this
+            return Response(status_code=499)
+        return JSONResponse(self._answer(lm, job, list(events)), headers=headers)
 
     def asgi_app(self, batched: Callable[[Any], Awaitable[Any]], health: Callable[[], dict[str, Any]]) -> FastAPI:
         """The replica's routes (``batched`` is unused: the engine batches)."""
@@ -316,7 +530,10 @@ class LMEndpoint:
             # the field's path: names and list indexes, without pydantic's union-member tags ("function-after[...]")
             path = [str(p) for p in first.get("loc", ())[1:] if isinstance(p, int) or str(p).isidentifier()]
             param = ".".join(path) or None
-            return OpenAIError(400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param).response()
+            reason = first.get("msg", "invalid request")
+            if first.get("type") == "extra_forbidden":  # never ignored: the client meant something by it
+                reason = "not a field this server supports"
+            return OpenAIError(400, f"{param or 'body'}: {reason}", param).response()
 
         @api.exception_handler(HTTPException)
         async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
@@ -340,13 +557,14 @@ class LMEndpoint:
                                                 "version": info["version"], "base": info["base"]}]}
 
         @api.post("/v1/completions")
-        async def completions(request: CompletionRequest) -> Any:
-            """Continue ``prompt`` (plain text, no chat template)."""
-            return await self._complete("text", request)
+        async def completions(request: CompletionRequest, raw: Request) -> Any:
+            """Continue ``prompt`` (plain text or token ids, no chat template); with ``echo`` and
+            ``logprobs``, score it."""
+            return await self._complete("text", request, raw)
 
         @api.post("/v1/chat/completions")
-        async def chat(request: ChatRequest) -> Any:
+        async def chat(request: ChatRequest, raw: Request) -> Any:
             """Answer ``messages`` through the base's chat template."""
-            return await self._complete("chat", request)
+            return await self._complete("chat", request, raw)
 
         return api

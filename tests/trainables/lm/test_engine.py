@@ -117,3 +117,60 @@ def test_a_request_failing_in_prefill_gets_an_error_and_the_engine_keeps_serving
     with pytest.raises(RuntimeError, match="generation failed"):
         broken.get(timeout=60)
     assert engine.submit(_ids(tokenizer, "still here"), SamplingParams(max_tokens=3, temperature=0)).collect().text
+
+
+def test_logprobs_are_the_models_log_softmax_for_prompt_and_completion(tiny: tuple) -> None:
+    """Prompt and generated tokens' log-probs equal one teacher-forced forward's log_softmax; greedy picks
+    the top alternative; sampling settings do not change them."""
+    import torch
+
+    model, tokenizer, engine = tiny
+    prompt = _ids(tokenizer, "Score me, please")
+    got = engine.submit(prompt, SamplingParams(max_tokens=5, temperature=0, logprobs=3, prompt_logprobs=2)).collect()
+    generated = [t.token for t in got.logprobs]
+    assert len(generated) == got.completion_tokens + (got.finish_reason == "stop")  # the EOS that ended it, too
+    with torch.no_grad():
+        expected = model(torch.tensor([prompt + generated])).logits[0].float().log_softmax(-1)  # (T, V)
+    tokens = prompt + generated
+    assert got.prompt_logprobs[0].logprob is None and [t.token for t in got.prompt_logprobs] == prompt
+    for position, entry in enumerate([*got.prompt_logprobs[1:], *got.logprobs], start=1):
+        assert entry.logprob == pytest.approx(float(expected[position - 1, tokens[position]]), abs=1e-4)
+        top = expected[position - 1].topk(len(entry.top))
+        assert [t for t, _ in entry.top] == top.indices.tolist()
+        assert [v for _, v in entry.top] == pytest.approx(top.values.tolist(), abs=1e-4)
+    assert all(len(e.top) == 2 for e in got.prompt_logprobs[1:]) and all(len(e.top) == 3 for e in got.logprobs)
+    assert all(e.top[0][0] == e.token for e in got.logprobs)  # greedy: the likeliest token
+    hot = engine.submit(prompt, SamplingParams(max_tokens=3, temperature=1.5, seed=4, logprobs=0)).collect()
+    assert hot.prompt_logprobs is None and all(e.top == () for e in hot.logprobs)
+    with torch.no_grad():
+        hot_expected = model(torch.tensor([prompt + [t.token for t in hot.logprobs]])).logits[0].log_softmax(-1)
+    assert [e.logprob for e in hot.logprobs] == pytest.approx(
+        [float(hot_expected[len(prompt) - 1 + j, e.token]) for j, e in enumerate(hot.logprobs)], abs=1e-4)
+    plain = engine.submit(prompt, SamplingParams(max_tokens=5, temperature=0)).collect()
+    assert plain.logprobs is None and plain.prompt_logprobs is None and plain.text == got.text
+
+
+def test_max_tokens_zero_scores_the_prompt_without_joining_the_batch(tiny: tuple) -> None:
+    _, tokenizer, engine = tiny
+    prompt = _ids(tokenizer, "only score this")
+    steps = engine.steps
+    got = engine.submit(prompt, SamplingParams(max_tokens=0, prompt_logprobs=1)).collect()
+    assert got.text == "" and got.finish_reason == "length" and got.completion_tokens == 0
+    assert got.prompt_tokens == len(prompt) and [t.token for t in got.prompt_logprobs] == prompt
+    assert engine.steps == steps and engine.running == 0
+
+
+def test_a_cancelled_request_leaves_the_batch_and_frees_its_slot(tiny: tuple) -> None:
+    import time
+
+    _, tokenizer, engine = tiny
+    prompt = _ids(tokenizer, "go on and on")
+    cancelled = engine.cancelled
+    stream = engine.submit(prompt, SamplingParams(max_tokens=400, temperature=0))
+    stream.get(timeout=60)  # decoding
+    stream.cancel()
+    deadline = time.monotonic() + 10
+    while engine.running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.running == 0 and engine.cancelled == cancelled + 1
+    assert engine.submit(prompt, SamplingParams(max_tokens=2, temperature=0)).collect().completion_tokens == 2
