@@ -37,11 +37,14 @@ and shared by its k experts' gate and up LoRA, as a single dropout before a fuse
 ``[A_gate | A_up]`` would (the naive reference draws a mask per expert and projection): at
 dropout > 0, drawing the random masks was about a fifth of the block's time.
 
-Served (eval mode, no autograd), an input of 2 to 128 tokens (batched decoding) skips the
-sort and the loop over experts: ``_mix_experts_inference`` runs each LoRA stage as one matmul
-over all E experts' stacked factors with the unchosen ones masked to zero, and applies the
-frozen down projection once per token, to the router-weighted sum of its k activations (it is
-linear); the training losses are skipped (see ``MixLoRAFFN.forward``).
+Served (eval mode, no autograd), an input of 1 to 128 tokens (decoding, batched or not) skips the
+sort and the loop over experts: ``_mix_experts_inference`` runs each LoRA stage as one matmul over all
+E experts' stacked factors (stacked once and cached, ``_stacked_factors``) with the unchosen ones
+masked to zero, gate and up side by side, and applies the frozen down projection once per token, to
+the router-weighted sum of its k activations (it is linear); the training losses are skipped, and a
+``MixLoRAMLP`` computes the routing stats only when ``last`` is read (see ``MixLoRAFFN.forward``).
+On the inference paths the attention LoRA is merged into the frozen weights
+(``checkpoint.prepare_for_inference``).
 
 Served, a ``MixLoRAMLP`` reports its top-k choices to the generation engine
 (``pop_expert_choices``), which answers each request with a per-layer count of the experts its
@@ -53,6 +56,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,7 +65,7 @@ from torch import nn
 from trainables.mixlora.config import MixLoRALayerConfig
 from trainables.moe.layer import MoEOutput
 from trainables.moe.losses import load_balance_loss, router_z_loss, routing_stats
-from trainables.moe.router import TopKRouter
+from trainables.moe.router import RouterOutput, TopKRouter
 
 # ---------------------------------------------------------------------------- parts
 
@@ -91,6 +95,16 @@ class LoRABank(nn.Module):
         if base is None:
             return z @ self.B[expert] * self.scaling
         return torch.addmm(base, z, self.B[expert], alpha=self.scaling)
+
+
+class StackedFactors(NamedTuple):
+    """Every expert's LoRA factors of one block, stacked for ``MixLoRAFFN._mix_experts_inference``
+    (alpha / r folded into the B factors); column/row ``e·r + i`` is rank component i of expert e."""
+
+    a_gate_up: torch.Tensor  # (2, D, E·r): gate's, up's
+    b_gate_up: torch.Tensor  # (2, E·r, H): gate's, up's
+    a_down: torch.Tensor  # (H, E·r)
+    b_down: torch.Tensor  # (E·r, D)
 
 
 # ---------------------------------------------------------------------------- the block
@@ -142,12 +156,15 @@ class MixLoRAFFN(nn.Module):
     # eval mode without autograd skips the losses, and mixes inference_min_tokens..inference_max_tokens
     # tokens through ``_mix_experts_inference`` (others through the sorted ``_mix_experts``). Measured
     # on SmolLM2's shape (D 576, H 1536, E = r = 8) with one and two CPU threads, the loop-free path
-    # takes 0.55-0.7x the sorted one's time at 4-64 tokens, 0.8-0.9x at 128, 1.05-1.15x at 1 token
-    # (reading the frozen weights dominates there, and it reads all E experts' LoRA factors, not k),
-    # and is slower from 256 tokens (its LoRA matmuls span all E experts' factors).
+    # took 0.55-0.7x the sorted one's time at 4-64 tokens, 0.8-0.9x at 128, and is slower from 256
+    # tokens (its LoRA matmuls span all E experts' factors). At 1 token it took 1.05-1.15x while it
+    # re-stacked the factors on every call; with them cached (``_stacked_factors``) it runs fewer
+    # kernels than the sorted path (no sort, no host sync, no per-expert loop), so decoding at batch 1
+    # takes it too.
     fast_inference: bool = True
-    inference_min_tokens: int = 2
+    inference_min_tokens: int = 1
     inference_max_tokens: int = 128
+    _stacked: tuple[tuple, StackedFactors] | None = None  # (the factors' versions, the stacked factors)
 
     @classmethod
     def from_mlp(cls, mlp: nn.Module, cfg: MixLoRALayerConfig | None = None) -> MixLoRAFFN:
@@ -182,21 +199,8 @@ class MixLoRAFFN(nn.Module):
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])  # (T, D)
         route = self.router(tokens)
-        if self.fast_inference and not self.training and not torch.is_grad_enabled():
-            if self.inference_min_tokens <= tokens.shape[0] <= self.inference_max_tokens:  # batched decoding
-                mixed = self._mix_experts_inference(tokens, route.weights, route.indices)  # (T, D)
-                tokens_per_expert = torch.bincount(route.indices.reshape(-1), minlength=self.num_experts)  # (E,)
-            else:  # one token, or a long prefill: the sorted dispatch, whose LoRA work does not grow with E
-                mixed, tokens_per_expert = self._mix_experts(tokens, route.weights, route.indices)
-            nan = tokens.new_full((), float("nan"))
-            return MoEOutput(
-                output=mixed.reshape(shape),
-                router_logits=route.logits,
-                load_balance_loss=nan,
-                z_loss=nan,
-                stats=routing_stats(route.probs, tokens_per_expert),
-                expert_indices=route.indices,
-            )
+        if self.serving():
+            return self._served_output(self._mix_served(tokens, route).reshape(shape), route)
         mixed, tokens_per_expert = self._mix_experts(tokens, route.weights, route.indices)  # (T, D), (E,)
         return MoEOutput(
             output=mixed.reshape(shape),
@@ -207,47 +211,79 @@ class MixLoRAFFN(nn.Module):
             expert_indices=route.indices,
         )
 
+    def serving(self) -> bool:
+        """Whether a forward now takes the served path: eval mode, autograd off, ``fast_inference`` set."""
+        return self.fast_inference and not self.training and not torch.is_grad_enabled()
+
+    def _mix_served(self, tokens: torch.Tensor, route: RouterOutput) -> torch.Tensor:
+        """The served mixture of ``tokens`` (T, D) -> (T, D): ``_mix_experts_inference`` from
+        ``inference_min_tokens`` to ``inference_max_tokens`` tokens, the sorted dispatch otherwise."""
+        if self.inference_min_tokens <= tokens.shape[0] <= self.inference_max_tokens:  # decoding
+            return self._mix_experts_inference(tokens, route.weights, route.indices)
+        return self._mix_experts(tokens, route.weights, route.indices)[0]  # a long prefill
+
+    def _served_output(self, output: torch.Tensor, route: RouterOutput) -> MoEOutput:
+        """The ``MoEOutput`` of a served forward: NaN losses (only training reads them), real routing."""
+        nan = output.new_full((), float("nan"))
+        tokens_per_expert = torch.bincount(route.indices.reshape(-1), minlength=self.num_experts)  # (E,)
+        return MoEOutput(output=output, router_logits=route.logits, load_balance_loss=nan, z_loss=nan,
+                         stats=routing_stats(route.probs, tokens_per_expert), expert_indices=route.indices)
+
+    def _stacked_factors(self) -> StackedFactors:
+        """The experts' LoRA factors as ``_mix_experts_inference`` multiplies them, built once and
+        rebuilt only when a factor changed (an in-place update bumps a tensor's ``_version``; ``to()``
+        moves its storage): served weights do not change, so a decode step pays no copies."""
+        banks = (self.lora_gate, self.lora_up, self.lora_down)
+        key = tuple((t._version, t.data_ptr()) for bank in banks for t in (bank.A, bank.B))
+        cached = self._stacked
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        num_experts, d_model, rank = self.lora_gate.A.shape  # (E, D, r)
+        hidden = self.lora_gate.B.shape[-1]
+        with torch.no_grad():
+            a_stack = lambda bank: bank.A.transpose(0, 1).reshape(-1, num_experts * rank)  # (in, E·r), a copy
+            factors = StackedFactors(
+                a_gate_up=torch.stack([a_stack(self.lora_gate), a_stack(self.lora_up)]),
+                b_gate_up=torch.stack([self.lora_gate.B.reshape(num_experts * rank, hidden) * self.lora_gate.scaling,
+                                       self.lora_up.B.reshape(num_experts * rank, hidden) * self.lora_up.scaling]),
+                a_down=a_stack(self.lora_down),
+                b_down=self.lora_down.B.reshape(num_experts * rank, d_model) * self.lora_down.scaling,
+            )
+        self._stacked = (key, factors)
+        return factors
+
     def _mix_experts_inference(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``_mix_experts``'s mixture without a loop over experts, for eval mode (no dropout, no grad).
 
-        x (T, D), weights/indices (T, k) -> (T, D). Every LoRA stage is one dense matmul over
-        all E experts' stacked factors (E·r wide, 64 for E = r = 8), with the unchosen experts'
-        rank-r slices zeroed by a (T, k, E) one-hot mask, so the experts cost a few matmuls
-        whatever T is. The frozen down projection is linear, so it runs once per token on the
-        weighted mixture of the k activations: Σ_j w_j down(a_j) = down(Σ_j w_j a_j).
+        x (T, D), weights/indices (T, k) -> (T, D). Every LoRA stage is one dense matmul over all E
+        experts' stacked factors (``_stacked_factors``: E·r wide, 64 for E = r = 8; gate and up side
+        by side), with the unchosen experts' rank-r slices zeroed by a (T, k, E) one-hot mask, so the
+        experts cost a few kernels per layer whatever T and E are: one matmul through every A of gate
+        and up, one batched matmul through the chosen B of both, the frozen gate and up once per
+        token. The frozen down projection is linear, so it runs once per token on the weighted
+        mixture of the k activations: Σ_j w_j down(a_j) = down(Σ_j w_j a_j).
         """
         num_tokens, top_k = indices.shape
         if num_tokens == 0:
             return torch.zeros_like(x)
+        f = self._stacked_factors()
         num_experts, rank = self.num_experts, self.lora_gate.A.shape[-1]
-        onehot = F.one_hot(indices, num_experts).to(x.dtype).unsqueeze(-1)  # (T, k, E, 1)
-
-        def lora_in(bank: LoRABank, rows: torch.Tensor) -> torch.Tensor:
-            """rows (n, in) -> (n, E, r): the rows through every expert's A, as one (in, E·r) matmul
-            (a batched (E, n, r) matmul with r = 8 columns was several times slower on CPU)."""
-            a_all = bank.A.transpose(0, 1).reshape(bank.A.shape[1], num_experts * rank)  # (in, E·r), a copy
-            return (rows @ a_all).view(-1, num_experts, rank)  # (n, E, r)
+        hidden = f.b_gate_up.shape[-1]
+        onehot = x.new_zeros(num_tokens, top_k, num_experts, 1).scatter_(2, indices[..., None, None], 1.0)  # (T,k,E,1)
 
         # gate and up: frozen once per token, plus the chosen experts' deltas, per (token, slot)
-        hidden = self.gate_proj.weight.shape[0]
-        gate = F.linear(x, self.gate_proj.weight).unsqueeze(1)  # (T, 1, H)
-        up = F.linear(x, self.up_proj.weight).unsqueeze(1)  # (T, 1, H)
-        z_gate = (lora_in(self.lora_gate, x).unsqueeze(1) * onehot).view(num_tokens * top_k, -1)  # (T·k, E·r)
-        z_up = (lora_in(self.lora_up, x).unsqueeze(1) * onehot).view(num_tokens * top_k, -1)  # (T·k, E·r)
-        b_gate = self.lora_gate.B.reshape(num_experts * rank, hidden)  # (E·r, H)
-        b_up = self.lora_up.B.reshape(num_experts * rank, hidden)  # (E·r, H)
-        g = torch.add(gate, (z_gate @ b_gate).view(num_tokens, top_k, hidden), alpha=self.lora_gate.scaling)
-        u = torch.add(up, (z_up @ b_up).view(num_tokens, top_k, hidden), alpha=self.lora_up.scaling)
-        a = self.act_fn(g) * u  # (T, k, H)
+        z = torch.matmul(x, f.a_gate_up).view(2, num_tokens, 1, num_experts, rank)  # (2, T, 1, E, r)
+        z = (z * onehot).view(2, num_tokens * top_k, num_experts * rank)  # (2, T·k, E·r), one expert per slot
+        delta = torch.bmm(z, f.b_gate_up).view(2, num_tokens, top_k, hidden)  # (2, T, k, H), scaled
+        g = delta[0].add_(F.linear(x, self.gate_proj.weight).unsqueeze(1))  # (T, k, H)
+        u = delta[1].add_(F.linear(x, self.up_proj.weight).unsqueeze(1))  # (T, k, H)
+        a = self.act_fn(g).mul_(u)  # (T, k, H)
 
         # down: the frozen projection once, on Σ_j w_j a_j; each expert's down LoRA on its own a_j
-        w = weights.unsqueeze(-1)  # (T, k, 1)
-        mixed = (a * w).sum(1)  # (T, H)
-        z_down = lora_in(self.lora_down, a.view(num_tokens * top_k, hidden))  # (T·k, E, r)
-        z_down = z_down.reshape(num_tokens, top_k, num_experts, rank)  # (T, k, E, r)
-        z_down = (z_down * (onehot * w.unsqueeze(-1))).sum(1).view(num_tokens, -1)  # (T, E·r)
-        b_down = self.lora_down.B.reshape(num_experts * rank, -1)  # (E·r, D)
-        return torch.addmm(F.linear(mixed, self.down_proj.weight), z_down, b_down, alpha=self.lora_down.scaling)
+        mixed = torch.bmm(weights.unsqueeze(1), a).squeeze(1)  # (T, 1, k) @ (T, k, H) -> (T, H)
+        z_down = (a.view(num_tokens * top_k, hidden) @ f.a_down).view(num_tokens, top_k, num_experts, rank)
+        z_down = (z_down * (onehot * weights[..., None, None])).sum(1).view(num_tokens, -1)  # (T, E·r)
+        return torch.addmm(F.linear(mixed, self.down_proj.weight), z_down, f.b_down)
 
     def _mix_experts(
         self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
@@ -290,6 +326,13 @@ class MixLoRAFFN(nn.Module):
         return out, tokens_per_expert
 
 
+class _Served(NamedTuple):
+    """A served forward's output and routing, before ``MixLoRAMLP.last`` builds its ``MoEOutput``."""
+
+    output: torch.Tensor  # (B, T, D)
+    route: RouterOutput
+
+
 class MixLoRAMLP(MixLoRAFFN):
     """``MixLoRAFFN`` as a drop-in for a decoder layer's ``mlp``: ``forward`` returns the
     output tensor (what the decoder layer adds to its residual) and keeps the full
@@ -303,21 +346,43 @@ class MixLoRAMLP(MixLoRAFFN):
     The frozen projections keep their names, so the base weights sit at the same state
     dict keys as in the base model (``...mlp.gate_proj.weight``)."""
 
-    last: MoEOutput | None = None
+    # the latest forward: its MoEOutput, or, served, its output and routing until ``last`` is read, so a
+    # decode step computes no routing stats that nobody reads (the engine reads only the expert ids)
+    _latest: MoEOutput | _Served | None = None
+
+    @property
+    def last(self) -> MoEOutput | None:
+        """The full ``MoEOutput`` of the latest forward (None if none since it was cleared)."""
+        latest = self._latest
+        if isinstance(latest, _Served):
+            latest = self._served_output(latest.output, latest.route)
+            self._latest = latest
+        return latest
+
+    @last.setter
+    def last(self, value: MoEOutput | None) -> None:
+        self._latest = value
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         """``x``: (B, T, D) -> (B, T, D). Safe to call from several threads at once (a server calling
         ``generate`` per request): each call returns its own output; ``last`` is then whichever
         finished last, which only the single-threaded training loop and engine read."""
-        out = super().forward(x)
-        self.last = out
-        return out.output
+        if not self.serving():
+            out = super().forward(x)
+            self._latest = out
+            return out.output
+        tokens = x.reshape(-1, x.shape[-1])  # (T, D)
+        route = self.router(tokens)
+        output = self._mix_served(tokens, route).reshape(x.shape)
+        self._latest = _Served(output, route)  # one assignment: a reader sees one call's record whole
+        return output
 
     def pop_expert_choices(self) -> torch.Tensor | None:
         """The top-k expert ids of each token of the latest forward, (B, T, k) for an input
         (B, T, D), highest router weight first; None if there was no forward since the last
         call (it forgets ``last``, as ``surgery.router_outputs`` does, so nothing stale is read twice)."""
-        last, self.last = self.last, None
-        if last is None:
+        latest, self._latest = self._latest, None
+        if latest is None:
             return None
-        return last.expert_indices.reshape(*last.output.shape[:-1], -1)  # (T, k) -> (B, T, k)
+        indices = latest.route.indices if isinstance(latest, _Served) else latest.expert_indices  # (T, k)
+        return indices.reshape(*latest.output.shape[:-1], -1)  # (B, T, k)

@@ -10,7 +10,11 @@
                                 (``model.layers.{i}.mlp.{router.gate.weight, lora_gate.A, ...}``)
 
 ``load_adapter(directory)`` rebuilds the base (``trainables.lm.load_base``), applies the same
-adapters and loads their weights: identical logits to the model that was saved.
+adapters and loads their weights: identical logits to the model that was saved. The inference paths
+(serving through the family contract's ``load_model_from``, ``generate``, ``evaluate``) load with
+``inference=True`` (``prepare_for_inference``): plain LoRA, the baseline's and MixLoRA's attention LoRA,
+merged into the frozen weights, the same function to float32 rounding at the bare base's speed.
+Training and resume (``recipe.py``: ``apply_adapters`` + ``load_weights``) keep them unmerged.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from trainables.lm.base import ATTENTION_MODULES, MLP_MODULES, base_reference, load_base
+from trainables.lm.merge import merge_lora
 from trainables.mixlora.config import MixLoRAConfig
 from trainables.mixlora.params import matched_lora_rank
 from trainables.mixlora.surgery import apply_lora, apply_mixlora, freeze_base
@@ -102,9 +107,21 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
             params[name].copy_(value)
 
 
+def prepare_for_inference(model: nn.Module) -> nn.Module:
+    """Make an adapted model an inference-only one, in place: its plain LoRA (all of the ``lora``
+    baseline; MixLoRA's attention LoRA) merged into the frozen weights (``trainables.lm.merge``),
+    every parameter frozen, eval mode. MixLoRA's routed FFN experts stay as they are (their mixture
+    differs per token); served, they run ``MixLoRAFFN``'s loop-free path. The result can no longer be
+    trained or saved as an adapter."""
+    merge_lora(model)
+    model.requires_grad_(False)
+    return model.eval()
+
+
 def load_adapter(directory: str | Path, manifest: Manifest | None = None,
-                 dtype: torch.dtype = torch.float32) -> tuple[nn.Module, Any]:
-    """``(model, tokenizer)``: the base with the directory's adapters, eval mode."""
+                 dtype: torch.dtype = torch.float32, inference: bool = False) -> tuple[nn.Module, Any]:
+    """``(model, tokenizer)``: the base with the directory's adapters, eval mode; with ``inference``,
+    prepared for inference only (``prepare_for_inference``: plain LoRA merged)."""
     manifest = manifest or read_manifest(directory)
     if manifest.family != FAMILY:
         raise ValueError(f"{directory}: family is {manifest.family!r}, expected {FAMILY!r}")
@@ -112,9 +129,12 @@ def load_adapter(directory: str | Path, manifest: Manifest | None = None,
     model, tokenizer = load_base(cfg.base, dtype=dtype)
     apply_adapters(model, cfg)
     load_weights(model, directory)
+    if inference:
+        prepare_for_inference(model)
     return model.eval(), tokenizer
 
 
 def load_model_from(directory: Path, manifest: Manifest) -> nn.Module:
-    """The family contract's loader: the adapted model in ``directory`` (eval mode)."""
-    return load_adapter(directory, manifest)[0]
+    """The family contract's loader, for serving (``trainables.lm.serving.load_lm``): the adapted model
+    in ``directory``, prepared for inference (plain LoRA merged, eval mode)."""
+    return load_adapter(directory, manifest, inference=True)[0]

@@ -31,7 +31,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     settings = request.settings
     started = time.time()
     if request.checkpoint_dir is not None:
-        model, tokenizer = load_adapter(request.checkpoint_dir)
+        model, tokenizer = load_adapter(request.checkpoint_dir, inference=True)
         what = str(request.checkpoint_dir)
     else:
         model, tokenizer = load_base(request.base)

@@ -18,7 +18,10 @@ def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tok
              on_text: Callable[[str], None], temperature: float = 0.0) -> str:
     """Generate up to ``max_tokens`` tokens for ``prompt`` (greedy when ``temperature`` is 0), handing each
     decoded piece to ``on_text`` as it arrives; returns the whole completion."""
-    model, tokenizer = load_adapter(checkpoint_dir) if checkpoint_dir is not None else load_base(base or "")
+    if checkpoint_dir is not None:
+        model, tokenizer = load_adapter(checkpoint_dir, inference=True)  # plain LoRA merged
+    else:
+        model, tokenizer = load_base(base or "")
     inputs = tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)  # (1, T)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
