@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,71 +194,183 @@ class Answer:
     ended: float
     status: int
     version: str | None
+    replica: str | None = None  # /healthz answers only: the replica that answered
+
+
+def send_completions(url: str, worker: int, answers: list[Answer], stop: threading.Event, count: int = 60,
+                     within_s: float = 300) -> None:
+    """One completion after another, each one's ``Answer`` appended (status 0: no answer); bounded: at most
+    ``count`` requests and ``within_s`` seconds, or until ``stop``."""
+    deadline = time.monotonic() + within_s
+    for i in range(count):
+        if stop.is_set() or time.monotonic() > deadline:
+            return
+        started = time.monotonic()
+        try:
+            reply = requests.post(f"{url}/v1/completions", timeout=120, json={
+                "prompt": f"worker {worker} request {i}", "max_tokens": 32, "temperature": 0})
+            status, version = reply.status_code, reply.headers.get("x-moe-orch-model-version")
+        except requests.RequestException:
+            status, version = 0, None
+        answers.append(Answer(started, time.monotonic(), status, version))
+
+
+@dataclass
+class Follower:
+    """``serve.run.follow_alias`` of ``models:/pool-test@current`` in a thread: its log, and when it
+    reported the new version answering."""
+
+    log: list[str]
+    swapped_at: list[float]
+
+    def echo(self, line: str) -> None:
+        self.log.append(line)
+        if "answering" in line:
+            self.swapped_at.append(time.monotonic())
+
+    def wait_swapped(self, timeout_s: float = 300) -> float:
+        """When the follower said the new version answers; fails if it refused it or took too long."""
+        try:
+            wait_for(lambda: bool(self.swapped_at) or any("refused" in line for line in self.log), timeout_s)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; follower log: {self.log}") from None
+        assert self.swapped_at, self.log
+        return self.swapped_at[0]
+
+
+@contextmanager
+def following(target: Any, app: str, first_source: dict[str, Any], settings: LMServe) -> Iterator[Follower]:
+    """The alias followed (polled every 0.5 s) while the block runs; stopped and joined after it."""
+    from serve.run import follow_alias
+
+    follower, stop = Follower([], []), threading.Event()
+    thread = threading.Thread(target=follow_alias, args=(f"models:/{MODEL}@current", target, app, first_source,
+                                                         settings, 0.5, follower.echo, stop), daemon=True)
+    thread.start()
+    try:
+        yield follower
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+
+
+@contextmanager
+def loaded(threads: list[threading.Thread], stop: threading.Event) -> Iterator[None]:
+    """``threads`` (bounded load loops that end on ``stop``) run while the block does; stopped and joined after."""
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=150)
 
 
 def test_following_the_alias_swaps_to_a_new_version_under_load_without_a_failed_request(
         served: tuple[str, Any, dict[str, Any], LMServe], registry: Registry, tmp_path: Path) -> None:
-    """Runs last in this module: afterwards the app serves version 2."""
-    from serve.run import follow_alias
-
+    """Runs after the tests above: afterwards the app serves version 2."""
     url, target, first_source, settings = served
     answers: list[Answer] = []
-    swapped_at: list[float] = []
-    stop_load, stop_follow = threading.Event(), threading.Event()
-    log: list[str] = []
-
-    def echo(line: str) -> None:
-        log.append(line)
-        if "answering" in line:
-            swapped_at.append(time.monotonic())
-
-    def load(worker: int) -> None:  # bounded: at most 60 requests a worker, and 300 s
-        deadline = time.monotonic() + 300
-        for i in range(60):
-            if stop_load.is_set() or time.monotonic() > deadline:
-                return
-            started = time.monotonic()
-            try:
-                reply = requests.post(f"{url}/v1/completions", timeout=120, json={
-                    "prompt": f"worker {worker} request {i}", "max_tokens": 32, "temperature": 0})
-                status, version = reply.status_code, reply.headers.get("x-moe-orch-model-version")
-            except requests.RequestException:
-                status, version = 0, None
-            answers.append(Answer(started, time.monotonic(), status, version))
-
-    follower = threading.Thread(target=follow_alias, args=(f"models:/{MODEL}@current", target, APP,
-                                                           first_source, settings, 0.5, echo, stop_follow), daemon=True)
-    follower.start()
-    workers = [threading.Thread(target=load, args=(w,), daemon=True) for w in range(4)]
-    for w in workers:
-        w.start()
-    try:
+    stop_load = threading.Event()
+    workers = [threading.Thread(target=send_completions, args=(url, w, answers, stop_load), daemon=True)
+               for w in range(4)]
+    with following(target, APP, first_source, settings) as follower, loaded(workers, stop_load):
         wait_for(lambda: len(answers) >= 8, 120)
         registered_at = time.monotonic()
         assert registry.register(save_tiny_pool(tmp_path / "v2", seed=1, step=9, name=MODEL), 9) == "2"
-        try:
-            wait_for(lambda: bool(swapped_at) or any("refused" in line for line in log), 300)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; follower log: {log}") from None
-        assert swapped_at, log
+        swapped_at = follower.wait_swapped()
         after = len(answers)
         wait_for(lambda: len(answers) >= after + 8, 120)
-    finally:
-        stop_load.set()
-        for w in workers:
-            w.join(timeout=150)
-        stop_follow.set()
-        follower.join(timeout=30)
 
     failed = [a for a in answers if a.status != 200]
     assert not failed, f"{len(failed)} of {len(answers)} requests failed during the swap: {failed[:3]}"
     assert {a.version for a in answers} == {"1", "2"}
-    assert all(a.version == "2" for a in answers if a.started > swapped_at[0])
+    assert all(a.version == "2" for a in answers if a.started > swapped_at)
     assert all(a.version == "1" for a in answers if a.ended < registered_at)
     assert requests.get(f"{url}/v1/models", timeout=30).json()["data"][0]["version"] == "2"
-    during = [a.ended - a.started for a in answers if a.ended > registered_at and a.started < swapped_at[0]]
+    during = [a.ended - a.started for a in answers if a.ended > registered_at and a.started < swapped_at]
     before = [a.ended - a.started for a in answers if a.ended < registered_at]
-    print(f"\nswap: {len(answers)} requests, 0 failed; registered -> answering {swapped_at[0] - registered_at:.1f}s; "
+    print(f"\nswap: {len(answers)} requests, 0 failed; registered -> answering {swapped_at - registered_at:.1f}s; "
           f"latency p50 before {statistics.median(before) * 1000:.0f} ms, max during the swap "
-          f"{max(during, default=0) * 1000:.0f} ms; log: {log}")
+          f"{max(during, default=0) * 1000:.0f} ms; log: {follower.log}")
 
+
+REPLICAS_APP = "lm-replicas-test"
+
+
+def test_autoscaled_replicas_all_swap_to_a_new_version_under_load_without_a_failed_request(
+        registry: Registry, free_port: int, tmp_path: Path) -> None:
+    """The alias served with ``max_replicas: 2``: under load, autoscaling adds a second replica; then a new
+    version is registered and followed, and both replicas (the same two: swapped in place, not restarted)
+    answer from it, while no request, completion or ``/healthz``, fails. Its own app beside this module's,
+    under its own route prefix (one proxy port per Ray session); 2 x 0.5 CPU fits beside that app's 1."""
+    from ray import serve
+
+    from serve.app import DEPLOYMENT_NAME, start
+    from serve.resolve import resolve_target
+
+    target = resolve_target(f"models:/{MODEL}@current", None, registry.uri)
+    old = target.version
+    settings = LMServe(port=free_port, route_prefix="/replicas", max_batch_size=8, max_tokens_limit=64,
+                       min_replicas=1, max_replicas=2, target_ongoing_requests=1, upscale_delay_s=0,
+                       num_cpus_per_replica=0.5, access_log=False)
+    answers: list[Answer] = []
+    probes: list[Answer] = []  # /healthz: which replica answered, with which version
+    counts: list[tuple[float, int]] = []  # (time, RUNNING replicas) as serve.status() saw them
+    stop_load = threading.Event()
+
+    def running() -> int:
+        deployment = serve.status().applications[REPLICAS_APP].deployments[DEPLOYMENT_NAME]
+        counts.append((time.monotonic(), deployment.replica_states.get("RUNNING", 0)))
+        return counts[-1][1]
+
+    def probe() -> None:  # bounded: at most 1200 probes, 300 s
+        deadline = time.monotonic() + 300
+        for _ in range(1200):
+            if stop_load.wait(0.2) or time.monotonic() > deadline:
+                return
+            started = time.monotonic()
+            try:
+                reply = requests.get(f"{url}/healthz", timeout=60)
+                body = reply.json() if reply.status_code == 200 else {}
+                probes.append(Answer(started, time.monotonic(), reply.status_code, body.get("version"),
+                                     body.get("replica")))
+            except requests.RequestException:
+                probes.append(Answer(started, time.monotonic(), 0, None))
+
+    def replicas_seen(since: float) -> set[str | None]:
+        return {p.replica for p in list(probes) if p.started > since}
+
+    url = start(target.source, family_ref("dylora"), REPLICAS_APP, settings, ready_timeout_s=300)
+    began = time.monotonic()
+    try:
+        assert running() == 1  # min_replicas
+        threads = [threading.Thread(target=send_completions, args=(url, w, answers, stop_load, 600), daemon=True)
+                   for w in range(4)] + [threading.Thread(target=probe, daemon=True)]
+        with following(target, REPLICAS_APP, target.source, settings) as follower, loaded(threads, stop_load):
+            wait_for(lambda: running() >= 2, 300)  # 4 requests in flight, a target of 1 a replica
+            scaled_at = time.monotonic()
+            wait_for(lambda: len(replicas_seen(began)) >= 2, 120)  # both answer through the proxy
+            registered_at = time.monotonic()
+            new = registry.register(save_tiny_pool(tmp_path / "next", seed=1, step=11, name=MODEL), 11)
+            swapped_at = follower.wait_swapped()
+            answered_at = len(answers)
+            wait_for(lambda: len(replicas_seen(swapped_at)) >= 2 and len(answers) >= answered_at + 8, 120)
+            running()
+    finally:
+        serve.delete(REPLICAS_APP)
+        target.cleanup()
+
+    failed = [a for a in answers + probes if a.status != 200]
+    assert not failed, f"{len(failed)} of {len(answers) + len(probes)} requests failed: {failed[:3]}"
+    before, after = replicas_seen(began), replicas_seen(swapped_at)
+    assert len(before) == 2 and after == before, (before, after)  # the replicas that scaled up are the ones swapped
+    assert all(p.version == old for p in probes if p.ended < registered_at)
+    assert all(p.version == new for p in probes if p.started > swapped_at)  # on each of the two
+    assert all(a.version == new for a in answers if a.started > swapped_at)
+    assert all(a.version == old for a in answers if a.ended < registered_at)
+    assert max(n for _, n in counts) == 2 and counts[-1][1] == 2
+    print(f"\nreplicas: 1 -> 2 running {scaled_at - began:.1f}s into the load; {len(answers)} completions and "
+          f"{len(probes)} /healthz, 0 failed; version {old} -> {new}: registered -> answering on both replicas "
+          f"{swapped_at - registered_at:.1f}s; log: {follower.log}")
