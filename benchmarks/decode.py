@@ -26,8 +26,9 @@ exactly ``--tokens`` tokens each (EOS is ignored: the benchmark empties the engi
 median over ``--repeats`` after one warm-up run. ``ms_per_token``: the decode step's time: the wall
 time of the run less that of a 1-token run of the same batch (prefill and first token), over the
 ``tokens - 1`` decode steps; ``tokens_per_s``: ``batch / ms_per_token``; ``wall_s``: the whole run.
-``--weights``: ``fp32`` (an ``int8`` variant is a later part of issue 28: asking for it prints that it
-is not implemented and adds a record with ``skipped`` and no numbers).
+``--weights``: ``fp32``, and/or ``int8``: the same model with the frozen base's linear layers as 8-bit
+weights after the LoRA merge (``trainables.lm.quantize``, as ``serve.weights: int8`` loads it; the
+adapters stay float32); llama_cpp has its own GGUF weights and is measured under ``fp32`` only.
 
 Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merged, tokens, repeats,
 threads, base, wall_s}`` (or ``{model, weights, batch, skipped}``), and a table on stdout with the
@@ -63,9 +64,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_model(base: str, method: str, merged: bool) -> tuple[Any, Any]:
-    """``(model, tokenizer)``: the bare base, or the base with fresh non-zero LoRA / MixLoRA adapters."""
+def build_model(base: str, method: str, merged: bool, weights: str = "fp32") -> tuple[Any, Any]:
+    """``(model, tokenizer)``: the bare base, or the base with fresh non-zero LoRA / MixLoRA adapters;
+    ``weights="int8"``: its frozen linear layers then as 8-bit weights."""
     from trainables.lm.base import load_base
+    from trainables.lm.quantize import apply_weights
     from trainables.mixlora.checkpoint import apply_adapters
     from trainables.mixlora.config import MixLoRAConfig
 
@@ -81,7 +84,7 @@ def build_model(base: str, method: str, merged: bool) -> tuple[Any, Any]:
             from trainables.mixlora.checkpoint import prepare_for_inference
 
             prepare_for_inference(model)
-    return model.eval(), tokenizer
+    return apply_weights(model, weights).eval(), tokenizer
 
 
 def prompt_ids(tokenizer: Any, batch: int) -> list[list[int]]:
@@ -175,10 +178,12 @@ def bench_llama_cpp(args: argparse.Namespace) -> tuple[float, float]:
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def skip_reason(model: str, weights: str, batch: int) -> str | None:
+def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False) -> str | None:
     """Why (model, weights, batch) is not measured here, or None."""
-    if weights == "int8":
-        return "int8 weights are not implemented yet (issue 28, a later part)"
+    if weights == "int8" and unmerged and model in ("lora", "mixlora"):
+        return "int8 weights are made after the LoRA merge (not with --unmerged)"
+    if model == "llama_cpp" and weights != "fp32":
+        return "llama_cpp runs its own GGUF weights (Q4_1): measured under fp32 only"
     if model == "llama_cpp":
         import importlib.util
 
@@ -243,10 +248,10 @@ def main() -> None:
 
     records: list[dict[str, Any]] = []
     for model_name in models:
-        loaded = None
         for weight in weights:
+            loaded = None
             for batch in batches:
-                reason = skip_reason(model_name, weight, batch)
+                reason = skip_reason(model_name, weight, batch, args.unmerged)
                 if reason is not None:
                     log(f"{model_name} {weight} batch {batch}: skipped: {reason}")
                     records.append({"model": model_name, "weights": weight, "batch": batch, "skipped": reason})
@@ -255,7 +260,7 @@ def main() -> None:
                 if model_name == "llama_cpp":
                     ms, wall = bench_llama_cpp(args)
                 else:
-                    loaded = loaded or build_model(args.base, model_name, merged=not args.unmerged)
+                    loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight)
                     profile = profile_dir / f"profile_{model_name}_b{batch}.txt" if profile_dir else None
                     ms, wall = bench_engine(*loaded, batch, args, profile)
                 records.append(record(model_name, weight, batch, ms, wall, args))

@@ -8,6 +8,7 @@ from typing import NoReturn
 import click
 
 from orchestrator import __version__
+from orchestrator.contract import WEIGHTS
 
 ADDRESS_HELP = (
     "Ray cluster to join (e.g. ray://head:10001 or head:6379); default $RAY_ADDRESS, else a local "
@@ -15,6 +16,8 @@ ADDRESS_HELP = (
     "(the token comes from $RAY_AUTH_TOKEN or ~/.ray/auth_token)."
 )
 
+WEIGHTS_HELP = ("Inference weights: int8 = the frozen base's linear layers as 8-bit weights (CPU; adapters stay "
+                "float); LM families.")
 TRACKING_HELP = ("MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current "
                  "folder).")
 
@@ -174,8 +177,9 @@ def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, ho
               help="MLflow experiment of the new run made for a checkpoint directory or a base.")
 @click.option("--family", "family_name", default=None,
               help="For a base model TARGET: the family whose evaluator runs (default: the one built on bases).")
+@click.option("--weights", type=click.Choice(WEIGHTS), default="fp32", show_default=True, help=WEIGHTS_HELP)
 def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], limit: str | None, out: str | None,
-                 tracking_uri: str | None, experiment: str, family_name: str | None) -> None:
+                 tracking_uri: str | None, experiment: str, family_name: str | None, weights: str) -> None:
     """Evaluate a checkpoint with its family's evaluator (MoRE: WikiText-2 perplexity, bAbI 2/3,
     arithmetic, generation, routing plots).
 
@@ -191,7 +195,7 @@ def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...],
     overrides += (f"limit={limit}",) if limit is not None else ()
     try:
         summary = evaluate_target(target, tracking_uri, overrides, out=out, experiment=experiment,
-                                  family_name=family_name)
+                                  family_name=family_name, weights=weights)
     except EvaluateError as exc:
         click.echo("evaluate: " + str(exc).replace("\n", "\n  "), err=True)
         sys.exit(2)
@@ -211,15 +215,16 @@ def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...],
 @click.option("--family", "family_name", default=None,
               help="For a base model TARGET: the family that generates (default: the one built on bases).")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+@click.option("--weights", type=click.Choice(WEIGHTS), default="fp32", show_default=True, help=WEIGHTS_HELP)
 def generate_cmd(target: str, prompt: str, max_tokens: int, temperature: float, family_name: str | None,
-                 tracking_uri: str | None) -> None:
+                 tracking_uri: str | None, weights: str) -> None:
     """Stream a completion of PROMPT from TARGET: an MLflow run id, a checkpoint directory, or a
     pretrained base such as smollm2-135m-instruct (families with a generator: MixLoRA)."""
     from orchestrator.generate import GenerateError, generate_from
 
     try:
         generate_from(target, prompt, max_tokens, temperature, family_name, tracking_uri,
-                      on_text=lambda piece: click.echo(piece, nl=False))
+                      on_text=lambda piece: click.echo(piece, nl=False), weights=weights)
     except GenerateError as exc:
         click.echo(f"generate: {exc}", err=True)
         sys.exit(2)

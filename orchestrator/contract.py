@@ -21,6 +21,10 @@ declares           used by
 ``endpoint``       ``"module:Class"`` each Serve replica builds (``ServeEndpoint``)
 ``generator``      optional ``"module:function"`` behind ``moe-orch generate``
 ``base_models``    built on a pretrained base: ``evaluate`` / ``generate`` also take a base name
+``weights``        the inference weight formats its evaluator and generator take (``fp32``,
+                   the default, and e.g. ``int8``): ``moe-orch evaluate|generate --weights``
+                   refuses others; the evaluator reads ``EvalRequest.weights``, the generator
+                   gets ``weights=``, a serve section may declare its own ``weights`` field
 =================  ==========================================================================
 
 Every section is an ``orchestrator.schema.Section`` dataclass: its fields declare what they accept
@@ -42,6 +46,7 @@ from orchestrator.schema import Section, fmt, setting
 
 INGRESS_MODES = ("proxy", "direct", "haproxy")
 STRATEGIES = ("ddp", "deepspeed")
+WEIGHTS = ("fp32", "int8")  # inference weight formats a family may take (``Family.weights``)
 
 
 def import_ref(ref: str) -> Any:
@@ -156,6 +161,7 @@ class EvalRequest:
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # training curves from MLflow
     log: Callable[[str], None] = print
     base: str | None = None  # a pretrained base to evaluate as it is (families with ``base_models``)
+    weights: str = "fp32"  # inference weights (one of the family's ``weights``): e.g. "int8" for 8-bit weights
 
 
 class ServeEndpoint(Protocol):
@@ -209,7 +215,14 @@ class Family:
     checks: Callable[[Any], list[str]] | None = None  # cross-section checks of a whole Experiment
     base_models: bool = False  # built on pretrained bases: evaluate / generate also accept a base reference
     generator: str | None = None  # "module:function": generate(checkpoint_dir | None, base | None, prompt,
-    # max_tokens, on_text, temperature) -> text, for ``moe-orch generate``
+    # max_tokens, on_text, temperature, weights="fp32") -> text, for ``moe-orch generate``
+    weights: tuple[str, ...] = ("fp32",)  # inference weight formats its evaluator and generator take
+
+    def weights_error(self, weights: str) -> str | None:
+        """Why ``weights`` is not an inference weight format of this family (None if it is one)."""
+        if weights in self.weights:
+            return None
+        return f"--weights {weights}: the {self.name} family takes {', '.join(self.weights)}"
 
     def reports(self, metric: str) -> bool:
         """Whether training or the evaluator reports ``metric``."""
@@ -245,4 +258,6 @@ class Family:
             errors.append(f"serve: got {self.serve.__name__}, expected a ServeSection subclass")
         errors += [f"strategies: got {s!r}, expected some of {', '.join(STRATEGIES)}"
                    for s in self.strategies if s not in STRATEGIES]
+        if "fp32" not in self.weights or not set(self.weights) <= set(WEIGHTS):
+            errors.append(f"weights: got {self.weights!r}, expected fp32 and some of {', '.join(WEIGHTS)}")
         return [f"family {self.name}: {e}" for e in errors]

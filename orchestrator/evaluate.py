@@ -16,6 +16,8 @@ TARGET is one of
 
 The checkpoint's manifest names its family; a family without an evaluator is refused with a
 message naming it. Settings are ``key=value`` pairs of the family's ``evaluate:`` section.
+``weights`` (``--weights``): the inference weights the evaluator loads the model with
+(``EvalRequest.weights``; one of the family's ``weights``, e.g. ``int8``, else refused).
 ``evaluate_at_end`` is the same thing for the train and sweep drivers (``evaluate.at_end``).
 """
 
@@ -73,18 +75,19 @@ def log_evaluation(run: Run, metrics: dict[str, float], folder: Path, step: int,
 
 def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] | tuple[str, ...] = (),
                     out: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
-                    family_name: str | None = None) -> dict[str, Any]:
+                    family_name: str | None = None, weights: str = "fp32") -> dict[str, Any]:
     """Evaluate a checkpoint directory, an MLflow run id or a pretrained base (see the module docstring);
     returns a summary. EvaluateError for bad input (no checkpoint, a checkpoint holding pickles, a
     family without an evaluator, bad settings)."""
     try:
-        return _evaluate_target(target, tracking_uri, overrides, out, experiment, family_name)
+        return _evaluate_target(target, tracking_uri, overrides, out, experiment, family_name, weights)
     except UnsafeCheckpointError as exc:
         raise EvaluateError(str(exc)) from exc
 
 
 def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] | tuple[str, ...],
-                     out: str | Path | None, experiment: str, family_name: str | None) -> dict[str, Any]:
+                     out: str | Path | None, experiment: str, family_name: str | None,
+                     weights: str) -> dict[str, Any]:
     store = Store.at(tracking_uri)
     log = lambda line: print(f"[evaluate] {line}", flush=True)
     with tempfile.TemporaryDirectory(prefix="moe-orch-eval-") as tmp:
@@ -109,6 +112,9 @@ def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str]
                 family = base_family("evaluator", target, family_name)
         except LookupError as exc:
             raise EvaluateError(str(exc)) from exc
+        refused = family.weights_error(weights)
+        if refused:
+            raise EvaluateError(refused)
         settings = parse_settings(family, overrides)
         history: dict[str, list[tuple[int, float]]] = {}
         data_root = None
@@ -127,9 +133,11 @@ def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str]
                         str(Path(model_dir).absolute()) if model_dir is not None else target}
             run = store.start_run(store.experiment_id(experiment), run_name=f"evaluate/{name}", tags=tags)
             run.log_params({"model": manifest.config} if manifest is not None else {"base": target})
+        if weights != "fp32":
+            run.set_tags({"moe_orch.eval_weights": weights})  # the metrics it logs are of these weights
         folder = Path(tmp) / ARTIFACT_DIR
         request = EvalRequest(model_dir, settings, folder, data_root, history, log,
-                              base=target if model_dir is None else None)
+                              base=target if model_dir is None else None, weights=weights)
         step = int(manifest.metadata.get("step") or 0) if manifest is not None else 0
         try:
             metrics = run_evaluator(family, request)

@@ -18,8 +18,9 @@ class GenerateError(ValueError):
 
 
 def generate_from(target: str, prompt: str, max_tokens: int, temperature: float, family_name: str | None,
-                  tracking_uri: str | None, on_text: Callable[[str], None]) -> str:
-    """Generate with TARGET's family, streaming each piece to ``on_text``; returns the completion."""
+                  tracking_uri: str | None, on_text: Callable[[str], None], weights: str = "fp32") -> str:
+    """Generate with TARGET's family, streaming each piece to ``on_text``; returns the completion.
+    ``weights``: the inference weights (one of the family's ``weights``, e.g. ``int8``)."""
     with tempfile.TemporaryDirectory(prefix="moe-orch-generate-") as tmp:
         checkpoint: Path | None = None
         try:
@@ -37,6 +38,9 @@ def generate_from(target: str, prompt: str, max_tokens: int, temperature: float,
                 family = base_family("generator", target, family_name)
         except (LookupError, UnsafeCheckpointError) as exc:
             raise GenerateError(str(exc)) from exc
+        refused = family.weights_error(weights)
+        if refused:
+            raise GenerateError(refused)
         generate = import_ref(family.generator)
         return generate(checkpoint, None if checkpoint is not None else target, prompt, max_tokens, on_text,
-                        temperature)
+                        temperature, weights=weights)

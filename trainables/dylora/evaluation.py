@@ -10,7 +10,8 @@
   recipe measured at step 0 and at every phase end from the checkpoint's metadata, computes the
   continual-learning metrics (``cl/*``, ``trainables.dylora.metrics``) and draws
   ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything. With
-  ``evaluate.rescore`` it also scores the checkpoint's code benchmarks again (e.g. pass@k over n samples).
+  ``evaluate.rescore`` it also scores the checkpoint's code benchmarks again (e.g. pass@k over n samples),
+  with ``request.weights`` (``int8``: the base's projections as 8-bit weights, ``trainables.lm.quantize``).
 """
 
 from __future__ import annotations
@@ -160,8 +161,10 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
 def _rescore(request: Any) -> dict[str, float]:
     """The checkpoint's code benchmarks scored again with the ``evaluate:`` settings (``eval/`` prefix)."""
     from trainables.dylora.checkpoint import load_pool
+    from trainables.lm.quantize import apply_weights
 
     model, tokenizer, manifest = load_pool(request.checkpoint_dir)
+    apply_weights(model, request.weights)  # int8: the base's projections; the experts and router stay float
     settings = request.settings
     problems = code_problems(settings, request.data_root)
     scores = code_scores(model, tokenizer, problems, settings, seed=int(manifest.metadata.get("seed", 0)),

@@ -112,6 +112,7 @@ FAMILY = Family(
     eval_metrics=("eval_time_s",),
     eval_metric_prefixes=("cl/", "eval/"),
     checks=_stream_checks,
+    weights=("fp32", "int8"),  # the evaluator's rescore (its phase scores are the run's own, in float32)
     serve=LMServe,
     endpoint="trainables.lm.serving:LMEndpoint",
 )

@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from orchestrator.contract import ServeSection
+from orchestrator.contract import WEIGHTS, ServeSection
 from orchestrator.schema import override, setting
+
+WEIGHTS_DOC = "the frozen base's linear layers: fp32, or int8 (8-bit weights on CPU; adapters stay float)"
 
 
 def base_model_setting(default: str = "tiny-llama") -> Any:
@@ -21,6 +23,7 @@ class LMServe(ServeSection):
     """Serving an LM checkpoint over OpenAI's API: the shared Serve settings plus request limits.
 
     ``max_batch_size`` is the number of sequences the engine decodes together (continuous batching).
+    ``weights: int8`` serves the frozen base's linear layers as 8-bit weights (``trainables.lm.quantize``).
     """
 
     max_batch_size: int = override(ServeSection, "max_batch_size", 16)
@@ -29,3 +32,4 @@ class LMServe(ServeSection):
     max_tokens_limit: int = setting(512, ge=1, doc="a request asking for more gets 400")
     max_prompt_tokens: int = setting(2048, ge=1, doc="a longer prompt gets 400")
     max_n: int = setting(4, ge=1, doc="choices per request")
+    weights: str = setting("fp32", one_of=WEIGHTS, doc=WEIGHTS_DOC)

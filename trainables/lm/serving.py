@@ -96,7 +96,7 @@ class LoadedLM:
 
     model: Any
     tokenizer: Any
-    info: dict[str, Any]  # name, family, version, base, experts
+    info: dict[str, Any]  # name, family, version, base, experts, weights
     engine: GenerationEngine
     tokens: "TokenTexts"  # how answers name token ids (log-probs)
     inflight: int = 0  # requests taken and not yet answered in full
@@ -317,7 +317,11 @@ class LMEndpoint:
         self.current = self._load(checkpoint_dir, None)
 
     def _load(self, checkpoint_dir: Path, version: str | None) -> LoadedLM:
-        model, tokenizer, info = load_lm(checkpoint_dir)
+        from trainables.lm.quantize import apply_weights
+
+        model, tokenizer, info = load_lm(checkpoint_dir)  # adapters merged at load
+        info["weights"] = self.settings.weights
+        apply_weights(model, self.settings.weights)  # int8: the frozen base's linear layers, after the merge
         if version:
             info["version"] = str(version)
         return LoadedLM(model, tokenizer, info,
@@ -546,7 +550,8 @@ class LMEndpoint:
             """Liveness: the replica is up and its model is loaded."""
             lm = self.current
             return {"status": "ok", "model": lm.info["name"], "version": lm.info["version"],
-                    "running": lm.engine.running, "max_running": lm.engine.max_running, **health()}
+                    "weights": lm.info["weights"], "running": lm.engine.running,
+                    "max_running": lm.engine.max_running, **health()}
 
         @api.get("/v1/models")
         async def models() -> dict[str, Any]:

@@ -275,15 +275,15 @@ class MixLoRAFFN(nn.Module):
         z = torch.matmul(x, f.a_gate_up).view(2, num_tokens, 1, num_experts, rank)  # (2, T, 1, E, r)
         z = (z * onehot).view(2, num_tokens * top_k, num_experts * rank)  # (2, T·k, E·r), one expert per slot
         delta = torch.bmm(z, f.b_gate_up).view(2, num_tokens, top_k, hidden)  # (2, T, k, H), scaled
-        g = delta[0].add_(F.linear(x, self.gate_proj.weight).unsqueeze(1))  # (T, k, H)
-        u = delta[1].add_(F.linear(x, self.up_proj.weight).unsqueeze(1))  # (T, k, H)
+        g = delta[0].add_(self.gate_proj(x).unsqueeze(1))  # (T, k, H)
+        u = delta[1].add_(self.up_proj(x).unsqueeze(1))  # (T, k, H)
         a = self.act_fn(g).mul_(u)  # (T, k, H)
 
         # down: the frozen projection once, on Σ_j w_j a_j; each expert's down LoRA on its own a_j
         mixed = torch.bmm(weights.unsqueeze(1), a).squeeze(1)  # (T, 1, k) @ (T, k, H) -> (T, H)
         z_down = (a.view(num_tokens * top_k, hidden) @ f.a_down).view(num_tokens, top_k, num_experts, rank)
         z_down = (z_down * (onehot * weights[..., None, None])).sum(1).view(num_tokens, -1)  # (T, E·r)
-        return torch.addmm(F.linear(mixed, self.down_proj.weight), z_down, f.b_down)
+        return torch.addmm(self.down_proj(mixed), z_down, f.b_down)
 
     def _mix_experts(
         self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor
@@ -303,8 +303,8 @@ class MixLoRAFFN(nn.Module):
         sorted_weights = weights.reshape(-1)[order]  # (N,)
 
         # frozen gate and up: once per token, for all experts
-        gate = F.linear(x, self.gate_proj.weight)  # (T, H)
-        up = F.linear(x, self.up_proj.weight)  # (T, H)
+        gate = self.gate_proj(x)  # (T, H)
+        up = self.up_proj(x)  # (T, H)
         # the LoRA input: one dropout mask per token, shared by the gate and up LoRA of its k experts
         # (as one dropout before a fused [A_gate | A_up]); T·D random draws instead of 2·T·k·D
         lora_in = self.lora_dropout(x).index_select(0, token_ids).split(counts)  # E chunks of (n_e, D)
@@ -312,7 +312,7 @@ class MixLoRAFFN(nn.Module):
         up_rows = up.index_select(0, token_ids).split(counts)  # E chunks of (n_e, H)
 
         # per expert, on its rows: LoRA deltas, activation, frozen down + its LoRA
-        drop, w_down = self.lora_dropout, self.down_proj.weight.t()  # w_down: (H, D)
+        drop = self.lora_dropout
         outs = []
         for e, n in enumerate(counts):
             if n == 0:
@@ -320,7 +320,7 @@ class MixLoRAFFN(nn.Module):
             g = self.lora_gate(lora_in[e], e, base=gate_rows[e])  # (n_e, H)
             u = self.lora_up(lora_in[e], e, base=up_rows[e])  # (n_e, H)
             a = self.act_fn(g) * u  # (n_e, H)
-            outs.append(self.lora_down(drop(a), e, base=a @ w_down))  # (n_e, D)
+            outs.append(self.lora_down(drop(a), e, base=self.down_proj(a)))  # (n_e, D)
         y = torch.cat(outs) * sorted_weights.unsqueeze(-1)  # (N, D)
         out = x.new_zeros(num_tokens, x.shape[-1]).index_add_(0, token_ids, y)  # (T, D)
         return out, tokens_per_expert

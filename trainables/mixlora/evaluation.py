@@ -16,6 +16,7 @@ from typing import Any
 from trainables.lm import instructions
 from trainables.lm.base import load_base
 from trainables.lm.lm_eval_tasks import evaluate_lm
+from trainables.lm.quantize import apply_weights
 from trainables.mixlora import routing
 from trainables.mixlora.checkpoint import load_adapter
 
@@ -25,7 +26,8 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     (an ``orchestrator.contract.EvalRequest``); writes ``metrics.json`` into ``request.out_dir``.
 
     Metrics: ``<task>/acc``, ``<task>/acc_norm`` and their ``_stderr``, ``<task>/n``, and
-    ``eval_time_s``; the lm-eval version goes into ``metrics.json``. A MixLoRA checkpoint adds
+    ``eval_time_s``; the lm-eval version and the weights (``request.weights``: ``fp32``, or ``int8``,
+    ``trainables.lm.quantize``) go into ``metrics.json``. A MixLoRA checkpoint adds
     ``eval_router_entropy`` and ``eval_load_cv`` (means over layers, on the ARC-Easy test examples).
     """
     settings = request.settings
@@ -36,7 +38,9 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     else:
         model, tokenizer = load_base(request.base)
         what = f"the base {request.base}"
-    request.log(f"lm-eval on {what}: {', '.join(settings.tasks)}, limit {settings.limit}, "
+    weights = request.weights
+    apply_weights(model, weights)
+    request.log(f"lm-eval on {what} ({weights} weights): {', '.join(settings.tasks)}, limit {settings.limit}, "
                 f"chat template {'on' if settings.chat_template else 'off'}")
     results = evaluate_lm(model, tokenizer, tasks=settings.tasks, limit=settings.limit,
                           batch_size=settings.batch_size, data_root=request.data_root,
@@ -49,7 +53,8 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
                     f"acc_norm {metrics[f'{task}/acc_norm']:.4f} ± {metrics[f'{task}/acc_norm_stderr']:.4f} "
                     f"(n={int(metrics[f'{task}/n'])})")
     (request.out_dir / "metrics.json").write_text(json.dumps(
-        {**metrics, "lm_eval_version": results.get("lm_eval_version"), "chat_template": settings.chat_template},
+        {**metrics, "lm_eval_version": results.get("lm_eval_version"), "chat_template": settings.chat_template,
+         "weights": weights},
         indent=2))
     return metrics
 

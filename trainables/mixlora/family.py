@@ -54,6 +54,7 @@ FAMILY = Family(
     history=("routing/", ("/entropy", "/cv")),
     base_models=True,
     generator="trainables.mixlora.generation:generate",
+    weights=("fp32", "int8"),
     serve=LMServe,
     endpoint="trainables.lm.serving:LMEndpoint",
 )

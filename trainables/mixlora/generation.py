@@ -11,17 +11,20 @@ from transformers import TextIteratorStreamer
 
 from trainables.lm.base import load_base
 from trainables.lm.instructions import chat_prompt
+from trainables.lm.quantize import apply_weights
 from trainables.mixlora.checkpoint import load_adapter
 
 
 def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tokens: int,
-             on_text: Callable[[str], None], temperature: float = 0.0) -> str:
+             on_text: Callable[[str], None], temperature: float = 0.0, weights: str = "fp32") -> str:
     """Generate up to ``max_tokens`` tokens for ``prompt`` (greedy when ``temperature`` is 0), handing each
-    decoded piece to ``on_text`` as it arrives; returns the whole completion."""
+    decoded piece to ``on_text`` as it arrives; returns the whole completion. ``weights``: ``fp32``, or
+    ``int8`` (the frozen base's linear layers as 8-bit weights, ``trainables.lm.quantize``)."""
     if checkpoint_dir is not None:
         model, tokenizer = load_adapter(checkpoint_dir, inference=True)  # plain LoRA merged
     else:
         model, tokenizer = load_base(base or "")
+    apply_weights(model, weights)
     inputs = tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)  # (1, T)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}

@@ -1,0 +1,153 @@
+"""8-bit weights (``trainables.lm.quantize``): the frozen base's projections become int8, the model stays
+close to float32, adapters stay float32 and untouched; ``serve.weights`` validates; ``moe-orch generate
+--weights int8`` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from support import randomize_routing
+
+from orchestrator.cli import main
+from trainables.dylora.config import DyLoRAConfig
+from trainables.dylora.experts import DyLoRAModel
+from trainables.lm import load_base
+from trainables.lm.quantize import Int8Linear, apply_weights, quantize_base
+from trainables.mixlora.checkpoint import apply_adapters, prepare_for_inference
+from trainables.mixlora.config import MixLoRAConfig
+
+REPO = Path(__file__).resolve().parents[3]
+TEXTS = ["The quick brown fox jumps over the lazy dog.", "def add(a, b):\n    return a + b", "Hello, world"]
+PROJECTIONS = 7  # q, k, v, o, gate, up, down
+
+
+def _batch(tokenizer) -> dict[str, torch.Tensor]:
+    return tokenizer(TEXTS, return_tensors="pt", padding=True)
+
+
+def _close(fp32: torch.Tensor, int8: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """(the smallest cosine similarity of a position's logits, the share of equal greedy tokens), real tokens."""
+    keep = mask.bool()
+    cos = torch.nn.functional.cosine_similarity(fp32[keep], int8[keep], dim=-1)
+    return cos.min().item(), (fp32[keep].argmax(-1) == int8[keep].argmax(-1)).float().mean().item()
+
+
+@torch.no_grad()
+def test_int8_base_is_close_to_fp32_and_its_projections_are_int8() -> None:
+    model, tokenizer = load_base("tiny-llama")
+    batch = _batch(tokenizer)
+    ref = model(**batch).logits
+    layers = len(model.model.layers)
+    assert quantize_base(model) == PROJECTIONS * layers
+    assert quantize_base(model) == 0  # already int8: nothing more to do
+    int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    assert len(int8) == PROJECTIONS * layers and all(m.weight_int8.dtype == torch.int8 for m in int8)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.model.layers.modules())
+    assert model.lm_head.weight.dtype == torch.float32  # the head and embeddings stay float32
+    out = model(**batch).logits
+    assert out.dtype == torch.float32
+    cos, same = _close(ref, out, batch["attention_mask"])
+    assert cos > 0.99 and same >= 0.9, (cos, same)
+    assert not torch.equal(ref, out)  # it did change the arithmetic
+
+
+def test_int8linear_matches_the_dequantized_weight() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 48, bias=True)
+    q = Int8Linear(linear)
+    x = torch.randn(2, 5, 64)
+    dequantized = q.weight_int8.float() * q.scale.float()[:, None]  # (out, in)
+    assert ((dequantized - linear.weight).abs() <= q.scale.float()[:, None] / 2 + 1e-7).all()  # round to nearest
+    expected = torch.nn.functional.linear(x, dequantized, linear.bias)
+    out = q(x)
+    assert out.shape == (2, 5, 48) and out.dtype == torch.float32
+    assert torch.allclose(out, expected, rtol=0.02, atol=0.02), (out - expected).abs().max()
+    assert torch.allclose(q(x[:1]), out[:1])  # a row's result does not depend on the rest of its batch
+    assert list(q.parameters()) == []  # nothing to train
+
+
+@torch.no_grad()
+def test_mixlora_adapters_stay_float_and_untouched() -> None:
+    model, tokenizer = load_base("tiny-llama")
+    torch.manual_seed(0)
+    apply_adapters(model, MixLoRAConfig(base="tiny-llama", method="mixlora", dropout=0.0, num_experts=4, top_k=2))
+    randomize_routing(model)
+    prepare_for_inference(model.eval())  # the attention LoRA merged into the frozen weights
+    adapters = {n: p.clone() for n, p in model.named_parameters() if "lora" in n or "router" in n}
+    assert adapters
+    batch = _batch(tokenizer)
+    ref = model(**batch).logits
+    apply_weights(model, "int8")
+    after = dict(model.named_parameters())
+    for name, value in adapters.items():
+        assert after[name].dtype == torch.float32 and torch.equal(after[name], value), name
+    assert all(".lora_" in n or "router" in n or "embed" in n or "norm" in n or "lm_head" in n for n in after)
+    cos, same = _close(ref, model(**batch).logits, batch["attention_mask"])
+    assert cos > 0.99 and same >= 0.9, (cos, same)
+
+
+@torch.no_grad()
+def test_dylora_experts_stay_float_around_an_int8_base() -> None:
+    base, tokenizer = load_base("tiny-llama")
+    model = DyLoRAModel(base, DyLoRAConfig()).eval()
+    experts = model.expert_linears()
+    assert quantize_base(model) == PROJECTIONS * len(base.model.layers)
+    assert all(isinstance(e.base, Int8Linear) for e in experts)
+    assert all(p.dtype == torch.float32 for e in experts for p in e.parameters())  # lora_A / lora_B
+
+
+def test_unmerged_lora_is_refused() -> None:
+    model, _ = load_base("tiny-llama")
+    apply_adapters(model, MixLoRAConfig(base="tiny-llama", method="lora"))  # peft LoRA, not merged
+    with pytest.raises(ValueError, match="merge LoRA"):
+        quantize_base(model)
+    with pytest.raises(ValueError, match="expected one of fp32, int8"):
+        apply_weights(model, "int4")
+
+
+def test_serve_weights_setting_validates() -> None:
+    yaml = str(REPO / "experiments" / "mixlora_tiny.yaml")
+    assert CliRunner().invoke(main, ["validate", yaml, "serve.weights=int8"]).exit_code == 0
+    result = CliRunner().invoke(main, ["validate", yaml, "serve.weights=int4"])
+    assert result.exit_code == 2
+    assert "serve.weights: got 'int4', expected one of fp32, int8" in result.stderr
+
+
+def test_generate_with_int8_weights_on_a_base() -> None:
+    result = CliRunner().invoke(main, ["generate", "tiny-llama", "--weights", "int8", "--prompt", "Hi",
+                                       "--max-tokens", "4"])
+    assert result.exit_code == 0, result.output + str(result.exception)
+    result = CliRunner().invoke(main, ["generate", "tiny-llama", "--weights", "int4", "--prompt", "Hi"])
+    assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_families_declare_the_weights_they_take() -> None:
+    from dataclasses import replace
+
+    from orchestrator.registry import get_family
+
+    assert get_family("mixlora").weights_error("int8") is None and get_family("dylora").weights_error("int8") is None
+    assert get_family("more").weights_error("int8") == "--weights int8: the more family takes fp32"
+    assert replace(get_family("more"), weights=("int8",)).contract_errors() == [
+        "family more: weights: got ('int8',), expected fp32 and some of fp32, int8"]
+
+
+def test_a_replica_serves_a_dylora_pool_with_int8_weights(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+    from support import save_tiny_pool
+
+    from serve.app import replica_app
+    from trainables.lm.sections import LMServe
+    from trainables.lm.serving import LMEndpoint
+
+    settings = LMServe(weights="int8", max_tokens_limit=4)
+    endpoint = LMEndpoint(save_tiny_pool(tmp_path, seed=0, step=3), settings)
+    experts = endpoint.current.model.expert_linears()
+    assert experts and all(isinstance(e.base, Int8Linear) for e in experts)
+    with TestClient(replica_app(endpoint, settings, None, lambda: {})) as client:
+        assert client.get("/healthz").json()["weights"] == "int8"
+        answer = client.post("/v1/completions", json={"prompt": "def f(", "max_tokens": 3, "temperature": 0})
+        assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 3
