@@ -194,14 +194,14 @@ class Rule:
             return "one of " + ", ".join(str(v) for v in self.one_of)
         if self.some_of:
             return "some of " + ", ".join(str(v) for v in self.some_of)
-        low = f"{_num(self.ge)} <= " if self.ge is not None else f"{_num(self.gt)} < " if self.gt is not None else ""
-        high = f" <= {_num(self.le)}" if self.le is not None else f" < {_num(self.lt)}" if self.lt is not None else ""
+        low = ("<=", self.ge) if self.ge is not None else ("<", self.gt) if self.gt is not None else None
+        high = ("<=", self.le) if self.le is not None else ("<", self.lt) if self.lt is not None else None
         if low and high:
-            text = f"{low}x{high}"
+            text = f"{_num(low[1])} {low[0]} x {high[0]} {_num(high[1])}"
         elif low:
-            text = (">= " if self.ge is not None else "> ") + low.split(" ")[0]
+            text = f"{low[0].replace('<', '>')} {_num(low[1])}"
         elif high:
-            text = high.strip()
+            text = f"{high[0]} {_num(high[1])}"
         elif self.nonempty:
             text = "a non-empty value"
         elif self.items is not None:
