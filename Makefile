@@ -11,7 +11,7 @@ LOCK_VENV := .lock-venv
 # The datasets live beside the repo, in ../shared/data, unless MOE_ORCH_DATA says otherwise.
 export MOE_ORCH_DATA ?= $(abspath ../shared/data)
 
-.PHONY: setup sweep test test-under-load fuzz lock docs docs-build
+.PHONY: setup sweep test test-under-load fuzz gpu-check lock docs docs-build
 
 setup: $(STAMP)
 
@@ -43,6 +43,14 @@ fuzz: $(STAMP)
 	  echo "make fuzz found failures: pin each falsifying example printed above (@example(...) on its test, or the"; \
 	  echo "request body into the test's PINNED for the HTTP fuzz) so 'make test' tries it on every run, then fix it."; \
 	  exit 1; }
+
+# The GPU checks, for a machine with a CUDA device: every test marked gpu (pytest -m gpu: evaluate, generate,
+# a Serve replica and an LLM-judge actor on CUDA in bfloat16, training with use_gpu). The lock pins torch's CPU
+# build: put a CUDA build of the same torch version into $(VENV) first (docs/cluster.md). Without a CUDA device
+# it says so and the tests skip.
+gpu-check: $(STAMP)
+	@$(VENV)/bin/python -c "import torch; ok = torch.cuda.is_available(); print(f'gpu-check: torch {torch.__version__}: ' + (f'CUDA device {torch.cuda.get_device_name(0)}' if ok else 'no CUDA device (no GPU, or a CPU build of torch): the gpu tests skip'))"
+	$(VENV)/bin/python -m pytest -m gpu -p no:cacheprovider --durations=10
 
 # The docs site (mkdocs.yml, docs/): `make docs` serves it while you edit, on loopback (port 8001: moe-orch
 # serve takes 8000); `make docs-build` writes it to site/ with --strict (open site/index.html), as

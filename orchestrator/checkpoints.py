@@ -1,5 +1,6 @@
-"""Checkpoint directories of any family: finding them, and ``load_checkpoint(dir)``, which reads the
-manifest (``trainables.training.manifest``) and dispatches to the family's loader.
+"""Checkpoint directories of any family: finding them, resolving a command's TARGET (a path or an
+MLflow run id, ``resolve_checkpoint``), and ``load_checkpoint(dir)``, which reads the manifest
+(``trainables.training.manifest``) and dispatches to the family's loader.
 
 Checkpoints never need unpickling: weights are safetensors, configs JSON. A ``.pt`` training
 state (optimizer, scheduler) is loaded ``weights_only`` by the training loop.
@@ -42,6 +43,32 @@ def find_checkpoint_dir(path: str | Path) -> Path | None:
         if is_checkpoint(candidate):
             return candidate
     return newest_checkpoint(path) if path.is_dir() else None
+
+
+def resolve_checkpoint(target: str, tracking_uri: str | None, download_dir: str | Path) -> Path | None:
+    """The checkpoint that a command's TARGET names: an existing path (see ``find_checkpoint_dir``), or an
+    MLflow run id (32 hex digits; its ``checkpoint`` artifact, downloaded into ``download_dir``). None when
+    TARGET is neither (a pretrained base name, for the commands that take one). LookupError, saying what
+    was looked for, when TARGET is a path or a run without a checkpoint, or an unknown run;
+    ``UnsafeCheckpointError`` when the checkpoint holds a pickle."""
+    if Path(target).exists():
+        found = find_checkpoint_dir(target)
+        if found is None:
+            raise LookupError(f"{target}: not a checkpoint (no config.json manifest in it or in {target}/model)")
+        return found
+    if not RUN_ID_RE.match(target):
+        return None
+    from orchestrator.tracking import Store  # mlflow: only for a run id
+
+    run = Store.at(tracking_uri).run(target)
+    try:
+        downloaded = run.download("checkpoint", download_dir)
+    except Exception as exc:  # mlflow's MlflowException: no such artifact (only orchestrator.tracking imports mlflow)
+        raise LookupError(f"run {target} has no checkpoint artifact ({type(exc).__name__}: {exc})") from exc
+    found = find_checkpoint_dir(downloaded)  # UnsafeCheckpointError if it holds a pickle
+    if found is None:
+        raise LookupError(f"run {target} has no checkpoint artifact with a config.json manifest")
+    return found
 
 
 def load_checkpoint(directory: str | Path) -> LoadedCheckpoint:

@@ -8,7 +8,7 @@ from typing import NoReturn
 import click
 
 from orchestrator import __version__
-from orchestrator.contract import WEIGHTS
+from orchestrator.contract import DEVICES, WEIGHTS
 
 ADDRESS_HELP = (
     "Ray cluster to join (e.g. ray://head:10001 or head:6379); default $RAY_ADDRESS, else a local "
@@ -18,6 +18,8 @@ ADDRESS_HELP = (
 
 WEIGHTS_HELP = ("Inference weights: int8 = the frozen base's linear layers as 8-bit weights (CPU; adapters stay "
                 "float); LM families.")
+DEVICE_HELP = ("Where the model runs: auto = cuda when torch sees a GPU and the family runs there (LM families: "
+               "bfloat16 weights), else cpu.")
 TRACKING_HELP = ("MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current "
                  "folder).")
 
@@ -178,8 +180,11 @@ def serve_cmd(target: str, overrides: tuple[str, ...], emit_path: str | None, ho
 @click.option("--family", "family_name", default=None,
               help="For a base model TARGET: the family whose evaluator runs (default: the one built on bases).")
 @click.option("--weights", type=click.Choice(WEIGHTS), default="fp32", show_default=True, help=WEIGHTS_HELP)
+@click.option("--device", type=click.Choice(DEVICES), default=None,
+              help=DEVICE_HELP + " Default: the device setting (auto).")
 def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...], limit: str | None, out: str | None,
-                 tracking_uri: str | None, experiment: str, family_name: str | None, weights: str) -> None:
+                 tracking_uri: str | None, experiment: str, family_name: str | None, weights: str,
+                 device: str | None) -> None:
     """Evaluate a checkpoint with its family's evaluator (MoRE: WikiText-2 perplexity, bAbI 2/3,
     arithmetic, generation, routing plots).
 
@@ -195,7 +200,7 @@ def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...],
     overrides += (f"limit={limit}",) if limit is not None else ()
     try:
         summary = evaluate_target(target, tracking_uri, overrides, out=out, experiment=experiment,
-                                  family_name=family_name, weights=weights)
+                                  family_name=family_name, weights=weights, device=device)
     except EvaluateError as exc:
         click.echo("evaluate: " + str(exc).replace("\n", "\n  "), err=True)
         sys.exit(2)
@@ -216,15 +221,16 @@ def evaluate_cmd(target: str, settings: tuple[str, ...], tasks: tuple[str, ...],
               help="For a base model TARGET: the family that generates (default: the one built on bases).")
 @click.option("--tracking-uri", default=None, help=TRACKING_HELP)
 @click.option("--weights", type=click.Choice(WEIGHTS), default="fp32", show_default=True, help=WEIGHTS_HELP)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help=DEVICE_HELP)
 def generate_cmd(target: str, prompt: str, max_tokens: int, temperature: float, family_name: str | None,
-                 tracking_uri: str | None, weights: str) -> None:
+                 tracking_uri: str | None, weights: str, device: str) -> None:
     """Stream a completion of PROMPT from TARGET: an MLflow run id, a checkpoint directory, or a
     pretrained base such as smollm2-135m-instruct (families with a generator: MixLoRA)."""
     from orchestrator.generate import GenerateError, generate_from
 
     try:
         generate_from(target, prompt, max_tokens, temperature, family_name, tracking_uri,
-                      on_text=lambda piece: click.echo(piece, nl=False), weights=weights)
+                      on_text=lambda piece: click.echo(piece, nl=False), weights=weights, device=device)
     except GenerateError as exc:
         click.echo(f"generate: {exc}", err=True)
         sys.exit(2)
@@ -258,6 +264,69 @@ def report_cmd(sweep_run_id: str, metrics: tuple[str, ...], by: tuple[str, ...],
         sys.exit(2)
     click.echo(files[0].read_text())
     click.echo(f"wrote {', '.join(str(f) for f in files)}; logged to run {report.parent_id} under report/")
+
+
+# -- predict: a family's offline inference (the Ensemble MoE seed's inference.py) -----------------------
+
+
+@main.command("predict")
+@click.argument("target")
+@click.option("--text", "texts", multiple=True, metavar="TEXT", help="A text to classify (repeatable).")
+@click.option("--file", "texts_file", type=click.Path(exists=True, dir_okay=False, allow_dash=True), default=None,
+              help="A UTF-8 file of texts, one per line (blank lines skipped); - reads standard input.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object per text and line: text, label, probabilities, gate_weights.")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def predict_cmd(target: str, texts: tuple[str, ...], texts_file: str | None, as_json: bool,
+                tracking_uri: str | None) -> None:
+    """Classify texts offline with a trained model and show how its gate weighted the experts.
+
+    TARGET is an MLflow run id (its checkpoint artifact) or a checkpoint directory (a checkpoint, a Ray
+    checkpoint, or a train run folder: its newest) of a family with a predictor (the Ensemble MoE).
+    The texts come from --text (repeatable) and --file, in that order. Per text it prints the
+    predicted label, its probability and the gate weight of each expert (they sum to 1); --json
+    prints one JSON object per line instead. Bad input exits with code 2.
+
+    Examples:
+
+    \b
+    moe-orch predict <run id> --text "a gorgeous, witty movie" --text "flat and lifeless"
+    moe-orch predict ray_results/ensemble/train-<time> --file texts.txt --json
+    """
+    import dataclasses
+    import json
+
+    from orchestrator.predict import PredictError, predict_texts
+
+    given = list(texts)
+    if texts_file is not None:
+        try:
+            with click.open_file(texts_file, encoding="utf-8") as f:
+                from_file = [line.rstrip("\r\n") for line in f if line.strip()]
+        except UnicodeDecodeError as exc:
+            raise click.BadParameter(f"{texts_file} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                                     param_hint="'--file'") from exc
+        if not from_file:
+            raise click.BadParameter(f"{texts_file} holds no text (one per line expected)", param_hint="'--file'")
+        given += from_file
+    if not given:
+        raise click.UsageError("no texts: give --text TEXT (repeatable) or --file FILE (one text per line)")
+    try:
+        predictions = predict_texts(target, given, tracking_uri)
+    except PredictError as exc:
+        click.echo(f"predict: {exc}", err=True)
+        sys.exit(2)
+    except Exception as exc:
+        _fail("predict", exc)
+    for i, p in enumerate(predictions, 1):
+        if as_json:
+            click.echo(json.dumps(dataclasses.asdict(p), ensure_ascii=False))
+            continue
+        gate = ", ".join(f"{name} {weight:.3f}" for name, weight in p.gate_weights.items())
+        click.echo(f"[{i}] {p.text}\n    {p.label} (p={p.probabilities[p.label]:.3f})   gate: {gate}")
+
+
+# -- end of predict -------------------------------------------------------------------------------------
 
 
 def _fail(command: str, exc: BaseException) -> NoReturn:

@@ -98,6 +98,23 @@ def _section(section: str, raw: Any, cls: type, errors: list[str]) -> Any:
     return obj
 
 
+def _device_errors(family: Family, sections: dict[str, Any]) -> list[str]:
+    """CUDA asked of a family that runs on CPU only (``Family.devices``): ``evaluate.device: cuda`` or
+    ``serve.num_gpus_per_replica`` > 0. Whether this machine has a GPU is not checked here: the experiment may
+    run on a cluster; ``orchestrator.devices`` checks where the work runs."""
+    if family.runs_on_cuda:
+        return []
+    errors = []
+    evaluate, served = sections.get("evaluate"), sections.get("serve")
+    if evaluate is not None and evaluate.device == "cuda":
+        errors.append(f"evaluate.device: got 'cuda', expected auto or cpu (family {family.name} evaluates on cpu "
+                      "only)")
+    if served is not None and served.num_gpus_per_replica > 0:  # badly typed fields keep their defaults
+        errors.append(f"serve.num_gpus_per_replica: got {fmt(served.num_gpus_per_replica)}, expected 0 (family "
+                      f"{family.name} serves on cpu only)")
+    return errors
+
+
 def _family_errors(family: Family, sections: dict[str, Any]) -> list[str]:
     """What the family must support: the strategy, the sweep metrics, and its cross-section checks."""
     errors = []
@@ -124,6 +141,7 @@ def _family_errors(family: Family, sections: dict[str, Any]) -> list[str]:
                 errors.append(f"sweep.metric: got {m!r} alone with search optuna, expected it in a list of "
                               "metrics (NSGA-II) or search: random")
     errors += check_space(sweep, family, sections)
+    errors += _device_errors(family, sections)
     if family.checks is not None:
         errors += family.checks(SectionParts(sections))
     return errors

@@ -20,11 +20,18 @@ declares           used by
 ``serve``          optional ``serve:`` section (a ``ServeSection`` subclass) and the
 ``endpoint``       ``"module:Class"`` each Serve replica builds (``ServeEndpoint``)
 ``generator``      optional ``"module:function"`` behind ``moe-orch generate``
+``predictor``      optional ``"module:function"`` behind ``moe-orch predict``: texts in, one
+                   ``Prediction`` (label, probabilities, gate weights) per text out
 ``base_models``    built on a pretrained base: ``evaluate`` / ``generate`` also take a base name
 ``weights``        the inference weight formats its evaluator and generator take (``fp32``,
                    the default, and e.g. ``int8``): ``moe-orch evaluate|generate --weights``
                    refuses others; the evaluator reads ``EvalRequest.weights``, the generator
                    gets ``weights=``, a serve section may declare its own ``weights`` field
+``devices``        where its evaluator, generator and serve endpoint can run (``cpu``, the
+                   default, and ``cuda``): ``--device cuda``, ``evaluate.device: cuda`` and
+                   ``serve.num_gpus_per_replica`` > 0 are refused for a family without cuda;
+                   the evaluator reads ``EvalRequest.device``, the generator gets ``device=``,
+                   the endpoint reads ``ServeSection.device``
 =================  ==========================================================================
 
 Every section is an ``orchestrator.schema.Section`` dataclass: its fields declare what they accept
@@ -47,6 +54,7 @@ from orchestrator.schema import Section, fmt, setting
 INGRESS_MODES = ("proxy", "direct", "haproxy")
 STRATEGIES = ("ddp", "deepspeed")
 WEIGHTS = ("fp32", "int8")  # inference weight formats a family may take (``Family.weights``)
+DEVICES = ("auto", "cpu", "cuda")  # the device setting of evaluate / generate (``orchestrator.devices``)
 
 
 def import_ref(ref: str) -> Any:
@@ -73,6 +81,9 @@ class EvaluateSection(Section):
     train run and sweep trial, into the same MLflow run."""
 
     at_end: bool = setting(False, doc="evaluate the final checkpoint of every run and trial")
+    device: str = setting("auto", one_of=DEVICES,
+                          doc="where the evaluator runs: auto = cuda when the process sees a GPU and the family "
+                              "runs there, else cpu; cuda in a sweep trial asks Ray for one GPU")
 
 
 @dataclass
@@ -105,6 +116,8 @@ class ServeSection(Section):
                                            "max_ongoing_requests; past it a request gets 503 at once")
     batch_wait_timeout_s: float = setting(0.01, ge=0, doc="how long a batch waits to fill")
     num_cpus_per_replica: float = setting(1.0, gt=0, doc="CPUs Ray reserves per replica")
+    num_gpus_per_replica: float = setting(0.0, ge=0, doc="GPUs Ray reserves per replica (a fraction shares one); "
+                                                         "> 0: the replica runs its model on CUDA (bfloat16)")
     access_log: bool = setting(True, doc="one log line per request in each replica (off for load tests)")
     max_body_bytes: int = setting(1_048_576, ge=1, doc="a request body over this gets 413 before it is parsed")
     # Start-up and health checks, sized for a busy laptop (Ray's proxy ready check is 5 s by default,
@@ -132,6 +145,11 @@ class ServeSection(Section):
                                   "(one replica answers on serve.port; use serve.ingress 'haproxy' or 'proxy' "
                                   "to autoscale)")
         return errors
+
+    @property
+    def device(self) -> str:
+        """Where a replica runs its model: ``cuda`` when it holds GPUs (``num_gpus_per_replica`` > 0), else ``cpu``."""
+        return "cuda" if self.num_gpus_per_replica > 0 else "cpu"
 
 
 def section_from(cls: type, data: Mapping[str, Any] | None) -> Any:
@@ -162,6 +180,7 @@ class EvalRequest:
     log: Callable[[str], None] = print
     base: str | None = None  # a pretrained base to evaluate as it is (families with ``base_models``)
     weights: str = "fp32"  # inference weights (one of the family's ``weights``): e.g. "int8" for 8-bit weights
+    device: str = "cpu"  # where to run: "cpu", or "cuda" (families with it in ``devices``; bfloat16 for LMs)
 
 
 class ServeEndpoint(Protocol):
@@ -187,6 +206,17 @@ class ServeEndpoint(Protocol):
     # ``user_config.source`` in a Serve config): ``reload(checkpoint_dir | None, version | None)`` loads
     # another checkpoint (None: relabel the loaded one) in a worker thread and answers new requests from
     # it, while requests in flight finish on the old one. Without it, a family's replicas are redeployed.
+
+
+@dataclass
+class Prediction:
+    """One text's answer from a family's ``predictor``: ``predictor(checkpoint_dir, texts) -> [Prediction]``
+    (``moe-orch predict``), in the order of ``texts``."""
+
+    text: str
+    label: str  # the predicted label's name
+    probabilities: dict[str, float]  # {label: probability}, sums to 1
+    gate_weights: dict[str, float]  # {expert: weight} the gate gave this text, sums to 1
 
 
 # -- the family ----------------------------------------------------------------------------
@@ -215,14 +245,23 @@ class Family:
     checks: Callable[[Any], list[str]] | None = None  # cross-section checks of a whole Experiment
     base_models: bool = False  # built on pretrained bases: evaluate / generate also accept a base reference
     generator: str | None = None  # "module:function": generate(checkpoint_dir | None, base | None, prompt,
-    # max_tokens, on_text, temperature, weights="fp32") -> text, for ``moe-orch generate``
+    # max_tokens, on_text, temperature, weights="fp32"[, device="cpu"]) -> text, for ``moe-orch generate``
+    # (``device=`` is passed to the generators of families with cuda in ``devices``)
     weights: tuple[str, ...] = ("fp32",)  # inference weight formats its evaluator and generator take
+    devices: tuple[str, ...] = ("cpu",)  # where its evaluator, generator and serve endpoint can run: cpu, cuda
+    predictor: str | None = None  # "module:function": predict(checkpoint_dir, texts) -> [Prediction],
+    # for ``moe-orch predict``
 
     def weights_error(self, weights: str) -> str | None:
         """Why ``weights`` is not an inference weight format of this family (None if it is one)."""
         if weights in self.weights:
             return None
         return f"--weights {weights}: the {self.name} family takes {', '.join(self.weights)}"
+
+    @property
+    def runs_on_cuda(self) -> bool:
+        """Whether its evaluator, generator and serve endpoint can run on a CUDA device (``devices``)."""
+        return "cuda" in self.devices
 
     def reports(self, metric: str) -> bool:
         """Whether training or the evaluator reports ``metric``."""
@@ -260,4 +299,6 @@ class Family:
                    for s in self.strategies if s not in STRATEGIES]
         if "fp32" not in self.weights or not set(self.weights) <= set(WEIGHTS):
             errors.append(f"weights: got {self.weights!r}, expected fp32 and some of {', '.join(WEIGHTS)}")
+        if "cpu" not in self.devices or not set(self.devices) <= {"cpu", "cuda"}:
+            errors.append(f"devices: got {self.devices!r}, expected cpu and optionally cuda")
         return [f"family {self.name}: {e}" for e in errors]

@@ -18,6 +18,8 @@ The checkpoint's manifest names its family; a family without an evaluator is ref
 message naming it. Settings are ``key=value`` pairs of the family's ``evaluate:`` section.
 ``weights`` (``--weights``): the inference weights the evaluator loads the model with
 (``EvalRequest.weights``; one of the family's ``weights``, e.g. ``int8``, else refused).
+``device`` (``--device``, else the ``device`` setting, default ``auto``): where the evaluator runs,
+resolved by ``orchestrator.devices.resolve_device`` to ``cpu`` or ``cuda`` (``EvalRequest.device``).
 ``evaluate_at_end`` is the same thing for the train and sweep drivers (``evaluate.at_end``).
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 
 from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir
 from orchestrator.contract import EvalRequest, EvaluateSection, Family, import_ref
+from orchestrator.devices import DeviceError, gpu_task_options, resolve_device
 from orchestrator.experiment import Experiment
 from orchestrator.overrides import section_with_overrides
 from orchestrator.registry import base_family, family_with
@@ -75,19 +78,21 @@ def log_evaluation(run: Run, metrics: dict[str, float], folder: Path, step: int,
 
 def evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] | tuple[str, ...] = (),
                     out: str | Path | None = None, experiment: str = DEFAULT_EXPERIMENT,
-                    family_name: str | None = None, weights: str = "fp32") -> dict[str, Any]:
+                    family_name: str | None = None, weights: str = "fp32",
+                    device: str | None = None) -> dict[str, Any]:
     """Evaluate a checkpoint directory, an MLflow run id or a pretrained base (see the module docstring);
-    returns a summary. EvaluateError for bad input (no checkpoint, a checkpoint holding pickles, a
-    family without an evaluator, bad settings)."""
+    returns a summary. ``device``: ``auto``, ``cpu`` or ``cuda`` (None: the ``device`` setting). EvaluateError
+    for bad input (no checkpoint, a checkpoint holding pickles, a family without an evaluator, bad settings,
+    a device that cannot be used here)."""
     try:
-        return _evaluate_target(target, tracking_uri, overrides, out, experiment, family_name, weights)
-    except UnsafeCheckpointError as exc:
+        return _evaluate_target(target, tracking_uri, overrides, out, experiment, family_name, weights, device)
+    except (UnsafeCheckpointError, DeviceError) as exc:
         raise EvaluateError(str(exc)) from exc
 
 
 def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str] | tuple[str, ...],
                      out: str | Path | None, experiment: str, family_name: str | None,
-                     weights: str) -> dict[str, Any]:
+                     weights: str, device: str | None) -> dict[str, Any]:
     store = Store.at(tracking_uri)
     log = lambda line: print(f"[evaluate] {line}", flush=True)
     with tempfile.TemporaryDirectory(prefix="moe-orch-eval-") as tmp:
@@ -116,6 +121,8 @@ def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str]
         if refused:
             raise EvaluateError(refused)
         settings = parse_settings(family, overrides)
+        device = resolve_device(device or settings.device, family, weights,
+                                "--device" if device else "evaluate.device")
         history: dict[str, list[tuple[int, float]]] = {}
         data_root = None
         new_run = run is None
@@ -135,9 +142,11 @@ def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str]
             run.log_params({"model": manifest.config} if manifest is not None else {"base": target})
         if weights != "fp32":
             run.set_tags({"moe_orch.eval_weights": weights})  # the metrics it logs are of these weights
+        if device != "cpu":
+            run.set_tags({"moe_orch.eval_device": device})  # e.g. cuda: bfloat16 for the LM families
         folder = Path(tmp) / ARTIFACT_DIR
         request = EvalRequest(model_dir, settings, folder, data_root, history, log,
-                              base=target if model_dir is None else None, weights=weights)
+                              base=target if model_dir is None else None, weights=weights, device=device)
         step = int(manifest.metadata.get("step") or 0) if manifest is not None else 0
         try:
             metrics = run_evaluator(family, request)
@@ -153,9 +162,24 @@ def _evaluate_target(target: str, tracking_uri: str | None, overrides: list[str]
             "tracking_uri": store.uri, "out": str(out) if out else None}
 
 
-def evaluate_at_end(exp: Experiment, run: Run, model_dir: str | Path) -> dict[str, float]:
+def _run_as_task(family: Family, request: EvalRequest, options: dict[str, Any]) -> dict[str, float]:
+    """``run_evaluator`` as a Ray task with ``options`` (e.g. one GPU), on this node: the checkpoint and
+    ``request.out_dir`` are local paths."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    task = ray.remote(run_evaluator).options(scheduling_strategy=here, **options)
+    return ray.get(task.remote(family, request))
+
+
+def evaluate_at_end(exp: Experiment, run: Run, model_dir: str | Path, in_ray_worker: bool = False) -> dict[str, float]:
     """The end-of-run evaluation of a train run or sweep trial (``evaluate.at_end``): the family's
-    evaluator on the final checkpoint with the experiment's ``evaluate`` settings, logged into ``run``."""
+    evaluator on the final checkpoint with the experiment's ``evaluate`` settings, logged into ``run``.
+
+    ``evaluate.device`` is resolved in this process; ``in_ray_worker`` (a sweep trial): a ``cuda``
+    evaluation runs as a Ray task on this node that asks for one GPU (``gpu_task_options``), a ``cpu``
+    one here, as before."""
     family = exp.family_spec
     assert exp.evaluate is not None and family.evaluator is not None
     found = find_checkpoint_dir(model_dir)
@@ -165,7 +189,10 @@ def evaluate_at_end(exp: Experiment, run: Run, model_dir: str | Path) -> dict[st
     with tempfile.TemporaryDirectory(prefix="moe-orch-eval-") as tmp:
         folder = Path(tmp) / ARTIFACT_DIR
         settings = dataclasses.replace(exp.evaluate)
-        metrics = run_evaluator(family, EvalRequest(found, settings, folder, exp.data.root, history,
-                                                    lambda line: print(f"[evaluate] {line}", flush=True)))
+        device = resolve_device(settings.device, family, name="evaluate.device")
+        request = EvalRequest(found, settings, folder, exp.data.root, history,
+                              lambda line: print(f"[evaluate] {line}", flush=True), device=device)
+        options = gpu_task_options(device) if in_ray_worker else None
+        metrics = run_evaluator(family, request) if options is None else _run_as_task(family, request, options)
         log_evaluation(run, metrics, folder, int(read_manifest(found).metadata.get("step") or 0))
     return metrics

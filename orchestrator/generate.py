@@ -1,4 +1,5 @@
-"""``moe-orch generate``: a family's generator on a checkpoint (directory or MLflow run) or a pretrained base."""
+"""``moe-orch generate``: a family's generator on a checkpoint (directory or MLflow run) or a pretrained base,
+on the device ``--device`` resolves to (``orchestrator.devices``; ``auto``: CUDA when present)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from orchestrator.checkpoints import RUN_ID_RE, find_checkpoint_dir
 from orchestrator.contract import import_ref
+from orchestrator.devices import DeviceError, resolve_device
 from orchestrator.registry import base_family, family_with
 from orchestrator.tracking import Store
 from trainables.training.manifest import UnsafeCheckpointError, read_manifest
@@ -18,9 +20,11 @@ class GenerateError(ValueError):
 
 
 def generate_from(target: str, prompt: str, max_tokens: int, temperature: float, family_name: str | None,
-                  tracking_uri: str | None, on_text: Callable[[str], None], weights: str = "fp32") -> str:
+                  tracking_uri: str | None, on_text: Callable[[str], None], weights: str = "fp32",
+                  device: str = "auto") -> str:
     """Generate with TARGET's family, streaming each piece to ``on_text``; returns the completion.
-    ``weights``: the inference weights (one of the family's ``weights``, e.g. ``int8``)."""
+    ``weights``: the inference weights (one of the family's ``weights``, e.g. ``int8``); ``device``: ``auto``,
+    ``cpu`` or ``cuda`` (``resolve_device``; a family with cuda in ``devices`` gets the result as ``device=``)."""
     with tempfile.TemporaryDirectory(prefix="moe-orch-generate-") as tmp:
         checkpoint: Path | None = None
         try:
@@ -41,6 +45,11 @@ def generate_from(target: str, prompt: str, max_tokens: int, temperature: float,
         refused = family.weights_error(weights)
         if refused:
             raise GenerateError(refused)
+        try:
+            resolved = resolve_device(device, family, weights)
+        except DeviceError as exc:
+            raise GenerateError(str(exc)) from exc
+        placement = {"device": resolved} if family.runs_on_cuda else {}  # other generators run on cpu only
         generate = import_ref(family.generator)
         return generate(checkpoint, None if checkpoint is not None else target, prompt, max_tokens, on_text,
-                        temperature, weights=weights)
+                        temperature, weights=weights, **placement)

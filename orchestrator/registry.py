@@ -66,11 +66,12 @@ def get_family(name: str) -> Family:
     return _LOADED[name]
 
 
-FEATURES = {"evaluator": "an evaluator", "endpoint": "a serve app", "generator": "a generator"}
+FEATURES = {"evaluator": "an evaluator", "endpoint": "a serve app", "generator": "a generator",
+            "predictor": "a predictor"}
 
 
 def family_with(name: str, feature: str, what: str) -> Family:
-    """The family ``name`` if its declaration has ``feature`` (``evaluator`` or ``endpoint``);
+    """The family ``name`` if its declaration has ``feature`` (one of ``FEATURES``);
     LookupError naming ``what`` (the checkpoint or run asked about) and the family otherwise."""
     try:
         family = get_family(name)

@@ -14,11 +14,13 @@ from orchestrator.schema import Section, fmt, setting
 
 SWEEPABLE_SECTIONS = ("model", "data", "train")
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]*"  # experiment and registered-model names
+LR_SCHEDULES = ("cosine", "linear")  # train.lr_schedule: the decay after warmup (trainables.training.optim)
 
 
 @dataclass
 class TrainSection(Section):
-    """Optimisation: AdamW with linear warmup then cosine decay to ``min_lr_ratio * lr``."""
+    """Optimisation: AdamW with linear warmup, then ``lr_schedule``: cosine decay to ``min_lr_ratio * lr``
+    (the default) or linear decay to 0 at ``max_steps`` (``trainables/training/optim.py``)."""
 
     max_steps: int = setting(200, ge=1, doc="optimizer steps")
     batch_size: int = setting(16, ge=1, doc="per worker and micro-batch")
@@ -26,6 +28,9 @@ class TrainSection(Section):
     lr: float = setting(1e-3, gt=0, doc="peak learning rate")
     min_lr_ratio: float = setting(0.1, ge=0, le=1, doc="the cosine decays to min_lr_ratio * lr")
     warmup_steps: int = setting(10, ge=0, doc="linear warmup from 0 to lr")
+    lr_schedule: str = setting("cosine", one_of=LR_SCHEDULES,
+                               doc="after warmup: cosine (down to min_lr_ratio * lr) or linear (down to 0 at "
+                                   "max_steps, as transformers' get_linear_schedule_with_warmup)")
     weight_decay: float = setting(0.1, ge=0, doc="AdamW's decoupled weight decay")
     grad_clip: float | None = setting(1.0, gt=0, doc="gradient norm clipping; null = no clipping")
     eval_every: int = setting(25, ge=1, doc="steps between eval + report + checkpoint")

@@ -112,7 +112,7 @@ def sweep_trial(config: dict[str, Any], base: Experiment, ctx: dict[str, Any]) -
                 from orchestrator.evaluate import evaluate_at_end
 
                 with run.failed_on_error():  # the family's evaluator, logged into the trial's run
-                    evaluation = evaluate_at_end(exp, run, Path(local) / "model")
+                    evaluation = evaluate_at_end(exp, run, Path(local) / "model", in_ray_worker=True)
     run.log_metrics({"trial_wall_time_s": wall, "overhead_s": wall - metrics.get("train_time_s", wall)},
                     step=int(metrics.get("step", 0)))
     run.end(ok=error is None)

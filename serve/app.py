@@ -6,7 +6,9 @@ from a checkpoint in each replica and puts Serve's batching, autoscaling and ing
   through the family registry); this module supplies ``@serve.batch`` (``max_batch_size``
   requests, waiting at most ``batch_wait_timeout_s``; the prediction runs in a worker thread,
   so the event loop keeps queueing the next batch), ``max_ongoing_requests`` (at least the batch
-  size), ``autoscaling_config`` (min/max replicas, target ongoing requests) and the replica's
+  size), ``autoscaling_config`` (min/max replicas, target ongoing requests), the replica's
+  resources (``num_cpus_per_replica``; ``num_gpus_per_replica`` > 0 asks Ray for GPUs, and the
+  family's endpoint then runs its model on CUDA, ``ServeSection.device``) and the replica's
   facts for ``/healthz`` (replica id, ingress). All of it comes from the family's ``serve:``
   section, which every checkpoint written by ``moe-orch train`` also carries in its metadata.
 - The model is read from a checkpoint directory, or downloaded by each replica from an MLflow
@@ -215,7 +217,9 @@ def replica_app(endpoint: Any, settings: ServeSection, batched: Callable[[Any], 
 
 def deployment_options(settings: ServeSection) -> dict[str, Any]:
     """``max_ongoing_requests`` (>= the batch size), ``max_queued_requests``, ``autoscaling_config``,
-    ``ray_actor_options`` and the replicas' health checks."""
+    ``ray_actor_options`` (``num_cpus``, and ``num_gpus`` only when ``num_gpus_per_replica`` > 0: then Ray
+    gives each replica its GPUs and the endpoint runs on ``settings.device``, cuda) and the replicas' health
+    checks."""
     return {
         "health_check_period_s": settings.health_check_period_s,
         "health_check_timeout_s": settings.health_check_timeout_s,
@@ -225,7 +229,8 @@ def deployment_options(settings: ServeSection) -> dict[str, Any]:
                                "target_ongoing_requests": settings.target_ongoing_requests,
                                "upscale_delay_s": settings.upscale_delay_s,
                                "downscale_delay_s": settings.downscale_delay_s},
-        "ray_actor_options": {"num_cpus": settings.num_cpus_per_replica},
+        "ray_actor_options": {"num_cpus": settings.num_cpus_per_replica,
+                              **({"num_gpus": settings.num_gpus_per_replica} if settings.num_gpus_per_replica else {})},
         "logging_config": {"enable_access_log": settings.access_log},
     }
 

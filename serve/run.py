@@ -45,6 +45,9 @@ def serve_target(target: str, experiment: Experiment | None, overrides: tuple[st
             settings, errors = section_with_overrides("serve", settings, overrides)
             if errors:
                 raise ServeError("invalid overrides:\n  " + "\n  ".join(errors), 2)
+        if settings.num_gpus_per_replica > 0 and not found.family.runs_on_cuda:
+            raise ServeError(f"serve.num_gpus_per_replica: got {settings.num_gpus_per_replica:g}, expected 0 (family "
+                             f"{found.family.name} serves on cpu only)", 2)
         from serve import app
 
         if emit_path:

@@ -11,7 +11,8 @@
   continual-learning metrics (``cl/*``, ``trainables.dylora.metrics``) and draws
   ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything. With
   ``evaluate.rescore`` it also scores the checkpoint's code benchmarks again (e.g. pass@k over n samples),
-  with ``request.weights`` (``int8``: the base's projections as 8-bit weights, ``trainables.lm.quantize``).
+  with ``request.weights`` (``int8``: the base's projections as 8-bit weights, ``trainables.lm.quantize``), on
+  ``request.device`` (``cuda``: bfloat16, ``trainables.lm.base.to_device``).
 """
 
 from __future__ import annotations
@@ -161,10 +162,12 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
 def _rescore(request: Any) -> dict[str, float]:
     """The checkpoint's code benchmarks scored again with the ``evaluate:`` settings (``eval/`` prefix)."""
     from trainables.dylora.checkpoint import load_pool
+    from trainables.lm.base import to_device
     from trainables.lm.quantize import apply_weights
 
     model, tokenizer, manifest = load_pool(request.checkpoint_dir)
     apply_weights(model, request.weights)  # int8: the base's projections; the experts and router stay float
+    to_device(model, request.device)
     settings = request.settings
     problems = code_problems(settings, request.data_root)
     scores = code_scores(model, tokenizer, problems, settings, seed=int(manifest.metadata.get("seed", 0)),

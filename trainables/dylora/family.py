@@ -113,6 +113,7 @@ FAMILY = Family(
     eval_metric_prefixes=("cl/", "eval/"),
     checks=_stream_checks,
     weights=("fp32", "int8"),  # the evaluator's rescore (its phase scores are the run's own, in float32)
+    devices=("cpu", "cuda"),  # the rescore and LMEndpoint: bfloat16 on cuda (trainables.lm.base.to_device)
     serve=LMServe,
     endpoint="trainables.lm.serving:LMEndpoint",
 )

@@ -1,6 +1,7 @@
 """The Ensemble MoE family's declaration (``orchestrator.contract.Family``): SST-2 data, the
-recipe (DDP), metrics, checkpoint loader and the Serve endpoint. No evaluator: a run's dev
-metrics come from training. Registered in ``orchestrator/registry.py``."""
+recipe (DDP), metrics, checkpoint loader, the Serve endpoint and the offline predictor
+(``moe-orch predict``). No evaluator: a run's dev metrics come from training. Registered in
+``orchestrator/registry.py``."""
 
 from __future__ import annotations
 
@@ -47,4 +48,5 @@ FAMILY = Family(
     progress=(("train_loss", "train_loss"), ("val_loss", "val_loss"), ("val_accuracy", "val_acc")),
     serve=EnsembleServe,
     endpoint="trainables.ensemble.serving:EnsembleEndpoint",
+    predictor="trainables.ensemble.predict:predict_texts",
 )

@@ -9,6 +9,7 @@ per iteration), run by the same Ray Train worker, reports, checkpoints and MLflo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
@@ -28,7 +29,14 @@ class QuestionData(DataSection):
                                                             '"context"}; no ground truth)')
     split: str = setting("train", one_of=SPLITS, doc="the split the questions come from")
     limit: int | None = setting(200, ge=1, doc="questions; null = all")
-    prompts_file: str | None = setting(None, doc="dataset prompts: the JSONL file")
+    prompts_file: str | None = setting(None, doc="dataset prompts: the JSONL file (a relative path: from where "
+                                                 "the command runs, e.g. experiments/prompts/acme_tools.jsonl)")
+
+    def __post_init__(self) -> None:
+        # Made absolute where the experiment is loaded (the driver), like ``root``: Ray Train workers run in
+        # their own working directory, where a relative path would name nothing.
+        if isinstance(self.prompts_file, str) and self.prompts_file.strip():
+            self.prompts_file = str(Path(self.prompts_file).expanduser().absolute())
 
     def cross_checks(self) -> list[str]:
         if self.dataset == "prompts" and not self.prompts_file:

@@ -17,6 +17,9 @@ A base is named by a reference string:
   can give it SmolLM2's vocabulary instead).
 - anything else: a hub name or a local directory, passed to ``from_pretrained`` unchanged.
 
+On a CUDA device a base is loaded in bfloat16 (``load_base(ref, device="cuda")``; ``to_device`` moves a
+model built on CPU, e.g. a checkpoint with its adapters, the same way); on CPU it stays float32.
+
 The cache lives under ``$MOE_ORCH_LM_CACHE/<name>``, default ``~/.cache/moe-orch/lm/<name>``.
 It is written to a temporary sibling directory and renamed into place, so an interrupted
 conversion never leaves a half-written cache behind.
@@ -312,7 +315,33 @@ def _has_module(root: nn.Module, path: str) -> bool:
     return isinstance(module, nn.Module)
 
 
-def load_base(ref: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def inference_dtype(device: str | torch.device) -> torch.dtype:
+    """The dtype an LM runs inference in on ``device``: bfloat16 on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def to_device(model: nn.Module, device: str | torch.device, dtype: torch.dtype | None = None) -> nn.Module:
+    """``model`` moved, in place, to ``device`` for inference, in ``dtype`` (None: ``inference_dtype(device)``,
+    bfloat16 on CUDA). A float32 ``dtype`` only moves it, so on CPU a model stays exactly as loaded (int8
+    weights included); another casts its floating-point weights, except the rotary embeddings' frequencies
+    (``*inv_freq`` buffers), which stay float32 as ``from_pretrained(dtype=torch.bfloat16)`` keeps them.
+
+    Call it after adapters are merged and before the model is used (engines read its device when built).
+    """
+    device = torch.device(device)
+    dtype = dtype or inference_dtype(device)
+    if dtype == torch.float32:
+        return model.to(device)
+    rotary = {name: buffer for name, buffer in model.named_buffers() if name.endswith("inv_freq")}
+    model.to(device=device, dtype=dtype)
+    for name, buffer in rotary.items():
+        owner, _, attribute = name.rpartition(".")
+        setattr(model.get_submodule(owner), attribute, buffer.to(device))  # a registered buffer: replaced in place
+    return model
+
+
+def load_base(ref: str, dtype: torch.dtype | None = None,
+              device: str | torch.device = "cpu") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a causal LM and its tokenizer by reference (see the module docstring).
 
     "smollm2-135m-instruct" converts its GGUF on first use (about 20 s on 2 CPU cores) and
@@ -321,11 +350,15 @@ def load_base(ref: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
 
     Args:
         ref: "smollm2-135m-instruct", "tiny-llama", a hub name or a local directory.
-        dtype: parameter dtype of the returned model.
+        dtype: parameter dtype of the returned model; None: ``inference_dtype(device)`` (bfloat16 on
+            CUDA, float32 on CPU).
+        device: where the model goes: "cpu" (default) or e.g. "cuda" (loaded in ``dtype``, then moved).
     Returns:
-        ``(model, tokenizer)``, the model in eval mode with its architecture checked, and a
-        tokenizer with a pad token.
+        ``(model, tokenizer)``, the model in eval mode on ``device`` with its architecture checked,
+        and a tokenizer with a pad token.
     """
+    if dtype is None:
+        dtype = inference_dtype(device)
     if ref == TINY_LLAMA:
         model, tokenizer = tiny_llama(dtype=dtype)
     else:
@@ -335,6 +368,8 @@ def load_base(ref: str, dtype: torch.dtype = torch.float32) -> tuple[PreTrainedM
     check_architecture(model)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    if torch.device(device).type != "cpu":
+        model.to(device)  # already in ``dtype`` (from_pretrained keeps the rotary frequencies float32)
     return model.eval(), tokenizer
 
 

@@ -24,6 +24,7 @@ class LMServe(ServeSection):
 
     ``max_batch_size`` is the number of sequences the engine decodes together (continuous batching).
     ``weights: int8`` serves the frozen base's linear layers as 8-bit weights (``trainables.lm.quantize``).
+    ``num_gpus_per_replica`` > 0 puts each replica's model on its GPU in bfloat16 (``trainables.lm.base.to_device``).
     """
 
     max_batch_size: int = override(ServeSection, "max_batch_size", 16)
@@ -33,3 +34,10 @@ class LMServe(ServeSection):
     max_prompt_tokens: int = setting(2048, ge=1, doc="a longer prompt gets 400")
     max_n: int = setting(4, ge=1, doc="choices per request")
     weights: str = setting("fp32", one_of=WEIGHTS, doc=WEIGHTS_DOC)
+
+    def cross_checks(self) -> list[str]:
+        errors = super().cross_checks()
+        if self.weights != "fp32" and self.num_gpus_per_replica > 0:
+            errors.append(f"weights: got {self.weights!r}, expected 'fp32' with serve.num_gpus_per_replica > 0 "
+                          f"({self.weights} weights run on CPU)")
+        return errors

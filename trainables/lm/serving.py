@@ -96,7 +96,7 @@ class LoadedLM:
 
     model: Any
     tokenizer: Any
-    info: dict[str, Any]  # name, family, version, base, experts, weights
+    info: dict[str, Any]  # name, family, version, base, experts, weights, device, dtype
     engine: GenerationEngine
     tokens: "TokenTexts"  # how answers name token ids (log-probs)
     inflight: int = 0  # requests taken and not yet answered in full
@@ -317,11 +317,15 @@ class LMEndpoint:
         self.current = self._load(checkpoint_dir, None)
 
     def _load(self, checkpoint_dir: Path, version: str | None) -> LoadedLM:
+        from trainables.lm.base import to_device
         from trainables.lm.quantize import apply_weights
 
         model, tokenizer, info = load_lm(checkpoint_dir)  # adapters merged at load
         info["weights"] = self.settings.weights
         apply_weights(model, self.settings.weights)  # int8: the frozen base's linear layers, after the merge
+        to_device(model, self.settings.device)  # cuda with serve.num_gpus_per_replica > 0: bfloat16
+        weight = next(model.parameters())
+        info["device"], info["dtype"] = weight.device.type, str(weight.dtype).removeprefix("torch.")
         if version:
             info["version"] = str(version)
         return LoadedLM(model, tokenizer, info,
@@ -550,8 +554,8 @@ class LMEndpoint:
             """Liveness: the replica is up and its model is loaded."""
             lm = self.current
             return {"status": "ok", "model": lm.info["name"], "version": lm.info["version"],
-                    "weights": lm.info["weights"], "running": lm.engine.running,
-                    "max_running": lm.engine.max_running, **health()}
+                    "weights": lm.info["weights"], "device": lm.info["device"], "dtype": lm.info["dtype"],
+                    "running": lm.engine.running, "max_running": lm.engine.max_running, **health()}
 
         @api.get("/v1/models")
         async def models() -> dict[str, Any]:

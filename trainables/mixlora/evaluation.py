@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from trainables.lm import instructions
-from trainables.lm.base import load_base
+from trainables.lm.base import load_base, to_device
 from trainables.lm.lm_eval_tasks import evaluate_lm
 from trainables.lm.quantize import apply_weights
 from trainables.mixlora import routing
@@ -26,8 +26,9 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     (an ``orchestrator.contract.EvalRequest``); writes ``metrics.json`` into ``request.out_dir``.
 
     Metrics: ``<task>/acc``, ``<task>/acc_norm`` and their ``_stderr``, ``<task>/n``, and
-    ``eval_time_s``; the lm-eval version and the weights (``request.weights``: ``fp32``, or ``int8``,
-    ``trainables.lm.quantize``) go into ``metrics.json``. A MixLoRA checkpoint adds
+    ``eval_time_s``; the lm-eval version, the weights (``request.weights``: ``fp32``, or ``int8``,
+    ``trainables.lm.quantize``), the device (``request.device``: ``cuda`` runs in bfloat16,
+    ``trainables.lm.base.to_device``) and the dtype go into ``metrics.json``. A MixLoRA checkpoint adds
     ``eval_router_entropy`` and ``eval_load_cv`` (means over layers, on the ARC-Easy test examples).
     """
     settings = request.settings
@@ -36,12 +37,14 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
         model, tokenizer = load_adapter(request.checkpoint_dir, inference=True)
         what = str(request.checkpoint_dir)
     else:
-        model, tokenizer = load_base(request.base)
+        model, tokenizer = load_base(request.base, device=request.device)  # bfloat16 on cuda
         what = f"the base {request.base}"
     weights = request.weights
     apply_weights(model, weights)
-    request.log(f"lm-eval on {what} ({weights} weights): {', '.join(settings.tasks)}, limit {settings.limit}, "
-                f"chat template {'on' if settings.chat_template else 'off'}")
+    to_device(model, request.device)  # a checkpoint's model: built on cpu, merged, then moved
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    request.log(f"lm-eval on {what} ({weights} weights, {dtype} on {request.device}): {', '.join(settings.tasks)}, "
+                f"limit {settings.limit}, chat template {'on' if settings.chat_template else 'off'}")
     results = evaluate_lm(model, tokenizer, tasks=settings.tasks, limit=settings.limit,
                           batch_size=settings.batch_size, data_root=request.data_root,
                           chat_template=settings.chat_template)
@@ -54,7 +57,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
                     f"(n={int(metrics[f'{task}/n'])})")
     (request.out_dir / "metrics.json").write_text(json.dumps(
         {**metrics, "lm_eval_version": results.get("lm_eval_version"), "chat_template": settings.chat_template,
-         "weights": weights},
+         "weights": weights, "device": request.device, "dtype": dtype},
         indent=2))
     return metrics
 

@@ -55,6 +55,7 @@ FAMILY = Family(
     base_models=True,
     generator="trainables.mixlora.generation:generate",
     weights=("fp32", "int8"),
+    devices=("cpu", "cuda"),  # evaluator, generator and LMEndpoint: bfloat16 on cuda (trainables.lm.base.to_device)
     serve=LMServe,
     endpoint="trainables.lm.serving:LMEndpoint",
 )

@@ -9,23 +9,27 @@ from pathlib import Path
 
 from transformers import TextIteratorStreamer
 
-from trainables.lm.base import load_base
+from trainables.lm.base import load_base, to_device
 from trainables.lm.instructions import chat_prompt
 from trainables.lm.quantize import apply_weights
 from trainables.mixlora.checkpoint import load_adapter
 
 
 def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tokens: int,
-             on_text: Callable[[str], None], temperature: float = 0.0, weights: str = "fp32") -> str:
+             on_text: Callable[[str], None], temperature: float = 0.0, weights: str = "fp32",
+             device: str = "cpu") -> str:
     """Generate up to ``max_tokens`` tokens for ``prompt`` (greedy when ``temperature`` is 0), handing each
     decoded piece to ``on_text`` as it arrives; returns the whole completion. ``weights``: ``fp32``, or
-    ``int8`` (the frozen base's linear layers as 8-bit weights, ``trainables.lm.quantize``)."""
+    ``int8`` (the frozen base's linear layers as 8-bit weights, ``trainables.lm.quantize``); ``device``:
+    ``cpu``, or ``cuda`` (bfloat16, ``trainables.lm.base.to_device``)."""
     if checkpoint_dir is not None:
         model, tokenizer = load_adapter(checkpoint_dir, inference=True)  # plain LoRA merged
     else:
-        model, tokenizer = load_base(base or "")
+        model, tokenizer = load_base(base or "", device=device)  # bfloat16 on cuda
     apply_weights(model, weights)
+    to_device(model, device)  # a checkpoint's model: built on cpu, merged, then moved
     inputs = tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)  # (1, T)
+    inputs = inputs.to(device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
     kwargs = dict(**inputs, max_new_tokens=max_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id,

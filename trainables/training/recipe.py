@@ -12,7 +12,7 @@ Lifecycle, on every worker::
     recipe.setup()                               # data
     model = recipe.build_model(resume_dir)       # after torch.manual_seed(train.seed)
     groups = recipe.param_groups(model)          # AdamW groups (default: decay / no-decay)
-    scheduler = recipe.build_scheduler(optim)    # default: warmup + cosine multipliers
+    scheduler = recipe.build_scheduler(optim)    # default: warmup + cosine (or linear) multipliers
     for batch in recipe.batches(generator):      # endless; generator seeded per rank and step
         out = recipe.forward(model, batch)       # StepOutput: loss to minimise + scalars to average
         recipe.on_step_end(module, step)         # after each optimizer step (recipe.step = steps done)
@@ -82,9 +82,11 @@ class Recipe:
         return decay_groups([("model", model, train.lr)], train.weight_decay)
 
     def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-        """The LR scheduler; default: LambdaLR over ``lr_multiplier`` (linear warmup, then cosine)."""
+        """The LR scheduler; default: LambdaLR over ``lr_multiplier`` (linear warmup, then
+        ``train.lr_schedule``: cosine, or linear decay to 0)."""
         train = self.experiment.train
-        schedule = lambda s: lr_multiplier(s, train.warmup_steps, train.max_steps, train.min_lr_ratio)
+        schedule = lambda s: lr_multiplier(s, train.warmup_steps, train.max_steps, train.min_lr_ratio,
+                                           train.lr_schedule)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
     def batches(self, generator: torch.Generator) -> Iterator[Any]:
