@@ -34,7 +34,7 @@ Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merge
 threads, base, wall_s}`` (or ``{model, weights, batch, skipped}``), and a table on stdout with the
 LoRA / base and MixLoRA / base ratios of time per token. ``--profile DIR``: also a torch.profiler
 table per (model, batch) of its decode steps run in the main thread as the engine's step runs them
-(``profile_decode``; ``DIR/profile_<model>_b<batch>.txt``, by self CPU time).
+(``profile_decode``; ``DIR/profile_<model>_<weights>_b<batch>.txt``, by self CPU time).
 ``--quick``: 8 tokens, one repeat, for a smoke run (``--base tiny-llama`` makes it take seconds).
 """
 
@@ -135,22 +135,22 @@ def profile_decode(model: Any, tokenizer: Any, ids: list[list[int]], tokens: int
     engine's step runs them (one forward over the last tokens with the cache, the mask grown by one,
     argmax, the MoE trace popped); the engine's own thread is invisible to the profiler. Self CPU
     time per op, to ``path``."""
-    from transformers import DynamicCache
+    from trainables.lm.kv_cache import SlabCache
 
     width = max(len(r) for r in ids)
     input_ids = torch.tensor([[tokenizer.pad_token_id or 0] * (width - len(r)) + r for r in ids])  # (B, T)
     mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])  # (B, T)
     tracers = [m for m in model.modules() if callable(getattr(m, "pop_expert_choices", None))]
     with torch.no_grad():
-        cache = DynamicCache()
+        cache = SlabCache()  # the engine's cache
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp_min(0),
-                    past_key_values=cache, use_cache=True)
+                    cache=cache, use_cache=True)
         lengths, next_ids = mask.sum(-1), out.logits[:, -1].argmax(-1)
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(tokens):
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 out = model(input_ids=next_ids[:, None], attention_mask=mask, position_ids=lengths[:, None],
-                            past_key_values=cache, use_cache=True)
+                            cache=cache, use_cache=True)
                 if tracers:
                     torch.stack([m.pop_expert_choices()[:, -1] for m in tracers], dim=1).cpu()
                 lengths, next_ids = lengths + 1, out.logits[:, -1].float().argmax(-1)
@@ -261,7 +261,7 @@ def main() -> None:
                     ms, wall = bench_llama_cpp(args)
                 else:
                     loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight)
-                    profile = profile_dir / f"profile_{model_name}_b{batch}.txt" if profile_dir else None
+                    profile = profile_dir / f"profile_{model_name}_{weight}_b{batch}.txt" if profile_dir else None
                     ms, wall = bench_engine(*loaded, batch, args, profile)
                 records.append(record(model_name, weight, batch, ms, wall, args))
     Path(args.json).write_text(json.dumps(records, indent=2))

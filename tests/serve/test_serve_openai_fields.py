@@ -139,6 +139,36 @@ def test_chat_logprobs_are_the_models_through_the_openai_client(served: Served, 
     assert len(entries) >= chat.usage.completion_tokens
 
 
+def test_the_judge_backend_reads_top_logprobs_through_the_app(served: Served, client: openai.OpenAI) -> None:
+    """The LLM judge's G-Eval mode over HTTP: ``OpenAIBackend`` (``AsyncOpenAI``) asks for ``top_logprobs``
+    and hands back each position's token and alternatives, as the raw client sees them."""
+    import asyncio
+
+    from trainables.llm_judge.backends import OpenAIBackend
+    from trainables.llm_judge.experts import expected_score
+
+    messages = [{"role": "user", "content": "Score it from 0 to 9: 1 2 3"}]
+    raw = client.chat.completions.create(model=NAME, messages=messages, max_tokens=5, temperature=0, logprobs=True,
+                                         top_logprobs=20)
+
+    async def ask() -> Any:
+        backend = OpenAIBackend(f"{served.url}/v1", "", timeout_s=60)
+        try:
+            return await backend.chat(NAME, messages, {"temperature": 0.0, "max_tokens": 5, "top_logprobs": 20}, 1)
+        finally:
+            await backend.aclose()
+
+    got = asyncio.run(ask())
+    entries = raw.choices[0].logprobs.content
+    assert got.text == raw.choices[0].message.content and len(got.logprobs) == len(entries) > 0
+    for (token, top), entry in zip(got.logprobs, entries, strict=True):
+        assert token == entry.token and len(top) == 20
+        assert top == [(t.token, pytest.approx(t.logprob, abs=1e-6)) for t in entry.top_logprobs]
+    digits = [(t, lp) for _, top in got.logprobs for t, lp in top if len(t.strip()) == 1 and t.strip().isdigit()]
+    score = expected_score(got.logprobs)
+    assert (score is None) == (not digits) and (score is None or 0.0 <= score <= 1.0)
+
+
 def test_completions_echo_logprobs_and_every_prompt_form(served: Served, client: openai.OpenAI) -> None:
     first, second = served.ids("Question: why?\nAnswer: because"), served.ids("x y")
     scored = client.completions.create(model=NAME, prompt=[first, second], echo=True, logprobs=2, max_tokens=0,

@@ -6,7 +6,9 @@
 - ``LocalBackend``: each model (an LM base name or an LM-family checkpoint directory) loaded once
   in a Ray actor (``LocalLM``) with a continuous-batching engine, so the concurrent calls of an
   iteration decode together. Outside a Ray session (``moe-orch evaluate``) the models load in
-  this process instead, with the same engine.
+  this process instead, with the same engine. With ``local_gpus`` > 0 each actor asks Ray for that
+  many GPUs and runs its model on CUDA in bfloat16 (``trainables.lm.base.to_device``); with 0 (the
+  default) nothing asks for a GPU and the models run on CPU, as before.
 
 ``Caller`` is what the pipeline talks to: every call goes through one semaphore (at most
 ``max_concurrency`` in flight), a timeout, and retries with exponential backoff; it counts calls,
@@ -42,15 +44,22 @@ class GenerationConfig:
                 "presence_penalty": self.presence_penalty, "max_tokens": max_tokens or self.max_tokens}
 
 
+# One generated position's log-probabilities, as OpenAI's ``logprobs.content[i]`` gives them: the token
+# produced there and its ``top_logprobs`` alternatives ``[(token text, log-prob), ...]``, likeliest first.
+TokenChoice = tuple[str, list[tuple[str, float]]]
+
+
 @dataclass
 class Completion:
-    """One chat answer and what it cost."""
+    """One chat answer and what it cost; ``logprobs`` per generated position when the call asked for
+    ``top_logprobs`` (``Caller.chat``)."""
 
     text: str
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str | None = None
     seconds: float = 0.0
+    logprobs: list[TokenChoice] | None = None
 
 
 class CallFailed(RuntimeError):
@@ -83,11 +92,19 @@ class OpenAIBackend:
         self.client = AsyncOpenAI(base_url=base_url, api_key=key or "no-key", max_retries=0, timeout=timeout_s)
 
     async def chat(self, model: str, messages: Messages, sampling: dict[str, Any], seed: int | None) -> Completion:
-        response = await self.client.chat.completions.create(model=model, messages=messages, seed=seed, **sampling)
+        sampling = dict(sampling)
+        top = sampling.pop("top_logprobs", None)
+        asked = {"logprobs": True, "top_logprobs": top} if top else {}
+        response = await self.client.chat.completions.create(model=model, messages=messages, seed=seed,
+                                                             **sampling, **asked)
         choice = response.choices[0]
         usage = response.usage
+        logprobs = None
+        if top:
+            content = (choice.logprobs.content if choice.logprobs is not None else None) or []
+            logprobs = [(c.token, [(t.token, t.logprob) for t in (c.top_logprobs or [])]) for c in content]
         return Completion(choice.message.content or "", usage.prompt_tokens if usage else 0,
-                          usage.completion_tokens if usage else 0, choice.finish_reason)
+                          usage.completion_tokens if usage else 0, choice.finish_reason, logprobs=logprobs)
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -99,10 +116,10 @@ class OpenAIBackend:
 class LocalLM:
     """One LM and its generation engine; a Ray actor in ``LocalBackend`` (or a plain object outside Ray)."""
 
-    def __init__(self, ref: str, threads: int, max_batch_size: int = 32) -> None:
+    def __init__(self, ref: str, threads: int, max_batch_size: int = 32, device: str = "cpu") -> None:
         import torch
 
-        from trainables.lm.base import load_base
+        from trainables.lm.base import load_base, to_device
         from trainables.lm.engine import GenerationEngine
         from trainables.lm.serving import load_lm
         from trainables.training.manifest import is_checkpoint
@@ -111,7 +128,8 @@ class LocalLM:
         if is_checkpoint(ref):  # an LM-family checkpoint (MixLoRA, DyLoRA-MoE): base + adapters
             model, self.tokenizer, _ = load_lm(Path(ref))
         else:
-            model, self.tokenizer = load_base(ref)
+            model, self.tokenizer = load_base(ref, device=device)  # bfloat16 on cuda
+        to_device(model, device)  # a checkpoint's model: built on cpu, merged, then moved
         self.engine = GenerationEngine(model, self.tokenizer, max_batch_size=max_batch_size)
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
@@ -125,31 +143,52 @@ class LocalLM:
         from trainables.lm.engine import SamplingParams
 
         ids = self._prompt_ids(messages)
+        top = sampling.get("top_logprobs")
         params = SamplingParams(sampling["max_tokens"], sampling["temperature"], sampling["top_p"], (), seed,
-                                sampling.get("frequency_penalty", 0.0), sampling.get("presence_penalty", 0.0))
+                                sampling.get("frequency_penalty", 0.0), sampling.get("presence_penalty", 0.0),
+                                logprobs=top)
         event = await self.engine.submit(ids, params, loop=asyncio.get_running_loop()).collect_async()
+        text = lambda token: self.tokenizer.decode([token])  # noqa: E731 - one token's text
+        logprobs = None if not top else [(text(t.token), [(text(i), lp) for i, lp in t.top])
+                                         for t in event.logprobs or []]
         return {"text": event.text, "prompt_tokens": event.prompt_tokens,
-                "completion_tokens": event.completion_tokens, "finish_reason": event.finish_reason}
+                "completion_tokens": event.completion_tokens, "finish_reason": event.finish_reason,
+                "logprobs": logprobs}
+
+    def placement(self) -> dict[str, str]:
+        """Where the model runs: ``{"device": "cpu" | "cuda", "dtype": "float32" | "bfloat16" ...}``."""
+        weight = next(self.engine.model.parameters())
+        return {"device": weight.device.type, "dtype": str(weight.dtype).removeprefix("torch.")}
 
     def close(self) -> None:
         self.engine.close()
 
 
 class LocalBackend:
-    """Each distinct model of ``models`` loaded once: in a Ray actor when Ray is up, else in-process."""
+    """Each distinct model of ``models`` loaded once: in a Ray actor when Ray is up, else in-process;
+    ``gpus`` > 0: on CUDA (module docstring)."""
 
-    def __init__(self, models: list[str], cpus: float) -> None:
+    def __init__(self, models: list[str], cpus: float, gpus: float = 0.0) -> None:
         import ray
 
         self.actors: dict[str, Any] = {}
         self.local: dict[str, LocalLM] = {}
         threads = max(1, int(cpus))
+        device = "cuda" if gpus > 0 else "cpu"
         if ray.is_initialized():
-            remote = ray.remote(LocalLM)
-            self.actors = {m: remote.options(num_cpus=cpus, max_concurrency=256).remote(m, threads)
-                           for m in dict.fromkeys(models)}
+            remote = ray.remote(LocalLM).options(**self.actor_options(cpus, gpus))
+            self.actors = {m: remote.remote(m, threads, device=device) for m in dict.fromkeys(models)}
         else:
-            self.local = {m: LocalLM(m, threads) for m in dict.fromkeys(models)}
+            import torch
+
+            if device == "cuda" and not torch.cuda.is_available():
+                raise ValueError(f"model.local_gpus: got {gpus}, expected 0 here: no CUDA device in this process")
+            self.local = {m: LocalLM(m, threads, device=device) for m in dict.fromkeys(models)}
+
+    @staticmethod
+    def actor_options(cpus: float, gpus: float) -> dict[str, Any]:
+        """Ray options of each model's actor: ``cpus`` CPUs and, only when ``gpus`` > 0, that many GPUs."""
+        return {"num_cpus": cpus, **({"num_gpus": gpus} if gpus > 0 else {}), "max_concurrency": 256}
 
     async def chat(self, model: str, messages: Messages, sampling: dict[str, Any], seed: int | None) -> Completion:
         if model in self.actors:
@@ -173,7 +212,7 @@ def make_backend(cfg: Any) -> Backend:
     """The backend a ``JudgeConfig`` names."""
     if cfg.backend == "openai":
         return OpenAIBackend(cfg.base_url, cfg.api_key_env, cfg.timeout_s)
-    return LocalBackend(cfg.models, cfg.local_cpus)
+    return LocalBackend(cfg.models, cfg.local_cpus, cfg.local_gpus)
 
 
 # -- bounded, retried calls --------------------------------------------------------------------
@@ -205,8 +244,12 @@ class Caller:
         return {"calls": 0, "failed_calls": 0, "retries": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     async def chat(self, config: GenerationConfig, messages: Messages, seed: int | None,
-                   max_tokens: int | None = None) -> Completion:
-        """One call with ``config``'s sampling; CallFailed after ``retries`` retries."""
+                   max_tokens: int | None = None, top_logprobs: int | None = None) -> Completion:
+        """One call with ``config``'s sampling; CallFailed after ``retries`` retries. ``top_logprobs``: the
+        answer's ``logprobs`` hold that many alternatives per generated position."""
+        sampling = config.sampling(max_tokens)
+        if top_logprobs:
+            sampling["top_logprobs"] = top_logprobs
         last: BaseException | None = None
         for attempt in range(self.retries + 1):
             if attempt:
@@ -217,7 +260,7 @@ class Caller:
                 self.counts["calls"] += 1
                 try:
                     answer = await asyncio.wait_for(
-                        self.backend.chat(config.model, messages, config.sampling(max_tokens), seed), self.timeout_s)
+                        self.backend.chat(config.model, messages, sampling, seed), self.timeout_s)
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - any backend error is retried or reported

@@ -9,6 +9,7 @@ from orchestrator.schema import Section, fmt, setting
 
 BACKENDS = ("local", "openai")
 REWARDS = ("ground_truth", "random")
+SCORINGS = ("text", "logprobs")
 
 
 @dataclass
@@ -29,6 +30,9 @@ class JudgeConfig(Section):
     base_url: str | None = setting(None, doc="openai: e.g. https://openrouter.ai/api/v1 or http://127.0.0.1:8000/v1")
     api_key_env: str = setting("OPENAI_API_KEY", doc='openai: the env var holding the key ("" or unset: no key)')
     local_cpus: float = setting(1.0, gt=0, doc="local: CPUs each model's actor holds (and its torch threads)")
+    local_gpus: float = setting(0.0, ge=0, doc="local: GPUs each model's actor holds (a fraction shares one); > 0: "
+                                               "its model runs on CUDA in bfloat16 (outside Ray: on this process's "
+                                               "GPU); 0 = CPU")
 
     # the experts: random generation configs, seeded by train.seed
     num_experts: int = setting(4, ge=1, doc="experts, each a random generation config (seeded by train.seed)")
@@ -45,6 +49,10 @@ class JudgeConfig(Section):
     n_judge: int = setting(3, ge=1, doc="judges whose scores are averaged")
     judge_max_tokens: int = setting(16, ge=1, doc="tokens per judge reply")
     judge_retries: int = setting(3, ge=0, doc="re-asks after a reply with no score in [0, 1]; then that judge fails")
+    judge_scoring: str = setting("text", one_of=SCORINGS,
+                                 doc="text: a number parsed from the reply; logprobs: G-Eval's expected digit 0..9 "
+                                     "from the judge's top_logprobs (needs an endpoint that returns them)")
+    judge_top_logprobs: int = setting(20, ge=1, le=20, doc="logprobs: alternatives per position (OpenAI allows 20)")
 
     # value learning (the tutorial's MixtureOfExperts)
     min_iterations: int = setting(3, ge=1, doc="iterations before the reward threshold can stop learning")

@@ -9,6 +9,12 @@
   (``JudgeError``, with its replies). A candidate's score is the mean of its judges that answered;
   the best-scored candidate wins (ties: the lower index, as the tutorial's stable sort). If no
   judge scored any candidate, ``SelectionError``;
+- ``judge_scoring: logprobs`` (G-Eval's probability-weighted score, Liu et al. 2023): each judge is
+  asked for one digit from 0 to 9 with ``top_logprobs``; its score is the expected digit under the
+  judge's own distribution over the ten digit tokens, divided by 9 (``expected_score``), read at the
+  first generated position that produced a digit (else the first whose alternatives hold one). It
+  needs no parsing of the reply's text, so it has a score whenever a digit is among the alternatives
+  (SmolLM2 with 20: every call of the measured runs); the free-text mode stays the default;
 - ``assign_intrinsic_reward``: the reward model picks one of five labels, mapped to
   1.0 / 0.7 / 0.5 / 0.2 / 0.0; a reply with no label (after the same retries) is 0.0, the
   tutorial's default case.
@@ -20,12 +26,13 @@ repeat each other, and a run is reproducible where the backend honours seeds.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from trainables.llm_judge.backends import Caller, CallFailed, Completion, GenerationConfig, Messages
+from trainables.llm_judge.backends import Caller, CallFailed, Completion, GenerationConfig, Messages, TokenChoice
 
 JUDGE_SYSTEM = "Act as a critical judge."
 CONTINUE = "continue and complete the previous sentence"
@@ -108,6 +115,29 @@ def parse_score(text: str) -> float | None:
     return None
 
 
+def expected_score(logprobs: list[TokenChoice]) -> float | None:
+    """G-Eval's score in [0, 1]: the probability-weighted mean of the digits 0..9 among a position's
+    ``top_logprobs`` (tokens that are a digit once stripped, e.g. ``"7"`` and ``" 7"``, pooled),
+    renormalized over the digits and divided by 9. The position read is the first whose produced token
+    is a digit, else the first with a digit among its alternatives; None if no position has one."""
+
+    def digits(top: list[tuple[str, float]]) -> dict[int, float]:
+        mass: dict[int, float] = {}
+        for token, logprob in top:
+            text = token.strip()
+            if len(text) == 1 and text.isdigit() and text.isascii():
+                mass[int(text)] = mass.get(int(text), 0.0) + math.exp(logprob)
+        return mass
+
+    produced = [top for token, top in logprobs if len(token.strip()) == 1 and token.strip().isdigit()]
+    for top in produced + [top for _, top in logprobs]:
+        mass = digits(top)
+        if mass:
+            total = sum(mass.values())
+            return round(sum(d * p for d, p in mass.items()) / total / 9, 4)
+    return None
+
+
 def parse_label(text: str) -> str | None:
     """The first of the five reward labels in ``text`` (``highly effective`` before ``effective``)."""
     match = _LABEL_RE.search(text.lower())
@@ -121,6 +151,14 @@ def score_messages(context: str, candidate: str) -> Messages:
                                         "Reply with a score between 0 and 1 with 3 digits."}]
 
 
+def digit_score_messages(context: str, candidate: str) -> Messages:
+    """The judge's prompt in ``logprobs`` scoring: one digit, read from its log-probabilities."""
+    return [{"role": "system", "content": JUDGE_SYSTEM},
+            {"role": "user", "content": f"Background: {context}\n\nCandidate: {candidate}\n\n"
+                                        "Basing on context, score the candidate for relevance and coherence "
+                                        "from 0 (worst) to 9 (best). Reply with the digit only."}]
+
+
 def reward_messages(context: str, candidate: str) -> Messages:
     labels = ", ".join(REWARD_LABELS)
     return [{"role": "system", "content": JUDGE_SYSTEM},
@@ -130,16 +168,18 @@ def reward_messages(context: str, candidate: str) -> Messages:
 
 
 async def _ask_until(caller: Caller, config: GenerationConfig, messages: Messages, seed: int, retries: int,
-                     max_tokens: int, parse: Any) -> tuple[Any, list[str]]:
-    """Ask, parse, and ask again (new seed) up to ``retries`` times; (parsed or None, replies)."""
+                     max_tokens: int, parse: Any, top_logprobs: int | None = None) -> tuple[Any, list[str]]:
+    """Ask, parse (the ``Completion``), and ask again (new seed) up to ``retries`` times; (parsed or None,
+    replies)."""
     replies = []
     for attempt in range(retries + 1):
         try:
-            reply = (await caller.chat(config, messages, seed + attempt, max_tokens=max_tokens)).text
+            reply = await caller.chat(config, messages, seed + attempt, max_tokens=max_tokens,
+                                      top_logprobs=top_logprobs)
         except CallFailed as exc:
             replies.append(f"<call failed: {exc}>")
             continue
-        replies.append(reply)
+        replies.append(reply.text)
         parsed = parse(reply)
         if parsed is not None:
             return parsed, replies
@@ -147,10 +187,16 @@ async def _ask_until(caller: Caller, config: GenerationConfig, messages: Message
 
 
 async def judge_score(caller: Caller, judge: GenerationConfig, context: str, candidate: str, seed: int,
-                      retries: int = 3, max_tokens: int = 16) -> float:
-    """One judge's score of ``candidate``; JudgeError after ``retries`` re-asks without a score."""
-    score, replies = await _ask_until(caller, judge, score_messages(context, candidate), seed, retries, max_tokens,
-                                      parse_score)
+                      retries: int = 3, max_tokens: int = 16, scoring: str = "text", top_logprobs: int = 20) -> float:
+    """One judge's score of ``candidate`` in [0, 1]: parsed from its reply (``scoring="text"``) or its
+    expected digit (``"logprobs"``, ``expected_score``); JudgeError after ``retries`` re-asks without one."""
+    if scoring == "logprobs":
+        score, replies = await _ask_until(caller, judge, digit_score_messages(context, candidate), seed, retries,
+                                          max_tokens, lambda reply: expected_score(reply.logprobs or []),
+                                          top_logprobs)
+    else:
+        score, replies = await _ask_until(caller, judge, score_messages(context, candidate), seed, retries,
+                                          max_tokens, lambda reply: parse_score(reply.text))
     if score is None:
         raise JudgeError(f"judge ({judge.model}) gave no score in [0, 1] in {len(replies)} replies; "
                          f"last: {replies[-1][:120]!r}", replies)
@@ -169,11 +215,13 @@ class Selection:
 
 
 async def select_best_output(caller: Caller, judge: GenerationConfig, candidates: dict[int, str], context: str,
-                             n_judge: int, seed: int, retries: int = 3, max_tokens: int = 16) -> Selection:
+                             n_judge: int, seed: int, retries: int = 3, max_tokens: int = 16, scoring: str = "text",
+                             top_logprobs: int = 20) -> Selection:
     """Score every candidate with ``n_judge`` judges at once; the best by mean score (module docstring)."""
     order = [(idx, j) for idx in candidates for j in range(n_judge)]
     results = await asyncio.gather(*(judge_score(caller, judge, context, candidates[idx],
-                                                 seed_for(seed, "judge", idx, j), retries, max_tokens)
+                                                 seed_for(seed, "judge", idx, j), retries, max_tokens, scoring,
+                                                 top_logprobs)
                                      for idx, j in order), return_exceptions=True)
     per_judge: dict[int, list[float | None]] = {idx: [] for idx in candidates}
     failures = []
@@ -199,5 +247,5 @@ async def assign_intrinsic_reward(caller: Caller, reward_model: GenerationConfig
                                   seed: int, retries: int = 3, max_tokens: int = 16) -> tuple[str, float]:
     """The reward model's label for ``candidate`` and its reward (no label after retries: ``none``, 0.0)."""
     label, _ = await _ask_until(caller, reward_model, reward_messages(context, candidate), seed, retries, max_tokens,
-                                parse_label)
+                                lambda reply: parse_label(reply.text))
     return (label, REWARD_LABELS[label]) if label is not None else ("none", 0.0)

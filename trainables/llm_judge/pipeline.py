@@ -128,7 +128,8 @@ async def run_round(caller: Caller, team: Team, cfg: Any, question: Question, ex
         try:
             result.selection = await select_best_output(
                 caller, team.gating, {e: a.text for e, a in result.answers.items()}, question.context, cfg.n_judge,
-                seed_for(seed, "select"), cfg.judge_retries, cfg.judge_max_tokens)
+                seed_for(seed, "select"), cfg.judge_retries, cfg.judge_max_tokens, cfg.judge_scoring,
+                cfg.judge_top_logprobs)
         except SelectionError as exc:
             result.error = str(exc)
         if result.selection is not None:

@@ -5,7 +5,8 @@ queues a request and returns a ``GenerationStream`` of ``Event``s (new text, fin
 loop, each iteration:
 
 1. **join**: waiting requests (up to ``max_batch_size`` running in all) are prefilled together,
-   left-padded, into a cache of their own; their first token is sampled; that cache is merged
+   left-padded, into a cache of their own (a ``SlabCache``: keys and values in preallocated slabs, so a
+   decode step writes its column in place instead of copying the cache, ``kv_cache.py``); their first token is sampled; that cache is merged
    into the running one (the shorter of the two is left-padded with masked zeros along time:
    keys already carry their rotary positions, so padding never shifts a sequence);
 2. **decode**: one forward over the last token of every running sequence, ``position_ids`` per
@@ -76,7 +77,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import DynamicCache
+from trainables.lm.kv_cache import SlabCache
 
 
 def greedy(temperature: float) -> bool:
@@ -245,7 +246,7 @@ class GenerationEngine:
         self.device = next(model.parameters()).device
         self._waiting: queue.Queue[_Row] = queue.Queue()
         self._rows: list[_Row] = []
-        self._cache: DynamicCache | None = None
+        self._cache: SlabCache | None = None  # keys/values in preallocated slabs (kv_cache.py)
         self._mask: torch.Tensor | None = None  # (B, T) 1 on each row's real positions
         self._lengths: torch.Tensor | None = None  # (B,) real tokens in the cache per row
         self._next: torch.Tensor | None = None  # (B,) the token each row feeds next
@@ -327,12 +328,12 @@ class GenerationEngine:
     @torch.no_grad()
     def _score(self, rows: list[_Row]) -> None:
         """Requests with ``max_tokens = 0``: one forward over their prompts for the prompt log-probs, then done."""
-        self._forward_prompts(rows, DynamicCache())
+        self._forward_prompts(rows, SlabCache())
         self._trace()  # clear the traced modules' record: nothing is generated, nothing reported
         for row in rows:
             row.stream.put(row.event("", "length", row.moe))
 
-    def _forward_prompts(self, rows: list[_Row], cache: DynamicCache) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
+    def _forward_prompts(self, rows: list[_Row], cache: SlabCache) -> tuple[Any, torch.Tensor, torch.Tensor | None]:
         """The prefill's forward over ``rows``' prompts, left-padded, into ``cache``: ``(output, mask (k, T),
         routing weights (k, E) or None)``. Sets each row's per-sequence routing and, if it asked, its
         prompt log-probs."""
@@ -363,7 +364,7 @@ class GenerationEngine:
 
     @torch.no_grad()
     def _prefill(self, new: list[_Row]) -> None:
-        cache = DynamicCache()
+        cache = SlabCache()
         out, mask, weights = self._forward_prompts(new, cache)
         trace = self._trace()
         first = self._sample(out.logits[:, -1], new)
@@ -440,7 +441,7 @@ class GenerationEngine:
             probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
         return int(torch.multinomial(probs, 1, generator=generator))
 
-    def _merge(self, new: list[_Row], cache: DynamicCache, mask: torch.Tensor, lengths: torch.Tensor,
+    def _merge(self, new: list[_Row], cache: SlabCache, mask: torch.Tensor, lengths: torch.Tensor,
                first: torch.Tensor, weights: torch.Tensor | None) -> None:
         """Append the prefilled rows to the running batch, left-padding the shorter cache along time."""
         if self._cache is None or not self._rows:
@@ -452,9 +453,8 @@ class GenerationEngine:
         width = max(t_old, t_new)
         pad = lambda t, n: torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t  # (B, H, T, D): left in T
         for old_layer, new_layer in zip(self._cache.layers, cache.layers, strict=True):
-            old_layer.keys = torch.cat([pad(old_layer.keys, width - t_old), pad(new_layer.keys, width - t_new)])
-            old_layer.values = torch.cat([pad(old_layer.values, width - t_old),
-                                          pad(new_layer.values, width - t_new)])
+            old_layer.replace(torch.cat([pad(old_layer.keys, width - t_old), pad(new_layer.keys, width - t_new)]),
+                              torch.cat([pad(old_layer.values, width - t_old), pad(new_layer.values, width - t_new)]))
         pad_mask = lambda m, n: torch.nn.functional.pad(m, (n, 0)) if n else m
         self._mask = torch.cat([pad_mask(self._mask, width - t_old), pad_mask(mask, width - t_new)])
         self._lengths = torch.cat([self._lengths, lengths])
@@ -514,7 +514,7 @@ class GenerationEngine:
         start = int((self._mask.sum(0) > 0).nonzero()[0])
         self._mask = self._mask[:, start:]
         for layer in self._cache.layers:
-            layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
+            layer.replace(layer.keys[index, :, start:], layer.values[index, :, start:])
         self._lengths, self._next = self._lengths[index], self._next[index]
         if self._weights is not None:
             self._weights = self._weights[index]

@@ -41,12 +41,13 @@ def test_int8_base_is_close_to_fp32_and_its_projections_are_int8() -> None:
     batch = _batch(tokenizer)
     ref = model(**batch).logits
     layers = len(model.model.layers)
-    assert quantize_base(model) == PROJECTIONS * layers
+    assert quantize_base(model) == PROJECTIONS * layers + 1  # + the LM head (its own copy)
     assert quantize_base(model) == 0  # already int8: nothing more to do
     int8 = [m for m in model.modules() if isinstance(m, Int8Linear)]
-    assert len(int8) == PROJECTIONS * layers and all(m.weight_int8.dtype == torch.int8 for m in int8)
+    assert len(int8) == PROJECTIONS * layers + 1 and all(m.weight_int8.dtype == torch.int8 for m in int8)
     assert not any(isinstance(m, torch.nn.Linear) for m in model.model.layers.modules())
-    assert model.lm_head.weight.dtype == torch.float32  # the head and embeddings stay float32
+    assert isinstance(model.lm_head, Int8Linear)  # the head as int8; the (tied) input embeddings stay float32
+    assert model.model.embed_tokens.weight.dtype == torch.float32
     out = model(**batch).logits
     assert out.dtype == torch.float32
     cos, same = _close(ref, out, batch["attention_mask"])
@@ -94,7 +95,7 @@ def test_dylora_experts_stay_float_around_an_int8_base() -> None:
     base, tokenizer = load_base("tiny-llama")
     model = DyLoRAModel(base, DyLoRAConfig()).eval()
     experts = model.expert_linears()
-    assert quantize_base(model) == PROJECTIONS * len(base.model.layers)
+    assert quantize_base(model) == PROJECTIONS * len(base.model.layers) + 1  # + the LM head
     assert all(isinstance(e.base, Int8Linear) for e in experts)
     assert all(p.dtype == torch.float32 for e in experts for p in e.parameters())  # lora_A / lora_B
 
