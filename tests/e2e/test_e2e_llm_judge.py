@@ -79,8 +79,19 @@ def test_train_learns_values_and_evaluate_compares_with_baselines(workdir: Path,
     assert metrics["arc_easy/random_expert_acc"] == pytest.approx(share)
     assert metrics["arc_easy/best_expert_acc"] == 1.0 and metrics["arc_easy/top_value_expert_acc"] == 1.0
     assert metrics["arc_easy/calls_per_question"] > 4 and metrics["arc_easy/tokens_per_question"] > 0
+    # paired against a random expert: every question gains 1 - share, so the interval is that point
+    for key in ("selected_minus_random", "selected_minus_random_ci_low", "selected_minus_random_ci_high",
+                "top_value_minus_random"):
+        assert metrics[f"arc_easy/{key}"] == pytest.approx(1 - share), key
     files = {Path(f.path).name for f in client.list_artifacts(run_id, "evaluation")}
-    assert {"arc_easy_table.md", "arc_easy_questions.csv", "arc_easy_candidates.csv", "metrics.json"} <= files
+    assert {"arc_easy_table.md", "arc_easy_questions.csv", "arc_easy_candidates.csv", "metrics.json",
+            "arc_easy_value_curve.csv", "arc_easy_value_curve.png"} <= files
+    assert len(state["value_history"]) == 6 and state["value_history"][-1] == pytest.approx(state["values"])
+    curve = list(csv.DictReader(io.StringIO(Path(client.download_artifacts(
+        run_id, "evaluation/arc_easy_value_curve.csv", str(workdir / "curve"))).read_text())))
+    assert [int(r["iteration"]) for r in curve] == [1, 2, 3, 4, 5, 6]
+    assert int(curve[-1]["top_value_expert"]) in oracles and float(curve[-1]["top_value_expert_acc"]) == 1.0
+    assert all(float(r["random_expert_acc"]) == pytest.approx(share) for r in curve)
 
 
 def test_sweep_tunes_the_tutorials_ranges(workdir: Path, llm: ScriptedLLM) -> None:

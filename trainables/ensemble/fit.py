@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from trainables.ensemble.model import EnsembleMoE, EnsembleOutput
-from trainables.ensemble.significance import mcnemar_p, paired_bootstrap_ci
+from trainables.significance import mcnemar_p, paired_bootstrap_ci
 from trainables.training.optim import decay_groups
 
 

@@ -11,10 +11,17 @@ one answer, and every answer is graded. Per task, the accuracy of:
 - ``top_value_expert``: the expert that training valued most, alone (what the values learned);
 - ``oracle``: any expert right.
 
+Whether the judges beat chance is a paired question (the same questions): ``selected_minus_random``
+is the mean over questions of (selected right) - (the share of experts right), with a 95 % paired
+bootstrap interval (``_ci_low`` / ``_ci_high``, 2000 resamples over questions,
+``trainables.significance``); the same for the highest-valued expert (``top_value_minus_random``).
+Whether the *values* learned to pick better experts as training went on: the checkpoint keeps the
+values after every iteration, and ``<task>_value_curve.csv`` / ``.png`` give, per iteration, the
+test accuracy of the expert that was highest-valued then, against a random expert's.
 And the cost per question: tokens (prompt + completion, every call), calls and seconds. Files
 (under the run's ``evaluation/``): ``<task>_table.md``, ``<task>_questions.csv`` (one row per
 question: each expert's verdict, the selected expert), ``<task>_candidates.csv`` (every answer
-with its judges' scores), ``metrics.json``.
+with its judges' scores), ``<task>_value_curve.csv`` / ``.png``, ``metrics.json``.
 """
 
 from __future__ import annotations
@@ -27,12 +34,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from trainables.llm_judge.backends import Caller, make_backend
 from trainables.llm_judge.checkpoint import JudgeCheckpoint, load
 from trainables.llm_judge.experts import seed_for
 from trainables.llm_judge.pipeline import Round, csv_text, run_round
 from trainables.llm_judge.tasks import load_questions
 from trainables.llm_judge.values import ValueLearner
+from trainables.significance import paired_bootstrap_ci
 from trainables.training.manifest import read_manifest
 
 ROWS = (("selected", "judge-selected answer"), ("random_expert", "random expert (expected)"),
@@ -102,23 +112,68 @@ def _score(task: str, rounds: list[Round], checkpoint: JudgeCheckpoint, counts: 
         "top_value_expert": per_expert[top_value],
         "oracle": sum(any(row) for row in right) / n,
     }
+    selected = torch.tensor([float(r.selected is not None and bool(r.correct.get(r.selected))) for r in rounds])
+    random_expert = torch.tensor([sum(row) / experts for row in right])  # (questions,) expected correctness
+    top_valued = torch.tensor([float(row[top_value]) for row in right])
+    paired = {}
+    for name, chosen in (("selected_minus_random", selected), ("top_value_minus_random", top_valued)):
+        low, high = paired_bootstrap_ci(chosen, random_expert)
+        paired.update({name: float((chosen - random_expert).mean()), f"{name}_ci_low": low,
+                       f"{name}_ci_high": high})
     cost = {"tokens_per_question": (counts["prompt_tokens"] + counts["completion_tokens"]) / n,
             "calls_per_question": counts["calls"] / n, "seconds_per_question": wall_s / n,  # wall clock
             "latency_per_question_s": sum(r.seconds for r in rounds) / n,  # one question, start to end
             "undecided": sum(r.selection is None for r in rounds) / n,
             "judge_failures_per_question": sum(len(r.selection.failures) for r in rounds if r.selection) / n}
-    _write(task, rounds, checkpoint, acc, per_expert, top_value, cost, out_dir)
+    _write(task, rounds, checkpoint, acc, per_expert, top_value, cost, paired, out_dir)
+    _value_curve(task, checkpoint.state.value_history, per_expert, out_dir)
     return {**{f"{task}/{k}_acc": v for k, v in acc.items()}, **{f"{task}/{k}": v for k, v in cost.items()},
+            **{f"{task}/{k}": v for k, v in paired.items()},
             **{f"{task}/expert_{e}_acc": v for e, v in enumerate(per_expert)}, f"{task}/questions": float(n)}
 
 
+def _value_curve(task: str, history: list[list[float]], per_expert: list[float], out_dir: Path) -> None:
+    """Per training iteration: the then highest-valued expert and its accuracy here, against a random
+    expert's (``<task>_value_curve.csv`` and ``.png``). Nothing for a checkpoint without the history."""
+    if not history:
+        return
+    random_acc = sum(per_expert) / len(per_expert)
+    rows = []
+    for iteration, values in enumerate(history, start=1):
+        best = max(range(len(values)), key=lambda e: (values[e], -e))
+        rows.append((iteration, best, per_expert[best], random_acc))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with (out_dir / f"{task}_value_curve.csv").open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["iteration", "top_value_expert", "top_value_expert_acc", "random_expert_acc"])
+        writer.writerows(rows)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.step([r[0] for r in rows], [r[2] for r in rows], where="post", label="highest-valued expert")
+    ax.axhline(random_acc, color="gray", linestyle="--", label="random expert")
+    ax.set(xlabel="training iteration", ylabel=f"{task} accuracy (these questions)",
+           title="Do the learned values pick better experts?")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / f"{task}_value_curve.png", dpi=120)
+    plt.close(fig)
+
+
 def _write(task: str, rounds: list[Round], checkpoint: JudgeCheckpoint, acc: dict[str, float],
-           per_expert: list[float], top_value: int, cost: dict[str, float], out_dir: Path) -> None:
+           per_expert: list[float], top_value: int, cost: dict[str, float], paired: dict[str, float],
+           out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     values = checkpoint.state.values
     lines = [f"# {task}: {len(rounds)} questions, {len(per_expert)} experts, {checkpoint.config.n_judge} judges",
              "", "| answer | accuracy |", "|---|---|"]
     lines += [f"| {label} | {acc[row]:.3f} |" for row, label in ROWS]
+    lines += ["", "Paired over these questions, against a random expert (95 % bootstrap interval):", ""]
+    lines += [f"- {name.replace('_', ' ')}: {paired[name]:+.3f} [{paired[name + '_ci_low']:+.3f}, "
+              f"{paired[name + '_ci_high']:+.3f}]" for name in ("selected_minus_random", "top_value_minus_random")]
     lines += ["", "| expert | model | T | top_p | value | accuracy |", "|---|---|---|---|---|---|"]
     for e, config in enumerate(checkpoint.team.experts):
         mark = " (highest value)" if e == top_value else ""

@@ -43,6 +43,7 @@ class ValueState:
     selection_history: list[int] = field(default_factory=list)
     cumulative_reward: float = 0.0
     iterations: int = 0
+    value_history: list[list[float]] = field(default_factory=list)  # the values after each iteration
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -91,6 +92,7 @@ class ValueLearner:
     def end_iteration(self, iteration: int) -> None:
         """Count iteration ``iteration`` (0-based) as done and apply the exploration schedule after it."""
         self.state.iterations += 1
+        self.state.value_history.append([round(v, 6) for v in self.state.values])
         self.update_exploration_rate(iteration)
 
     def update_exploration_rate(self, iteration: int) -> float:

@@ -15,7 +15,7 @@ from trainables.ensemble.config import EnsembleConfig
 from trainables.ensemble.experts import blocks, build_expert, export_experts
 from trainables.ensemble.fit import batches, build_optimizer, evaluate, train_step
 from trainables.ensemble.model import EnsembleMoE
-from trainables.ensemble.significance import mcnemar_p, paired_bootstrap_ci
+from trainables.significance import mcnemar_p, paired_bootstrap_ci
 from trainables.lm.base import smollm2_available
 
 LLAMA = {"name": "llama_bpe", "arch": "llama", "tokenizer": "bpe", "vocab_size": 2000, "hidden_size": 32,

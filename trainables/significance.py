@@ -1,10 +1,12 @@
-"""Is the ensemble better than its best expert on the same examples? Two paired tests.
+"""Is A better than B on the same examples? Two paired tests, shared by the families' evaluations
+(the ensemble against its best expert, the LLM judge's selection against a random expert, ...).
 
-Both compare two classifiers A and B by their per-example correctness on one evaluation set
-(bool tensors of shape (N,), the same examples in the same order):
+Both compare two systems A and B by their per-example outcomes on one evaluation set (tensors of
+shape (N,), the same examples in the same order):
 
-- ``paired_bootstrap_ci``: a percentile confidence interval of accuracy(A) - accuracy(B),
-  resampling examples with replacement (the pair of outcomes of an example stays together);
+- ``paired_bootstrap_ci``: a percentile confidence interval of mean(A) - mean(B), resampling
+  examples with replacement (the pair of outcomes of an example stays together); outcomes are
+  correctness (bool) or any per-example score, e.g. a random expert's expected correctness;
 - ``mcnemar_p``: the exact two-sided McNemar test, a binomial test on the discordant examples
   (A right and B wrong, against A wrong and B right).
 """
@@ -18,11 +20,11 @@ import torch
 
 def paired_bootstrap_ci(a_correct: torch.Tensor, b_correct: torch.Tensor, resamples: int = 2000,
                         confidence: float = 0.95, seed: int = 0) -> tuple[float, float]:
-    """``(low, high)``: the ``confidence`` percentile interval of accuracy(A) - accuracy(B)."""
+    """``(low, high)``: the ``confidence`` percentile interval of mean(A) - mean(B) (accuracies, for bools)."""
     if a_correct.shape != b_correct.shape or a_correct.dim() != 1 or len(a_correct) == 0:
         raise ValueError(f"expected two equal, non-empty 1-d tensors, got {tuple(a_correct.shape)} "
                          f"and {tuple(b_correct.shape)}")
-    diff = a_correct.float() - b_correct.float()  # (N,) in {-1, 0, 1}
+    diff = a_correct.float() - b_correct.float()  # (N,) in [-1, 1]
     generator = torch.Generator().manual_seed(seed)
     index = torch.randint(len(diff), (resamples, len(diff)), generator=generator)  # (R, N)
     means = diff[index].mean(dim=1)  # (R,)
@@ -32,7 +34,7 @@ def paired_bootstrap_ci(a_correct: torch.Tensor, b_correct: torch.Tensor, resamp
 
 
 def mcnemar_p(a_correct: torch.Tensor, b_correct: torch.Tensor) -> float:
-    """Exact two-sided McNemar p-value (1.0 when the two never disagree)."""
+    """Exact two-sided McNemar p-value of two bool tensors (1.0 when the two never disagree)."""
     a_only = int((a_correct & ~b_correct).sum())
     b_only = int((~a_correct & b_correct).sum())
     n = a_only + b_only
