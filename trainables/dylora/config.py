@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from orchestrator.schema import Section, setting
 from trainables.lm.sections import base_model_setting
 
-METHODS = ("dylora", "naive", "joint")
+METHODS = ("dylora", "naive", "replay", "joint")
 SCHEDULES = ("warmup_stable_decay", "cyclical")
 MATURITY = ("steps", "plateau")
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -25,11 +25,15 @@ class DyLoRAConfig(Section):
       ``max_experts``) when the stream turns novel; the ``DynamicHybridRouter`` mixes the experts
       densely while any is immature, then delegates each sequence to one;
     - ``naive``: one LoRA expert fine-tuned on the stream in order (the forgetting baseline);
+    - ``replay``: as ``naive``, with ``replay_fraction`` of every batch drawn from the earlier phases'
+      skills (the seed's 80/20 mixture of new and old data);
     - ``joint``: one LoRA expert on every skill of the stream mixed from the first step (the upper bound).
     """
 
     base: str = base_model_setting()
-    method: str = setting("dylora", one_of=METHODS, doc="dylora, or the naive / joint baselines")
+    method: str = setting("dylora", one_of=METHODS, doc="dylora, or the naive / replay / joint baselines")
+    replay_fraction: float = setting(0.2, ge=0, lt=1, doc="replay: the share of each batch from earlier skills "
+                                                          "(the seed's 80/20)")
     max_experts: int = setting(4, ge=1, doc="slots allocated up front (DDP fixes the parameter set when it wraps "
                                             "the model)")
     rank: int = setting(8, ge=1, doc="r of every LoRA expert")

@@ -6,6 +6,7 @@ phase. Registered in ``orchestrator/registry.py``."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.contract import DataSection, EvaluateSection, Family
@@ -28,15 +29,31 @@ class StreamData(DataSection):
                                                                 "perplexity and token accuracy")
     max_train_examples: int | None = setting(None, ge=1, doc="per skill; null = all that remain after the "
                                                              "held-out split")
+    skills: dict[str, str] = setting(factory=dict, doc="your own skills, {name: path.jsonl} of {instruction, "
+                                                       "output[, input]} records, usable in phases beside the "
+                                                       "built-in ones (a relative path: from where the command runs)")
+
+    def __post_init__(self) -> None:
+        # Made absolute where the experiment is loaded (the driver), like ``root``: Ray Train workers run in
+        # their own working directory, where a relative path would name nothing.
+        if isinstance(self.skills, dict):
+            self.skills = {name: str(Path(path).expanduser().absolute()) if isinstance(path, str) and path.strip()
+                           else path for name, path in self.skills.items()}
 
     def cross_checks(self) -> list[str]:
         errors = []
+        known = [*SKILLS, *self.skills]
+        for name, path in self.skills.items():
+            if name in SKILLS:
+                errors.append(f"skills.{name}: got a file for a built-in skill, expected a new name")
+            elif not isinstance(path, str) or not Path(path).is_file():
+                errors.append(f"skills.{name}: got {fmt(path)}, expected a JSON-lines file (not found)")
         for i, phase in enumerate(self.phases):
             if not isinstance(phase, dict) or set(phase) != {"skill", "steps"}:
                 errors.append(f"phases[{i}]: got {fmt(phase)}, expected {{skill: <name>, steps: <int>}}")
                 continue
-            if phase["skill"] not in SKILLS:
-                errors.append(f"phases[{i}].skill: got {fmt(phase['skill'])}, expected one of {', '.join(SKILLS)}")
+            if phase["skill"] not in known:
+                errors.append(f"phases[{i}].skill: got {fmt(phase['skill'])}, expected one of {', '.join(known)}")
             if not isinstance(phase["steps"], int) or isinstance(phase["steps"], bool) or phase["steps"] < 1:
                 errors.append(f"phases[{i}].steps: got {fmt(phase['steps'])}, expected an integer >= 1")
         return errors

@@ -2,7 +2,8 @@
 
 - data: ``data.phases`` of Code Alpaca skills (``trainables.dylora.stream``), chat-formatted with the
   loss on the answer only; batch ``i`` comes from the skill of the phase step ``i`` falls in (``naive``
-  and ``dylora``), or from all the stream's skills mixed (``joint``). No skill label reaches the model;
+  and ``dylora``; ``replay`` mixes ``model.replay_fraction`` of earlier skills in), or from all the stream's
+  skills mixed (``joint``). No skill label reaches the model;
   each skill keeps ``data.heldout`` held-out examples;
 - model: the frozen base (``model.base``) with a ``DyLoRAModel`` pool; the first expert is born at step 0;
 - after every optimizer step (``on_step_end``, every rank alike: the values are averaged over ranks):
@@ -57,7 +58,8 @@ class DyLoRARecipe(Recipe):
         self.train_sets: dict[str, list] = {}
         self.heldout_sets: dict[str, list] = {}
         for skill in self.stream.skills:
-            train, heldout = skill_splits(skill, data.root, data.heldout, exp.train.seed, data.max_train_examples)
+            train, heldout = skill_splits(skill, data.root, data.heldout, exp.train.seed, data.max_train_examples,
+                                         data.skills)
             self.train_sets[skill] = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in train]
             self.heldout_sets[skill] = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in heldout]
         self.code_problems = evaluation.code_problems(exp.evaluate, data.root)
@@ -110,9 +112,11 @@ class DyLoRARecipe(Recipe):
         return self.scheduler
 
     def batches(self, generator: torch.Generator) -> Iterator[Batch]:
-        mode = "joint" if self.experiment.model.method == "joint" else "stream"
+        method = self.experiment.model.method
+        mode = method if method in ("joint", "replay") else "stream"
         return stream_batches(self.stream, self.train_sets, self.experiment.train.batch_size,
-                              self.tokenizer.pad_token_id, generator, lambda: self.step, mode)
+                              self.tokenizer.pad_token_id, generator, lambda: self.step, mode,
+                              self.experiment.model.replay_fraction)
 
     # -- steps ----------------------------------------------------------------------------------
 

@@ -71,7 +71,7 @@ from trainables.data import data_root
 from trainables.lm.instructions import Example, collate
 
 SKILLS = ("python_basics", "web_requests", "sql")
-MODES = ("stream", "joint")
+MODES = ("stream", "joint", "replay")
 FILES = ("code_alpaca_2k.json", "new_codealpaca.json")
 
 Encoded = tuple[list[int], list[int]]  # (input_ids, labels) of one example (trainables.lm.instructions.encode)
@@ -145,21 +145,47 @@ def _skills_at(folder: str) -> dict[str, tuple[Example, ...]]:
     return {name: tuple(examples) for name, examples in out.items()}
 
 
-def load_skill(name: str, root: str | Path | None = None) -> list[Example]:
-    """Every example of skill ``name`` (one of ``SKILLS``), in file order (2k file first)."""
+def read_skill_file(path: str | Path) -> list[Example]:
+    """A user's skill (``data.skills: {name: path}``): a JSON-lines file of ``{"instruction", "output"}``
+    records, with an optional ``"input"`` appended to the instruction as Code Alpaca's are. ValueError
+    naming the file and line of a bad record."""
+    path = Path(path)
+    examples = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
+                                                for k in ("instruction", "output")):
+            raise ValueError(f"{path}:{number}: expected an object with non-empty \"instruction\" and \"output\" strings")
+        extra = row.get("input")
+        examples.append(Example(row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra else ""),
+                                row["output"]))
+    return examples
+
+
+def load_skill(name: str, root: str | Path | None = None, files: dict[str, str] | None = None) -> list[Example]:
+    """Every example of skill ``name``: a user's file when ``files`` (``data.skills``) names it, else one
+    of the built-in ``SKILLS``, in file order (2k file first)."""
+    if files and name in files:
+        return read_skill_file(files[name])
     if name not in SKILLS:
-        raise ValueError(f"unknown skill {name!r}; expected one of {', '.join(SKILLS)}")
+        raise ValueError(f"unknown skill {name!r}; expected one of {', '.join([*SKILLS, *(files or {})])}")
     return list(_skills_at(str(data_root(root) / "code_alpaca"))[name])
 
 
 def skill_splits(name: str, root: str | Path | None, heldout: int, seed: int,
-                 max_train: int | None = None) -> tuple[list[Example], list[Example]]:
+                 max_train: int | None = None, files: dict[str, str] | None = None
+                 ) -> tuple[list[Example], list[Example]]:
     """``(train, heldout)`` of skill ``name``: a ``random.Random(seed)`` shuffle, the first ``heldout`` held out.
 
     The held-out set depends on ``seed`` and ``heldout`` only (not on ``max_train``) and never overlaps the
     training set, which is the rest of the shuffle, cut to ``max_train`` examples when given.
     """
-    examples = load_skill(name, root)
+    examples = load_skill(name, root, files)
     if not 0 < heldout < len(examples):
         raise ValueError(f"heldout={heldout} must be in 1..{len(examples) - 1} for skill {name!r}")
     random.Random(seed).shuffle(examples)
@@ -251,12 +277,15 @@ class _EpochSampler:
 
 def stream_batches(stream: SkillStream, encoded_by_skill: dict[str, list[Encoded]], batch_size: int, pad_id: int,
                    generator: torch.Generator, step_fn: Callable[[], int],
-                   mode: str = "stream") -> Iterator[dict[str, torch.Tensor]]:
+                   mode: str = "stream", replay_fraction: float = 0.2) -> Iterator[dict[str, torch.Tensor]]:
     """Endless collated batches (``input_ids``, ``attention_mask``, ``labels``) following ``stream``.
 
     ``mode="stream"``: each batch is ``batch_size`` examples of ``stream.skill_at(step_fn())``, with ``step_fn``
     called when the batch is requested. ``mode="joint"``: each batch is drawn uniformly from the union of all the
-    stream's skills, whatever the step (``step_fn`` is not called). Every pool is reshuffled per epoch with
+    stream's skills, whatever the step (``step_fn`` is not called). ``mode="replay"`` (the DyLoRA-MoE seed's
+    80/20 mixture): as ``stream``, but ``round(replay_fraction * batch_size)`` of each batch are drawn from the
+    union of the skills of the *earlier* phases other than the current skill (none in the first phase, so it
+    is all current there). Every pool is reshuffled per epoch with
     ``generator``; ``encoded_by_skill`` must hold each skill of the stream with at least ``batch_size`` examples.
     """
     if mode not in MODES:
@@ -269,8 +298,21 @@ def stream_batches(stream: SkillStream, encoded_by_skill: dict[str, list[Encoded
         while True:
             yield collate(union.take(batch_size), pad_id)
     samplers = {skill: _EpochSampler(encoded_by_skill[skill], generator) for skill in stream.skills}
+    if mode == "stream":
+        while True:
+            yield collate(samplers[stream.skill_at(step_fn())].take(batch_size), pad_id)
+    replayed = min(batch_size, round(replay_fraction * batch_size))
+    earlier: dict[int, _EpochSampler | None] = {}  # phase -> a sampler over its earlier skills' union
+    for phase, (skill, _) in enumerate(stream.phases):
+        names = list(dict.fromkeys(s for s, _ in stream.phases[:phase] if s != skill))
+        earlier[phase] = _EpochSampler([row for s in names for row in encoded_by_skill[s]], generator) if names else None
     while True:
-        yield collate(samplers[stream.skill_at(step_fn())].take(batch_size), pad_id)
+        phase = stream.phase_at(step_fn())
+        past = earlier[phase]
+        if past is None or replayed == 0:
+            yield collate(samplers[stream.phases[phase][0]].take(batch_size), pad_id)
+        else:
+            yield collate(samplers[stream.phases[phase][0]].take(batch_size - replayed) + past.take(replayed), pad_id)
 
 
 def print_skills(root: str | Path | None = None, heldout: int = 32, samples: int = 2) -> None:

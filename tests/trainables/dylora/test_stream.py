@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +142,28 @@ def test_joint_mode_mixes_every_skill_from_step_zero() -> None:
     assert not calls  # the step does not matter in joint mode
 
 
+def test_replay_mode_mixes_earlier_skills_into_later_phases() -> None:
+    """The seed's 80/20: in phase b, 1 of each 5 rows comes from skill a; phase a (first) is all a; a return
+    to a replays b (the earlier skills other than the current one)."""
+    step = [0]
+    fake = {**_fake_encoded(), "c": [([300 + i, 7], [IGNORE, 7]) for i in range(8)]}
+    stream = st.SkillStream([("a", 2), ("b", 2), ("a", 2), ("c", 2)])
+    it = st.stream_batches(stream, fake, batch_size=5, pad_id=0, generator=torch.Generator().manual_seed(0),
+                           step_fn=lambda: step[0], mode="replay", replay_fraction=0.2)
+    counts = []
+    for s in range(8):
+        step[0] = s
+        firsts = [int(t) // 100 for t in next(it)["input_ids"][:, 0]]
+        counts.append({k: firsts.count(k) for k in sorted(set(firsts))})
+    assert counts[:2] == [{1: 5}, {1: 5}]  # the first phase has nothing earlier to replay
+    assert counts[2:4] == [{1: 1, 2: 4}, {1: 1, 2: 4}]  # b, with a replayed
+    assert counts[4:6] == [{1: 4, 2: 1}, {1: 4, 2: 1}]  # back to a: b is the earlier skill
+    assert all(c.get(3) == 4 and c.get(1, 0) + c.get(2, 0) == 1 for c in counts[6:])  # c: one row of a or b
+    full = st.stream_batches(stream, fake, 5, 0, torch.Generator().manual_seed(0), lambda: 3, mode="replay",
+                             replay_fraction=0.0)
+    assert _skill_ids(next(full)) == {2}  # a fraction of 0 is the naive stream
+
+
 def test_stream_batches_rejects_bad_inputs() -> None:
     stream = st.SkillStream([("a", 2), ("c", 2)])
     with pytest.raises(KeyError):
@@ -149,3 +173,36 @@ def test_stream_batches_rejects_bad_inputs() -> None:
                                mode="mixed"))
     with pytest.raises(ValueError):
         next(st.stream_batches(st.SkillStream([("b", 2)]), _fake_encoded(), 9, 0, torch.Generator(), lambda: 0))
+
+
+def test_a_users_skill_file_is_a_skill_of_the_stream(tmp_path: Path) -> None:
+    from trainables.dylora.family import StreamData
+
+    path = tmp_path / "haiku.jsonl"
+    rows = [{"instruction": f"Write haiku {i}", "output": f"line {i}"} for i in range(10)]
+    rows[0]["input"] = "about rain"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
+    examples = st.read_skill_file(path)
+    assert len(examples) == 10 and examples[0].prompt == "Write haiku 0\n\nabout rain" and examples[1].answer == "line 1"
+    train, heldout = st.skill_splits("haiku", None, 3, seed=0, files={"haiku": str(path)})
+    assert len(train) == 7 and len(heldout) == 3 and not {e.prompt for e in train} & {e.prompt for e in heldout}
+
+    data = StreamData(phases=[{"skill": "haiku", "steps": 2}, {"skill": "sql", "steps": 2}],
+                      skills={"haiku": str(path)})
+    assert data.errors() == []
+    wrong = StreamData(phases=[{"skill": "limerick", "steps": 2}], skills={"haiku": "missing.jsonl", "sql": str(path)})
+    problems = wrong.errors()
+    assert any(p.startswith("skills.haiku: got ") and p.endswith("(not found)") for p in problems), problems
+    assert any(p.startswith("skills.sql: got a file for a built-in skill") for p in problems), problems
+    assert any(p.startswith("phases[0].skill: got 'limerick', expected one of python_basics, web_requests, sql, "
+                            "haiku") for p in problems), problems
+
+
+@pytest.mark.parametrize(("line", "message"), [("{not json", "not JSON"),
+                                               ('{"instruction": "x"}', 'non-empty "instruction" and "output"'),
+                                               ('["a", "b"]', 'non-empty "instruction" and "output"')])
+def test_a_bad_line_of_a_skill_file_is_named(tmp_path: Path, line: str, message: str) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "output": "b"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"bad.jsonl:2: .*{message}"):
+        st.read_skill_file(path)
