@@ -266,6 +266,35 @@ def report_cmd(sweep_run_id: str, metrics: tuple[str, ...], by: tuple[str, ...],
     click.echo(f"wrote {', '.join(str(f) for f in files)}; logged to run {report.parent_id} under report/")
 
 
+@main.command("compare")
+@click.option("--a", "side_a", multiple=True, required=True, metavar="RUN",
+              help="Side A: an evaluated run (MLflow run id or folder); repeat for seeds.")
+@click.option("--b", "side_b", multiple=True, required=True, metavar="RUN", help="Side B, the same way.")
+@click.option("--task", default="arc_easy", show_default=True, help="The task whose items are compared.")
+@click.option("--metric", default="acc", show_default=True, help="The per-item metric (e.g. acc, acc_norm).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--tracking-uri", default=None, help=TRACKING_HELP)
+def compare_cmd(side_a: tuple[str, ...], side_b: tuple[str, ...], task: str, metric: str, as_json: bool,
+                tracking_uri: str | None) -> None:
+    """Two models on the same items: mean(A) - mean(B) with a 95 % paired bootstrap interval.
+
+    Each RUN is an MLflow run id or a folder whose evaluation wrote <task>_items.jsonl (the LM
+    families' `moe-orch evaluate` does). A side's runs (seeds) are averaged per item; the items that
+    every run scored are compared. E.g. MixLoRA against LoRA, two seeds each:
+
+    \b
+    moe-orch compare --a <mixlora s0> --a <mixlora s1> --b <lora s0> --b <lora s1>
+    """
+    from orchestrator.compare import CompareError, compare
+
+    try:
+        result = compare(list(side_a), list(side_b), task, metric, tracking_uri)
+    except CompareError as exc:
+        click.echo(f"compare: {exc}", err=True)
+        sys.exit(2)
+    click.echo(result.to_json() if as_json else result.text())
+
+
 # -- predict: a family's offline inference (the Ensemble MoE seed's inference.py) -----------------------
 
 

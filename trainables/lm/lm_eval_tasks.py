@@ -64,6 +64,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.metadata
+import json
 import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
@@ -383,6 +384,7 @@ def evaluate_lm(
     data_root: str | Path | None = None,
     max_length: int | None = None,
     chat_template: bool = False,
+    items_dir: Path | None = None,
 ) -> dict[str, float | int | str]:
     """Zero-shot ARC-Easy / HellaSwag accuracy of an in-memory causal LM, by lm-evaluation-harness.
 
@@ -400,6 +402,9 @@ def evaluate_lm(
         max_length: context window override (default: the model config's).
         chat_template: score choices as the assistant's answer to the context in the
             tokenizer's chat template (``ModuleLM``); default lm-eval's plain format.
+        items_dir: also write ``<task>_items.jsonl`` there: one ``{"doc_id", "acc", "acc_norm"}`` per
+            item scored, in lm-eval's order, so two models can be compared item by item
+            (``moe-orch compare``).
     Returns:
         ``{"<task>/acc", "<task>/acc_stderr", "<task>/acc_norm", "<task>/acc_norm_stderr"}``
         (floats in [0, 1]), ``"<task>/n"`` (items scored) per task, and
@@ -417,6 +422,21 @@ def evaluate_lm(
             lm=lm,
             task_dict={"tasks": task_objects, "groups": {}},
             limit=limit,
-            log_samples=False,
+            log_samples=items_dir is not None,
         )
+    if items_dir is not None:
+        write_items(results, list(tasks), items_dir)
     return _flatten(results, list(tasks))
+
+
+def write_items(results: dict[str, Any], tasks: Sequence[str], items_dir: Path) -> list[Path]:
+    """``<task>_items.jsonl`` per task from lm-eval's logged samples: ``{"doc_id", "acc", "acc_norm"}``."""
+    items_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for task in tasks:
+        rows = sorted(results["samples"][task], key=lambda sample: sample["doc_id"])
+        path = items_dir / f"{task}_items.jsonl"
+        path.write_text("".join(json.dumps({"doc_id": int(r["doc_id"]), **{m: float(r[m]) for m in METRICS}}) + "\n"
+                                for r in rows), encoding="utf-8")
+        written.append(path)
+    return written

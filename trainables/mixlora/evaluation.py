@@ -47,7 +47,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
                 f"limit {settings.limit}, chat template {'on' if settings.chat_template else 'off'}")
     results = evaluate_lm(model, tokenizer, tasks=settings.tasks, limit=settings.limit,
                           batch_size=settings.batch_size, data_root=request.data_root,
-                          chat_template=settings.chat_template)
+                          chat_template=settings.chat_template, items_dir=request.out_dir)
     metrics = {k: float(v) for k, v in results.items() if isinstance(v, (int, float))}
     metrics.update(_router_pictures(model, tokenizer, request))
     metrics["eval_time_s"] = time.time() - started
