@@ -197,10 +197,12 @@ class Answer:
     replica: str | None = None  # /healthz answers only: the replica that answered
 
 
-def send_completions(url: str, worker: int, answers: list[Answer], stop: threading.Event, count: int = 60,
-                     within_s: float = 300) -> None:
+def send_completions(url: str, worker: int, answers: list[Answer], stop: threading.Event, count: int = 600,
+                     within_s: float = 600) -> None:
     """One completion after another, each one's ``Answer`` appended (status 0: no answer); bounded: at most
-    ``count`` requests and ``within_s`` seconds, or until ``stop``."""
+    ``count`` requests and ``within_s`` seconds, or until ``stop`` (the test's end). Both are set well past
+    what a test needs: with 60 requests and 300 s, a loaded machine that was slow to swap saw the load end
+    before the swap did, and no answer came after it."""
     deadline = time.monotonic() + within_s
     for i in range(count):
         if stop.is_set() or time.monotonic() > deadline:
@@ -346,7 +348,7 @@ def test_autoscaled_replicas_all_swap_to_a_new_version_under_load_without_a_fail
     began = time.monotonic()
     try:
         assert running() == 1  # min_replicas
-        threads = [threading.Thread(target=send_completions, args=(url, w, answers, stop_load, 600), daemon=True)
+        threads = [threading.Thread(target=send_completions, args=(url, w, answers, stop_load), daemon=True)
                    for w in range(4)] + [threading.Thread(target=probe, daemon=True)]
         with following(target, REPLICAS_APP, target.source, settings) as follower, loaded(threads, stop_load):
             wait_for(lambda: running() >= 2, 300)  # 4 requests in flight, a target of 1 a replica
