@@ -155,8 +155,11 @@ def _value_curve(task: str, history: list[list[float]], per_expert: list[float],
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.step([r[0] for r in rows], [r[2] for r in rows], where="post", label="highest-valued expert")
     ax.axhline(random_acc, color="gray", linestyle="--", label="random expert")
+    ax.axhline(max(per_expert), color="gray", linestyle=":", label="best / worst single expert")
+    ax.axhline(min(per_expert), color="gray", linestyle=":")
     ax.set(xlabel="training iteration", ylabel=f"{task} accuracy (these questions)",
-           title="Do the learned values pick better experts?")
+           title="Do the learned values pick better experts?", ylim=(0, min(1.0, max(per_expert) + 0.1)))
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.legend()
     fig.tight_layout()
     fig.savefig(out_dir / f"{task}_value_curve.png", dpi=120)
