@@ -5,8 +5,12 @@ An evaluation that scores items one by one writes ``<task>_items.jsonl`` beside 
 those files for the runs of side A and of side B (MLflow run ids, whose ``evaluation/`` artifact
 holds them, or local folders), keeps the items every run scored, averages each item over a side's
 runs (seeds), and reports mean(A) - mean(B) with a 95 % paired bootstrap interval over the items
-(``trainables.significance``: the items are resampled, each keeping its A and B outcomes). With one
-run a side and 0/1 outcomes it adds the exact McNemar p-value.
+(``trainables.significance``: the items are resampled, each keeping its A and B outcomes), and each
+side's mean with its own interval. With one run a side and 0/1 outcomes it adds the exact McNemar p-value.
+
+DyLoRA-MoE's evaluation writes ``cl_items.jsonl`` (task ``cl``): each held-out example's share of
+backward transfer and forgetting (``--metric bwt``, ``forgetting``, ``loss_bwt``, ``loss_forgetting``),
+so a side's own interval is that of its BWT, and A - B that of the difference in BWT.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ class Comparison:
     runs_b: int
     mean_a: float
     mean_b: float
+    ci_a: tuple[float, float]  # 95 % bootstrap interval of mean(A) over the items
+    ci_b: tuple[float, float]
     difference: float
     ci_low: float
     ci_high: float
@@ -48,7 +54,8 @@ class Comparison:
                    else "no difference beyond the interval")
         lines = [f"{self.task}/{self.metric} on {self.items} items in common "
                  f"(A: {self.runs_a} run(s), B: {self.runs_b}; a side's runs averaged per item)",
-                 f"  A {self.mean_a:.4f}   B {self.mean_b:.4f}",
+                 f"  A {self.mean_a:.4f} [{self.ci_a[0]:+.4f}, {self.ci_a[1]:+.4f}]   "
+                 f"B {self.mean_b:.4f} [{self.ci_b[0]:+.4f}, {self.ci_b[1]:+.4f}]",
                  f"  A - B {self.difference:+.4f}, 95 % paired bootstrap interval [{self.ci_low:+.4f}, "
                  f"{self.ci_high:+.4f}]: {verdict}"]
         if self.mcnemar_p is not None:
@@ -111,6 +118,9 @@ def compare(side_a: list[str], side_b: list[str], task: str = "arc_easy", metric
 
     a, b = side_means(runs["a"]), side_means(runs["b"])
     low, high = paired_bootstrap_ci(a, b, resamples=resamples, seed=seed)
+    zeros = torch.zeros_like(a)  # a side's own interval: mean(side) - 0, the items resampled alike
+    ci_a = paired_bootstrap_ci(a, zeros, resamples=resamples, seed=seed)
+    ci_b = paired_bootstrap_ci(b, zeros, resamples=resamples, seed=seed)
     binary = len(side_a) == len(side_b) == 1 and all(((x == 0) | (x == 1)).all() for x in (a, b))
     return Comparison(task, metric, len(shared), len(side_a), len(side_b), float(a.mean()), float(b.mean()),
-                      float((a - b).mean()), low, high, mcnemar_p(a.bool(), b.bool()) if binary else None)
+                      ci_a, ci_b, float((a - b).mean()), low, high, mcnemar_p(a.bool(), b.bool()) if binary else None)

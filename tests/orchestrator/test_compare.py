@@ -30,6 +30,8 @@ def test_a_paired_difference_with_its_interval_and_mcnemar(tmp_path: Path) -> No
     assert result.items == 40 and result.mean_a == 25 / 40 and result.mean_b == 10 / 40
     assert result.difference == pytest.approx(15 / 40)
     assert 0 < result.ci_low < result.difference < result.ci_high <= 1
+    assert result.ci_a[0] < 25 / 40 < result.ci_a[1] and result.ci_b[0] < 10 / 40 < result.ci_b[1]
+    assert result.ci_a[1] - result.ci_a[0] > 0.1  # 40 binary items: an interval of several points
     assert result.mcnemar_p == pytest.approx(2 * 0.5 ** 15)  # 15 discordant items, all for A
     assert "A is higher" in result.text()
     flipped = compare([b], [a], metric="acc_norm")  # 1 - acc: the same gap, the other way round

@@ -9,7 +9,8 @@
 - ``evaluate_checkpoint`` (the family contract's evaluator, ``evaluate.at_end``): reads the rows the
   recipe measured at step 0 and at every phase end from the checkpoint's metadata, computes the
   continual-learning metrics (``cl/*``, ``trainables.dylora.metrics``) and draws
-  ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything. With
+  ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything and
+  ``cl_items.jsonl`` each held-out example's share of BWT and forgetting (``continual_items``). With
   ``evaluate.rescore`` it also scores the checkpoint's code benchmarks again (e.g. pass@k over n samples),
   with ``request.weights`` (``int8``: the base's projections as 8-bit weights, ``trainables.lm.quantize``), on
   ``request.device`` (``cuda``: bfloat16, ``trainables.lm.base.to_device``).
@@ -33,23 +34,33 @@ from trainables.training.metrics import perplexity_of
 
 @torch.no_grad()
 def skill_scores(model: Any, heldout: dict[str, list], pad_id: int, batch_size: int,
-                 device: torch.device) -> dict[str, dict[str, float]]:
-    """``{skill: {"loss", "ppl", "acc"}}`` on each skill's held-out encoded examples (all ranks alike)."""
+                 device: torch.device) -> dict[str, dict[str, Any]]:
+    """``{skill: {"loss", "ppl", "acc", "items"}}`` on each skill's held-out encoded examples (all ranks alike).
+
+    ``loss`` and ``acc`` are over all the skill's answer tokens; ``items`` holds each example's own
+    ``{"acc": [...], "loss": [...]}`` in held-out order (what ``cl_items.jsonl`` and its paired intervals use).
+    """
     was_training = model.training
     model.eval()
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for skill, rows in heldout.items():
-        nll = correct = tokens = 0.0
+        nll = torch.zeros(len(rows), dtype=torch.float64)  # (N,) per example: summed NLL, right tokens, tokens
+        correct = torch.zeros(len(rows), dtype=torch.float64)
+        tokens = torch.zeros(len(rows), dtype=torch.float64)
         for i in range(0, len(rows), batch_size):
             batch = {k: v.to(device) for k, v in instructions.collate(rows[i:i + batch_size], pad_id).items()}
-            logits = model(**batch).logits[:, :-1]  # (B, T-1, V): position t predicts token t+1
+            logits = model(**batch).logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
             target = batch["labels"][:, 1:]  # (B, T-1)
             scored = target != instructions.IGNORE
-            nll += torch.nn.functional.cross_entropy(logits[scored], target[scored], reduction="sum").item()
-            correct += (logits.argmax(-1)[scored] == target[scored]).sum().item()
-            tokens += scored.sum().item()
-        loss = nll / max(tokens, 1)
-        out[skill] = {"loss": loss, "ppl": perplexity_of(loss), "acc": correct / max(tokens, 1)}
+            token_nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp_min(0),
+                                                          reduction="none")  # (B, T-1)
+            nll[i:i + len(target)] = (token_nll * scored).sum(1).double().cpu()
+            correct[i:i + len(target)] = ((logits.argmax(-1) == target) & scored).sum(1).double().cpu()
+            tokens[i:i + len(target)] = scored.sum(1).double().cpu()
+        loss = float(nll.sum() / tokens.sum().clamp_min(1))
+        per_example = tokens.clamp_min(1)
+        out[skill] = {"loss": loss, "ppl": perplexity_of(loss), "acc": float(correct.sum() / tokens.sum().clamp_min(1)),
+                      "items": {"acc": (correct / per_example).tolist(), "loss": (nll / per_example).tolist()}}
     model.train(was_training)
     return out
 
@@ -120,6 +131,42 @@ def continual_matrix(continual: dict[str, Any], metric: str = "acc") -> Continua
     return ContinualMatrix(scores, baseline, higher_is_better=metric != "loss", skills=skills)
 
 
+def continual_items(continual: dict[str, Any]) -> list[dict[str, float]]:
+    """Per held-out example of every skill but the last phase's: its share of BWT and forgetting.
+
+    Item ``doc_id = 1000 * j + i`` is example ``i`` of phase ``j``'s skill (the same example in every run
+    whose held-out split has the same seed, ``data.heldout_seed``). With example-level accuracy ``a``
+    (the share of its answer tokens predicted exactly) and ``l*`` the phase ``l <= T-2`` after which skill
+    ``j``'s mean is highest:
+
+    - ``bwt = a[T-1] - a[j]`` (GEM); ``forgetting = a[l*] - a[T-1]`` (Chaudhry et al.);
+    - ``loss_bwt`` and ``loss_forgetting``: the same on the example's mean answer-token loss, signed so that
+      positive means helped (``loss_bwt``) and worse (``loss_forgetting``), as ``eval/loss_*``.
+
+    Each skill holds ``data.heldout`` examples, so the mean over items equals ``cl/bwt`` and
+    ``cl/forgetting`` computed on example-level accuracy (the matrix weighs tokens, hence a small gap).
+    Empty for a one-phase stream or rows without per-example scores.
+    """
+    skills = [skill for skill, _ in continual["phases"]]
+    rows = sorted(continual["rows"], key=lambda r: r["phase"])[1:]  # rows[i]: after phase i
+    T = len(skills)
+    if T < 2 or any("items" not in row["skills"].get(s, {}) for row in rows for s in skills):
+        return []
+    out = []
+    for j, skill in enumerate(skills[:T - 1]):
+        acc = [torch.tensor(rows[l]["skills"][skill]["items"]["acc"]) for l in range(T)]  # (N,) per phase
+        loss = [-torch.tensor(rows[l]["skills"][skill]["items"]["loss"]) for l in range(T)]  # oriented: higher = better
+        best_acc = max(range(T - 1), key=lambda l: float(acc[l].mean()))
+        best_loss = max(range(T - 1), key=lambda l: float(loss[l].mean()))
+        for i in range(len(acc[0])):
+            out.append({"doc_id": 1000 * j + i, "bwt": float(acc[T - 1][i] - acc[j][i]),
+                        "forgetting": float(acc[best_acc][i] - acc[T - 1][i]),
+                        "loss_bwt": float(loss[T - 1][i] - loss[j][i]),
+                        "loss_forgetting": float(loss[best_loss][i] - loss[T - 1][i]),
+                        "acc_final": float(acc[T - 1][i])})
+    return out
+
+
 def evaluate_checkpoint(request: Any) -> dict[str, float]:
     """The family contract's evaluator on a pool checkpoint: continual-learning metrics and pictures from the
     scores the run measured at each phase end (nothing is re-scored); ``continual.json`` in ``out_dir``."""
@@ -146,6 +193,9 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
                   f"{method}: expert lifecycle over the stream ({' -> '.join(skills)})")
     (out / "continual.json").write_text(json.dumps({"matrix_acc": acc.to_dict(), "matrix_loss": loss.to_dict(),
                                                     "metrics": metrics, **continual}, indent=1))
+    items = continual_items(continual)
+    if items:  # moe-orch compare --task cl --metric bwt|forgetting pairs these across runs
+        (out / "cl_items.jsonl").write_text("".join(json.dumps(item) + "\n" for item in items))
     for row in sorted(continual["rows"], key=lambda r: r["phase"]):
         scores = ", ".join(f"{s} acc {row['skills'][s]['acc']:.3f} loss {row['skills'][s]['loss']:.3f}"
                            for s in skills if s in row["skills"])

@@ -27,6 +27,9 @@ class StreamData(DataSection):
                                                "steps: <optimizer steps>}")
     heldout: int = setting(24, ge=1, le=64, expect="1..64", doc="per skill, never trained on: held-out loss, "
                                                                 "perplexity and token accuracy")
+    heldout_seed: int | None = setting(None, ge=0, doc="seed of the held-out split; null = train.seed. Fixed, every "
+                                                       "seed's run is scored on the same examples, which "
+                                                       "`moe-orch compare --task cl` pairs")
     max_train_examples: int | None = setting(None, ge=1, doc="per skill; null = all that remain after the "
                                                              "held-out split")
     skills: dict[str, str] = setting(factory=dict, doc="your own skills, {name: path.jsonl} of {instruction, "
@@ -42,7 +45,7 @@ class StreamData(DataSection):
 
     def cross_checks(self) -> list[str]:
         errors = []
-        known = [*SKILLS, *self.skills]
+        known = list(dict.fromkeys([*SKILLS, *self.skills]))  # a file for a built-in name is its own error
         for name, path in self.skills.items():
             if name in SKILLS:
                 errors.append(f"skills.{name}: got a file for a built-in skill, expected a new name")

@@ -4,7 +4,7 @@
   loss on the answer only; batch ``i`` comes from the skill of the phase step ``i`` falls in (``naive``
   and ``dylora``; ``replay`` mixes ``model.replay_fraction`` of earlier skills in), or from all the stream's
   skills mixed (``joint``). No skill label reaches the model;
-  each skill keeps ``data.heldout`` held-out examples;
+  each skill keeps ``data.heldout`` held-out examples (split by ``data.heldout_seed``, else ``train.seed``);
 - model: the frozen base (``model.base``) with a ``DyLoRAModel`` pool; the first expert is born at step 0;
 - after every optimizer step (``on_step_end``, every rank alike: the values are averaged over ranks):
   the router's immature prototypes follow the features routed to them, experts mature, and, for
@@ -58,7 +58,8 @@ class DyLoRARecipe(Recipe):
         self.train_sets: dict[str, list] = {}
         self.heldout_sets: dict[str, list] = {}
         for skill in self.stream.skills:
-            train, heldout = skill_splits(skill, data.root, data.heldout, exp.train.seed, data.max_train_examples,
+            split_seed = exp.train.seed if data.heldout_seed is None else data.heldout_seed
+            train, heldout = skill_splits(skill, data.root, data.heldout, split_seed, data.max_train_examples,
                                          data.skills)
             self.train_sets[skill] = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in train]
             self.heldout_sets[skill] = [instructions.encode(self.tokenizer, ex, cfg.max_length) for ex in heldout]
@@ -236,7 +237,7 @@ class DyLoRARecipe(Recipe):
             skills = evaluation.skill_scores(model, self.heldout_sets, self.tokenizer.pad_token_id,
                                              self.experiment.train.batch_size, self.worker.device)
         for name, scores in skills.items():
-            metrics.update({f"skill/{name}/{k}": v for k, v in scores.items()})
+            metrics.update({f"skill/{name}/{k}": v for k, v in scores.items() if k != "items"})
         metrics["val_loss"] = sum(s["loss"] for s in skills.values()) / len(skills)
         router = self.model.router
         metrics.update({"dylora/num_experts": float(self.manager.num_active),

@@ -1,4 +1,4 @@
-"""Skills cut out of Code Alpaca by fixed rules, and the unlabelled stream that presents them one after another.
+"""Skills cut out of Code Alpaca (and SST-2) by fixed rules, and the unlabelled stream that presents them one after another.
 
 DyLoRA-MoE (``../shared/specs/dylora-moe.md``) learns skills that arrive in sequence with no task label: the
 model only sees batches, and must notice by itself that the distribution changed. This module supplies the
@@ -38,6 +38,11 @@ The rule, applied in this order (so the skills are disjoint):
    ``func f(``; ``fn f(``; ``puts``; a line that is only ``end``; ``$name =``; ``int main``; ``printf(``;
    ``import java.``; ``@interface``; a ``def`` line without parentheses, as in Ruby).
 
+One skill is not code: ``sentiment`` (``<root>/sst2/train.tsv``, GLUE SST-2): the first ``SENTIMENT_SIZE``
+distinct rows of at least ``SENTIMENT_MIN_WORDS`` words (SST-2's train split mixes short phrases into its
+sentences), prompt ``SENTIMENT_PROMPT`` plus ``"\n\n"`` and the review, answer ``positive`` or ``negative``. A
+one-word answer after code is the kind of shift that makes sequential fine-tuning forget (docs/dylora.md).
+
 Counts with the shared data (``python -m trainables.dylora.stream [root]`` prints them and 2 samples per skill):
 ``python_basics`` 725, ``web_requests`` 90, ``sql`` 264. ``skill_splits`` holds out a seeded, fixed-size set per
 skill that never trains.
@@ -70,7 +75,11 @@ import torch
 from trainables.data import data_root
 from trainables.lm.instructions import Example, collate
 
-SKILLS = ("python_basics", "web_requests", "sql")
+CODE_SKILLS = ("python_basics", "web_requests", "sql")  # cut out of Code Alpaca
+SKILLS = (*CODE_SKILLS, "sentiment")
+SENTIMENT_PROMPT = "Is the sentiment of this movie review positive or negative?"
+SENTIMENT_MIN_WORDS = 8  # SST-2 train mixes phrases into its sentences: keep the sentence-like rows
+SENTIMENT_SIZE = 2000
 MODES = ("stream", "joint", "replay")
 FILES = ("code_alpaca_2k.json", "new_codealpaca.json")
 
@@ -131,7 +140,7 @@ def skill_of(answer: str, source: str) -> str | None:
 @lru_cache(maxsize=4)
 def _skills_at(folder: str) -> dict[str, tuple[Example, ...]]:
     seen: set[str] = set()
-    out: dict[str, list[Example]] = {name: [] for name in SKILLS}
+    out: dict[str, list[Example]] = {name: [] for name in CODE_SKILLS}
     for source in FILES:
         for row in json.loads((Path(folder) / source).read_text()):
             key = normalise(row["instruction"])
@@ -143,6 +152,24 @@ def _skills_at(folder: str) -> dict[str, tuple[Example, ...]]:
                 prompt = row["instruction"] + (f"\n\n{row['input']}" if row.get("input") else "")
                 out[skill].append(Example(prompt, row["output"]))
     return {name: tuple(examples) for name, examples in out.items()}
+
+
+@lru_cache(maxsize=2)
+def _sentiment_at(path: str) -> tuple[Example, ...]:
+    seen: set[str] = set()
+    out: list[Example] = []
+    with open(path, encoding="utf-8") as f:
+        next(f)  # the header: sentence<TAB>label
+        for line in f:
+            sentence, label = line.rstrip("\n").rsplit("\t", 1)
+            sentence = sentence.strip()
+            if len(sentence.split()) < SENTIMENT_MIN_WORDS or sentence in seen:
+                continue
+            seen.add(sentence)
+            out.append(Example(f"{SENTIMENT_PROMPT}\n\n{sentence}", "positive" if label == "1" else "negative"))
+            if len(out) == SENTIMENT_SIZE:
+                break
+    return tuple(out)
 
 
 def read_skill_file(path: str | Path) -> list[Example]:
@@ -174,6 +201,8 @@ def load_skill(name: str, root: str | Path | None = None, files: dict[str, str] 
         return read_skill_file(files[name])
     if name not in SKILLS:
         raise ValueError(f"unknown skill {name!r}; expected one of {', '.join([*SKILLS, *(files or {})])}")
+    if name == "sentiment":
+        return list(_sentiment_at(str(data_root(root) / "sst2" / "train.tsv")))
     return list(_skills_at(str(data_root(root) / "code_alpaca"))[name])
 
 

@@ -4,6 +4,8 @@ and what its checkpoint carries for the evaluator."""
 
 from __future__ import annotations
 
+import json
+
 import os
 from pathlib import Path
 
@@ -88,5 +90,10 @@ def test_the_evaluator_reads_the_matrix_and_can_rescore_pass_at_k(tmp_path: Path
     metrics = evaluate_checkpoint(EvalRequest(tmp_path / "model", settings, out, str(SHARED_DATA), log=lines.append))
     assert {"cl/avg_final", "cl/bwt", "cl/forgetting", "cl/fwt", "dylora/false_novelty"} <= set(metrics)
     assert metrics["eval/mbpp/pass_at_3"] == 0.0 and metrics["eval/mbpp/n_problems"] == 2  # random model: 0
-    assert {p.name for p in out.iterdir()} == {"accuracy_matrix.png", "expert_lifecycle.png", "continual.json"}
+    assert {p.name for p in out.iterdir()} == {"accuracy_matrix.png", "expert_lifecycle.png", "continual.json",
+                                               "cl_items.jsonl"}
+    items = [json.loads(line) for line in (out / "cl_items.jsonl").read_text().splitlines()]
+    heldout = len(json.loads((out / "continual.json").read_text())["rows"][0]["skills"]["python_basics"]["items"]["acc"])
+    assert [item["doc_id"] for item in items] == list(range(heldout))  # phase 0's skill only: the last has no BWT
+    assert all(item["forgetting"] == pytest.approx(-item["bwt"]) for item in items)  # two phases: l* = 0
     assert any(line.startswith("after phase 2") for line in lines)

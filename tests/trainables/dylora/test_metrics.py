@@ -31,6 +31,27 @@ def test_three_phases_by_hand() -> None:
     assert m.fwt() == pytest.approx(((0.2 - 0.1) + (0.3 - 0.2)) / 2)
 
 
+def test_per_example_bwt_and_forgetting_by_hand() -> None:
+    from trainables.dylora.evaluation import continual_items
+
+    def row(phase: int, a: list[float], b: list[float]) -> dict:
+        return {"phase": phase, "skills": {"a": {"items": {"acc": a, "loss": [1 - x for x in a]}},
+                                           "b": {"items": {"acc": b, "loss": [1 - x for x in b]}}}}
+
+    continual = {"phases": [["a", 4], ["b", 4], ["a", 4]],  # a revisit: phase 2 is skill a again
+                 "rows": [row(0, [0, 0], [0, 0]), row(1, [0.8, 0.6], [0.1, 0.3]), row(2, [0.4, 0.9], [0.9, 0.5]),
+                          row(3, [0.5, 0.5], [0.6, 0.2])]}
+    items = {item["doc_id"]: item for item in continual_items(continual)}
+    assert sorted(items) == [0, 1, 1000, 1001]  # phases 0 and 1; the last phase has no BWT
+    assert items[0]["bwt"] == pytest.approx(0.5 - 0.8) and items[1001]["bwt"] == pytest.approx(0.2 - 0.5)
+    # skill a's mean is highest after phase 0 (0.7 against 0.65), so l* = 0 for every a item, even item 1,
+    # whose own best was after phase 1: the items' mean is then Chaudhry's forgetting of the means
+    assert items[0]["forgetting"] == pytest.approx(0.8 - 0.5) and items[1]["forgetting"] == pytest.approx(0.6 - 0.5)
+    assert items[1000]["forgetting"] == pytest.approx(0.9 - 0.6)  # b peaked after phase 1
+    assert items[1]["loss_bwt"] == pytest.approx(items[1]["bwt"])  # loss = 1 - acc here, signed alike
+    assert continual_items({"phases": [["a", 4]], "rows": [row(0, [0], [0]), row(1, [1], [1])]}) == []
+
+
 def test_no_forgetting_and_positive_transfer() -> None:
     m = ContinualMatrix([[0.5, 0.3], [0.6, 0.7]], baseline=[0.0, 0.1])
     assert m.forgetting() == pytest.approx(-0.1)  # improved past its best: negative forgetting

@@ -16,22 +16,33 @@ from trainables.lm.instructions import IGNORE
 needs_data = pytest.mark.skipif(not (SHARED_DATA / "code_alpaca" / "new_codealpaca.json").exists(),
                                 reason="shared Code Alpaca data not present")
 MIN_SIZE = {"python_basics": 500, "web_requests": 80, "sql": 200}
+needs_sst2 = pytest.mark.skipif(not (SHARED_DATA / "sst2" / "train.tsv").exists(), reason="shared SST-2 not present")
 
 
 @needs_data
 def test_skills_are_disjoint_non_empty_and_large_enough() -> None:
     keys = {}
-    for name in st.SKILLS:
+    for name in st.CODE_SKILLS:
         examples = st.load_skill(name, SHARED_DATA)
         assert len(examples) >= MIN_SIZE[name], name
         keys[name] = {st.normalise(e.prompt.split("\n\n")[0]) for e in examples}
         assert len(keys[name]) == len(examples), f"{name} has duplicate instructions"
-    names = list(st.SKILLS)
+    names = list(st.CODE_SKILLS)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             assert not keys[a] & keys[b], (a, b)
     counts = st.skill_counts(SHARED_DATA, heldout=32)
     assert {n: c["total"] for n, c in counts.items()} == {n: len(st.load_skill(n, SHARED_DATA)) for n in st.SKILLS}
+
+
+@needs_sst2
+def test_the_sentiment_skill_is_distinct_balanced_review_sentences() -> None:
+    examples = st.load_skill("sentiment", SHARED_DATA)
+    assert len(examples) == st.SENTIMENT_SIZE and len({e.prompt for e in examples}) == len(examples)
+    assert all(e.prompt.startswith(st.SENTIMENT_PROMPT + "\n\n") and e.answer in ("positive", "negative")
+               for e in examples)
+    assert all(len(e.prompt.split("\n\n", 1)[1].split()) >= st.SENTIMENT_MIN_WORDS for e in examples)
+    assert 0.4 < sum(e.answer == "positive" for e in examples) / len(examples) < 0.6
 
 
 @needs_data
@@ -62,6 +73,7 @@ def test_rules_on_hand_written_answers() -> None:
 
 
 @needs_data
+@needs_sst2
 @pytest.mark.parametrize("name", st.SKILLS)
 def test_splits_are_disjoint_sized_and_deterministic(name: str) -> None:
     train, held = st.skill_splits(name, SHARED_DATA, heldout=32, seed=3, max_train=None)
@@ -194,7 +206,7 @@ def test_a_users_skill_file_is_a_skill_of_the_stream(tmp_path: Path) -> None:
     problems = wrong.errors()
     assert any(p.startswith("skills.haiku: got ") and p.endswith("(not found)") for p in problems), problems
     assert any(p.startswith("skills.sql: got a file for a built-in skill") for p in problems), problems
-    assert any(p.startswith("phases[0].skill: got 'limerick', expected one of python_basics, web_requests, sql, "
+    assert any(p.startswith("phases[0].skill: got 'limerick', expected one of python_basics, web_requests, sql, sentiment, "
                             "haiku") for p in problems), problems
 
 
