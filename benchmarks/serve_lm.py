@@ -1,13 +1,14 @@
 """Load test over loopback: OpenAI-compatible completions from SmolLM2-135M-Instruct on three servers.
 
     python benchmarks/serve_lm.py --json PATH [--servers serve,hf_naive,llama_cpp] [--concurrency 1,8,32]
-                                  [--requests N] [--max-tokens 64] [--threads 2] [--method mixlora|lora]
+                                  [--requests N] [--max-tokens 64] [--threads 2] [--method mixlora|lora|base]
+                                  [--weights fp32|int8]
 
 The servers, one at a time, each with the same CPU thread count (``--threads``):
 
 - ``serve``: ours, started as a user would, ``moe-orch serve <checkpoint> --port P serve.max_batch_size=32
   serve.min_replicas=1 serve.max_replicas=1 serve.num_cpus_per_replica=<threads> serve.access_log=false``
-  (plus ``serve.ingress=<--ingress>``): local Ray, Ray Serve, the continuous-batching ``GenerationEngine``
+  (plus ``serve.ingress=<--ingress>`` and ``serve.weights=<--weights>``): local Ray, Ray Serve, the continuous-batching ``GenerationEngine``
   (``trainables.lm.engine``). Stopped with SIGTERM (Serve and the local Ray shut down); every process
   it started is checked to be gone afterwards (and killed by pid if not).
 - ``hf_naive``: the server a user writes first: a ``ThreadingHTTPServer`` in a subprocess that loads
@@ -28,7 +29,10 @@ The servers, one at a time, each with the same CPU thread count (``--threads``):
 The checkpoint served by ``serve`` and ``hf_naive``: the MixLoRA family on ``smollm2-135m-instruct``
 with freshly initialised adapters (``--method mixlora``, the default: 8 LoRA experts, top-2 routed per
 token in every FFN, plus LoRA on attention; or ``--method lora``: plain LoRA), saved in a temporary
-folder. Speed does not depend on the adapter weights.
+folder. Speed does not depend on the adapter weights. ``--method base`` serves the bare base, to set against
+llama.cpp's bare base: a plain-LoRA checkpoint whose fresh adapters are the identity (B = 0), which ``serve``
+merges into the frozen weights at load, so it runs the base's weights and nothing else (``hf_naive`` keeps
+peft's unmerged adapters, as a first server would).
 
 Load: plain (chat-free) prompts, short Code Alpaca instructions from the shared data (a fixed list if the
 data is missing), ``POST /v1/completions`` with ``max_tokens`` ``--max-tokens`` at temperature 0, closed
@@ -112,14 +116,15 @@ def level_requests(requested: int, concurrency: int) -> int:
 
 
 def build_checkpoint(directory: Path, method: str) -> Path:
-    """The MixLoRA family on SmolLM2-135M-Instruct with fresh adapters (seeded), saved under ``directory``."""
+    """The MixLoRA family on SmolLM2-135M-Instruct with fresh adapters (seeded), saved under ``directory``;
+    ``base``: plain LoRA, whose fresh B factors are zero, so the merged model is the base itself."""
     import torch
 
     from trainables.lm.base import load_base
     from trainables.mixlora.checkpoint import apply_adapters, save_adapter
     from trainables.mixlora.config import MixLoRAConfig
 
-    cfg = MixLoRAConfig(base=BASE, method=method, dropout=0.0)
+    cfg = MixLoRAConfig(base=BASE, method="lora" if method == "base" else method, dropout=0.0)
     model, _ = load_base(cfg.base)
     torch.manual_seed(0)
     apply_adapters(model, cfg)
@@ -259,7 +264,8 @@ def serve_server(checkpoint: Path, args: argparse.Namespace) -> Server:
     port = free_port_pair() if args.ingress == "direct" else free_port()
     cmd = [str(exe) if exe.exists() else (shutil.which("moe-orch") or "moe-orch"), "serve", str(checkpoint),
            "--port", str(port), "serve.max_batch_size=32", "serve.min_replicas=1", "serve.max_replicas=1",
-           f"serve.num_cpus_per_replica={args.threads}", "serve.access_log=false", f"serve.ingress={args.ingress}"]
+           f"serve.num_cpus_per_replica={args.threads}", "serve.access_log=false", f"serve.ingress={args.ingress}",
+           f"serve.weights={args.weights}"]
     return Server("serve", cmd, port, "/healthz", True, {"HF_HUB_OFFLINE": "1", "RAY_SERVE_LOG_TO_STDERR": "0"},
                   batch_probe=f"http://{HOST}:{port}/healthz")
 
@@ -422,7 +428,7 @@ def level_record(running: Server, args: argparse.Namespace, concurrency: int, le
     if running.name in ("serve", "hf_naive"):
         record["method"] = args.method
     if running.name == "serve":
-        record["ingress"] = args.ingress
+        record.update(ingress=args.ingress, weights=args.weights)
     return record
 
 
@@ -496,7 +502,9 @@ def main() -> None:
                         help="requests per level, at least 2 * concurrency (default 8: 8, 16, 64 at c=1, 8, 32)")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every server")
-    parser.add_argument("--method", choices=("mixlora", "lora"), default="mixlora", help="the checkpoint's adapters")
+    parser.add_argument("--method", choices=("mixlora", "lora", "base"), default="mixlora",
+                        help="the checkpoint's adapters (base: identity LoRA, merged: the bare base)")
+    parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32", help="serve.weights of `moe-orch serve`")
     parser.add_argument("--checkpoint", help="serve this MixLoRA-family checkpoint dir instead of building one")
     parser.add_argument("--ingress", choices=("proxy", "direct", "haproxy"), default="proxy",
                         help="serve.ingress of `moe-orch serve` (proxy: Ray's HTTP proxy, the default)")

@@ -304,6 +304,9 @@ def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
             wait_for(lambda: _new_actor_hosts(cluster, TRIAL, before) == ["h2"], 300, alive=proc)
         checkpoints = lambda: [k for k in s3.keys("lost/tiny/sweep") if k.endswith("/model/config.json")]
         wait_for(lambda: len(checkpoints()) >= 1, 600, alive=proc)  # h2 wrote one into the bucket
+        # ... and its result reached the driver (which prints it): the trial uploads a checkpoint before it
+        # reports, so a host killed in between leaves the driver no result from h2 to write into result.json
+        wait_for(lambda: "tiny_000 step 30/" in log.read_text(), 300, alive=proc)
         h2.kill_ray()
     except BaseException:
         if proc is not None:
