@@ -135,11 +135,31 @@ class S3Server:
         return sorted(info.path for info in self.filesystem().get_file_info(selector)
                       if info.type == pafs.FileType.File)
 
+    def pause(self) -> None:
+        """SIGSTOP to the server's process group: every request waits (the kernel still accepts connections)
+        until ``resume``, e.g. to hold a run at its next checkpoint upload. Keep it to seconds: S3 clients
+        give up on a request after their own timeout."""
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT to the server's process group (after ``pause``; harmless otherwise)."""
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
     def stop(self) -> None:
         """SIGKILL to the server's process group (it holds nothing worth flushing)."""
         import os
         import signal
 
+        self.resume()
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:

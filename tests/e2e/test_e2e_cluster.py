@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -289,37 +290,50 @@ def test_a_ray_job_from_outside_trains_and_serve_on_the_head_answers_from_anothe
 
 def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
         ray_cluster: tuple[Cluster, TrackingServer], s3: S3Server) -> None:
-    """Last in the module: it takes h2 down. The trial starts on h2 (the other hosts' CPUs held), keeps its
-    checkpoints in the bucket; h2's Ray is killed; Tune runs the trial again on h0 or h1, which resumes from
-    the newest checkpoint in the bucket: one continuous val_loss history, no step reported twice."""
+    """Last in the module: it takes h2 down. The trial starts on h2 (the other hosts' CPUs held) and keeps its
+    checkpoints in the bucket. Once its step-100 metrics are in MLflow (logged after the step-100 checkpoint
+    was complete), the bucket is paused, so the trial stops at its next checkpoint upload (a consistent point: every complete
+    checkpoint's metrics logged, on an idle machine or a loaded one), and h2's Ray is killed. Tune runs the
+    trial again on h0 or h1, which resumes from the newest complete checkpoint in the bucket: one continuous
+    val_loss history, no step reported twice."""
     cluster, server = ray_cluster
     h0, h1, h2 = cluster.hosts
+    client = MlflowClient(tracking_uri=server.url)
     before = cluster.actors(TRIAL)
     proc: subprocess.Popen | None = None
+
+    def logged_steps() -> list[int]:
+        if "MLflow: parent run " not in log.read_text():
+            return []
+        parent = log.read_text().split("MLflow: parent run ", 1)[1].split()[0]
+        return [m.step for child in nested_runs(client, parent)
+                for m in client.get_metric_history(child.info.run_id, "val_loss")]
+
     try:
         with cluster.holding(h0, h1):
-            proc, log = _start_moe_orch(cluster, s3, "lost", "sweep", str(TINY), "train.max_steps=180",
-                                        "train.eval_every=30", "sweep.num_samples=1", "sweep.scheduler=none",
+            proc, log = _start_moe_orch(cluster, s3, "lost", "sweep", str(TINY), "train.max_steps=600",
+                                        "train.eval_every=100", "sweep.num_samples=1", "sweep.scheduler=none",
                                         "train.max_failures=2", f"tracking.uri={server.url}")
             wait_for(lambda: _new_actor_hosts(cluster, TRIAL, before) == ["h2"], 300, alive=proc)
-        checkpoints = lambda: [k for k in s3.keys("lost/tiny/sweep") if k.endswith("/model/config.json")]
-        wait_for(lambda: len(checkpoints()) >= 1, 600, alive=proc)  # h2 wrote one into the bucket
-        # ... and its result reached the driver (which prints it): the trial uploads a checkpoint before it
-        # reports, so a host killed in between leaves the driver no result from h2 to write into result.json
-        wait_for(lambda: "tiny_000 step 30/" in log.read_text(), 300, alive=proc)
-        h2.kill_ray()
+        # 500 steps are left (at least several seconds) when the step-100 metrics are logged
+        wait_for(lambda: 100 in logged_steps(), 600, alive=proc)
+        s3.pause()
+        try:
+            time.sleep(2)  # the trial logs what it has and waits on its next upload
+            h2.kill_ray()
+        finally:
+            s3.resume()
     except BaseException:
         if proc is not None:
             _kill(proc)
         raise
     out = _finish(proc, log, timeout_s=900)
     assert "TERMINATED" in out, out[-3000:]
-    hosts = _trial_hosts(cluster, s3, "lost")["tiny_000"]
-    assert "h2" in hosts and len(hosts) == 2, hosts  # started on h2, finished on h0 or h1
+    hosts = _new_actor_hosts(cluster, TRIAL, before)
+    assert len(hosts) == 2 and hosts[1] == "h2" and hosts[0] in ("h0", "h1"), hosts  # started on h2, ran again
 
-    client = MlflowClient(tracking_uri=server.url)
     parent = out.rsplit("MLflow parent run ", 1)[1].split()[0]
     (child,) = nested_runs(client, parent)
-    assert child.info.status == "FINISHED" and child.data.metrics["resumed_from_step"] >= 30
+    assert child.info.status == "FINISHED" and child.data.metrics["resumed_from_step"] >= 100
     steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
-    assert sorted(steps) == list(range(30, 181, 30)), steps  # continuous, and no step reported twice
+    assert sorted(steps) == list(range(100, 601, 100)), steps  # continuous, and no step reported twice
