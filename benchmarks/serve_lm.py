@@ -8,7 +8,8 @@ The servers, one at a time, each with the same CPU thread count (``--threads``):
 
 - ``serve``: ours, started as a user would, ``moe-orch serve <checkpoint> --port P serve.max_batch_size=32
   serve.min_replicas=1 serve.max_replicas=1 serve.num_cpus_per_replica=<threads> serve.access_log=false``
-  (plus ``serve.ingress=<--ingress>`` and ``serve.weights=<--weights>``): local Ray, Ray Serve, the continuous-batching ``GenerationEngine``
+  (plus ``serve.ingress=<--ingress>`` and ``serve.weights=<--weights>``): local Ray, Ray Serve, the
+  continuous-batching ``GenerationEngine``
   (``trainables.lm.engine``). Stopped with SIGTERM (Serve and the local Ray shut down); every process
   it started is checked to be gone afterwards (and killed by pid if not).
 - ``hf_naive``: the server a user writes first: a ``ThreadingHTTPServer`` in a subprocess that loads

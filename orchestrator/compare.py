@@ -88,8 +88,11 @@ def read_items(target: str, task: str, tracking_uri: str | None, download_dir: P
     items = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if line.strip():
-            row = json.loads(line)
-            items[int(row.pop("doc_id"))] = {k: float(v) for k, v in row.items()}
+            try:
+                row = json.loads(line)
+                items[int(row.pop("doc_id"))] = {k: float(v) for k, v in row.items()}
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise CompareError(f"{path}:{number}: expected an object with doc_id and numbers ({exc})") from exc
     if not items:
         raise CompareError(f"{path}: no items")
     return items

@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from support import SHARED_DATA, wait_for
+from support import SHARED_DATA, Pausable, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -481,7 +481,7 @@ sys.stdin.read()
         self.hosts = []
 
 
-class TrackingServer:
+class TrackingServer(Pausable):
     """A real ``mlflow server`` on ``host``, as a team runs one: bound to the host's IP (the other hosts and
     the root namespace reach it through the bridge), a SQLite store and proxied artifacts
     (``--serve-artifacts``) on the host's local disk, so no client needs a shared disk. ``wait_ready``
@@ -519,18 +519,6 @@ class TrackingServer:
         except BaseException:
             self.stop()
             raise
-
-    def pause(self) -> None:
-        """SIGSTOP to the server's processes: clients' requests wait (the kernel still accepts connections)
-        until ``resume``. E.g. to keep runs that log to it from ending before something else happened."""
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT to the server's processes (after ``pause``; harmless otherwise)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
 
     def stop(self) -> None:
         """SIGTERM to the server's process group, SIGKILL after 30 s."""

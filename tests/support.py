@@ -85,7 +85,32 @@ class MlflowServer:
         self.log.close()
 
 
-class S3Server:
+class Pausable:
+    """``pause`` / ``resume`` for a server started in its own process group (``self.proc``)."""
+
+    proc: subprocess.Popen
+
+    def pause(self) -> None:
+        """SIGSTOP to the server's process group: clients' requests wait (the kernel still accepts connections)
+        until ``resume``: e.g. to hold a run at its next upload or log call. Keep it to seconds where a
+        client gives up after its own timeout (S3 clients do)."""
+        import os
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT to the server's process group (after ``pause``; harmless otherwise)."""
+        import os
+        import signal
+
+        try:
+            os.killpg(self.proc.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+class S3Server(Pausable):
     """moto's standalone S3-compatible server (``moto_server``), as storage for tests: it speaks the S3 API
     that pyarrow reads. Started in its own process group, stopped by its pid (``stop``); the bucket exists.
 
@@ -134,25 +159,6 @@ class S3Server:
         selector = pafs.FileSelector(f"{self.bucket}/{prefix}".rstrip("/"), recursive=True, allow_not_found=True)
         return sorted(info.path for info in self.filesystem().get_file_info(selector)
                       if info.type == pafs.FileType.File)
-
-    def pause(self) -> None:
-        """SIGSTOP to the server's process group: every request waits (the kernel still accepts connections)
-        until ``resume``, e.g. to hold a run at its next checkpoint upload. Keep it to seconds: S3 clients
-        give up on a request after their own timeout."""
-        import os
-        import signal
-
-        os.killpg(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        """SIGCONT to the server's process group (after ``pause``; harmless otherwise)."""
-        import os
-        import signal
-
-        try:
-            os.killpg(self.proc.pid, signal.SIGCONT)
-        except ProcessLookupError:
-            pass
 
     def stop(self) -> None:
         """SIGKILL to the server's process group (it holds nothing worth flushing)."""

@@ -292,8 +292,9 @@ def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
         ray_cluster: tuple[Cluster, TrackingServer], s3: S3Server) -> None:
     """Last in the module: it takes h2 down. The trial starts on h2 (the other hosts' CPUs held) and keeps its
     checkpoints in the bucket. Once its step-100 metrics are in MLflow (logged after the step-100 checkpoint
-    was complete), the bucket is paused, so the trial stops at its next checkpoint upload (a consistent point: every complete
-    checkpoint's metrics logged, on an idle machine or a loaded one), and h2's Ray is killed. Tune runs the
+    was complete), the bucket is paused, so the trial stops at its next checkpoint upload (a consistent
+    point: every complete checkpoint's metrics logged, on an idle machine or a loaded one), and h2's Ray is
+    killed. Tune runs the
     trial again on h0 or h1, which resumes from the newest complete checkpoint in the bucket: one continuous
     val_loss history, no step reported twice."""
     cluster, server = ray_cluster

@@ -40,7 +40,7 @@ def test_a_paired_difference_with_its_interval_and_mcnemar(tmp_path: Path) -> No
 
 def test_seeds_are_averaged_per_item_and_only_shared_items_count(tmp_path: Path) -> None:
     a0 = _items(tmp_path / "a0", {0: 1.0, 1: 1.0, 2: 0.0, 3: 1.0})
-    a1 = _items(tmp_path / "a1" / "evaluation", {0: 0.0, 1: 1.0, 2: 0.0})  # item 3 missing; read from evaluation/
+    _items(tmp_path / "a1" / "evaluation", {0: 0.0, 1: 1.0, 2: 0.0})  # item 3 missing; read from evaluation/
     b = _items(tmp_path / "b", {0: 0.0, 1: 0.0, 2: 1.0, 3: 0.0})
     result = compare([a0, str(tmp_path / "a1")], [b])
     assert result.items == 3 and result.runs_a == 2
@@ -58,6 +58,11 @@ def test_bad_input_names_what_is_wrong(tmp_path: Path) -> None:
         compare([a], [a], metric="f1")
     with pytest.raises(CompareError, match=r"no hellaswag_items\.jsonl"):
         compare([a], [a], task="hellaswag")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "arc_easy_items.jsonl").write_text('{"doc_id": 0, "acc": 1}\n{"acc": 0}\n')
+    with pytest.raises(CompareError, match=r"arc_easy_items\.jsonl:2: expected an object with doc_id"):
+        compare([str(broken)], [a])
     out = CliRunner().invoke(main, ["compare", "--a", "nowhere", "--b", a])
     assert out.exit_code == 2 and "neither a folder nor an MLflow run id" in out.output
 

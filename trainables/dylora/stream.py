@@ -1,4 +1,5 @@
-"""Skills cut out of Code Alpaca (and SST-2) by fixed rules, and the unlabelled stream that presents them one after another.
+"""Skills cut out of Code Alpaca (and SST-2) by fixed rules, and the unlabelled stream that presents them one
+after another.
 
 DyLoRA-MoE (``../shared/specs/dylora-moe.md``) learns skills that arrive in sequence with no task label: the
 model only sees batches, and must notice by itself that the distribution changed. This module supplies the
@@ -187,7 +188,8 @@ def read_skill_file(path: str | Path) -> list[Example]:
             raise ValueError(f"{path}:{number}: not JSON ({exc.msg})") from None
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
                                                 for k in ("instruction", "output")):
-            raise ValueError(f"{path}:{number}: expected an object with non-empty \"instruction\" and \"output\" strings")
+            raise ValueError(f"{path}:{number}: expected an object with non-empty \"instruction\" and \"output\" "
+                             "strings")
         extra = row.get("input")
         examples.append(Example(row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra else ""),
                                 row["output"]))
@@ -334,7 +336,8 @@ def stream_batches(stream: SkillStream, encoded_by_skill: dict[str, list[Encoded
     earlier: dict[int, _EpochSampler | None] = {}  # phase -> a sampler over its earlier skills' union
     for phase, (skill, _) in enumerate(stream.phases):
         names = list(dict.fromkeys(s for s, _ in stream.phases[:phase] if s != skill))
-        earlier[phase] = _EpochSampler([row for s in names for row in encoded_by_skill[s]], generator) if names else None
+        rows = [row for s in names for row in encoded_by_skill[s]]
+        earlier[phase] = _EpochSampler(rows, generator) if names else None
     while True:
         phase = stream.phase_at(step_fn())
         past = earlier[phase]

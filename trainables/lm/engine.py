@@ -6,9 +6,9 @@ loop, each iteration:
 
 1. **join**: waiting requests (up to ``max_batch_size`` running in all) are prefilled together,
    left-padded, into a cache of their own (a ``SlabCache``: keys and values in preallocated slabs, so a
-   decode step writes its column in place instead of copying the cache, ``kv_cache.py``); their first token is sampled; that cache is merged
-   into the running one (the shorter of the two is left-padded with masked zeros along time:
-   keys already carry their rotary positions, so padding never shifts a sequence);
+   decode step writes its column in place instead of copying the cache, ``kv_cache.py``); their first token
+   is sampled; that cache is merged into the running one (the shorter of the two is left-padded with
+   masked zeros along time: keys already carry their rotary positions, so padding never shifts a sequence);
 2. **decode**: one forward over the last token of every running sequence, ``position_ids`` per
    row (its own real length), the attention mask marking each row's real positions; one token
    sampled per row with its own temperature, top-p and seeded generator;
@@ -77,6 +77,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from trainables.lm.kv_cache import SlabCache
 
 

@@ -5,7 +5,6 @@ and what its checkpoint carries for the evaluator."""
 from __future__ import annotations
 
 import json
-
 import os
 from pathlib import Path
 
@@ -93,7 +92,8 @@ def test_the_evaluator_reads_the_matrix_and_can_rescore_pass_at_k(tmp_path: Path
     assert {p.name for p in out.iterdir()} == {"accuracy_matrix.png", "expert_lifecycle.png", "continual.json",
                                                "cl_items.jsonl"}
     items = [json.loads(line) for line in (out / "cl_items.jsonl").read_text().splitlines()]
-    heldout = len(json.loads((out / "continual.json").read_text())["rows"][0]["skills"]["python_basics"]["items"]["acc"])
+    row0 = json.loads((out / "continual.json").read_text())["rows"][0]
+    heldout = len(row0["skills"]["python_basics"]["items"]["acc"])
     assert [item["doc_id"] for item in items] == list(range(heldout))  # phase 0's skill only: the last has no BWT
     assert all(item["forgetting"] == pytest.approx(-item["bwt"]) for item in items)  # two phases: l* = 0
     assert any(line.startswith("after phase 2") for line in lines)

@@ -195,7 +195,8 @@ def test_a_users_skill_file_is_a_skill_of_the_stream(tmp_path: Path) -> None:
     rows[0]["input"] = "about rain"
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n\n", encoding="utf-8")
     examples = st.read_skill_file(path)
-    assert len(examples) == 10 and examples[0].prompt == "Write haiku 0\n\nabout rain" and examples[1].answer == "line 1"
+    assert len(examples) == 10 and examples[0].prompt == "Write haiku 0\n\nabout rain"
+    assert examples[1].answer == "line 1"
     train, heldout = st.skill_splits("haiku", None, 3, seed=0, files={"haiku": str(path)})
     assert len(train) == 7 and len(heldout) == 3 and not {e.prompt for e in train} & {e.prompt for e in heldout}
 
@@ -206,8 +207,8 @@ def test_a_users_skill_file_is_a_skill_of_the_stream(tmp_path: Path) -> None:
     problems = wrong.errors()
     assert any(p.startswith("skills.haiku: got ") and p.endswith("(not found)") for p in problems), problems
     assert any(p.startswith("skills.sql: got a file for a built-in skill") for p in problems), problems
-    assert any(p.startswith("phases[0].skill: got 'limerick', expected one of python_basics, web_requests, sql, sentiment, "
-                            "haiku") for p in problems), problems
+    assert any(p.startswith("phases[0].skill: got 'limerick', expected one of python_basics, web_requests, sql, "
+                            "sentiment, haiku") for p in problems), problems
 
 
 @pytest.mark.parametrize(("line", "message"), [("{not json", "not JSON"),

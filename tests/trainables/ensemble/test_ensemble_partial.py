@@ -15,8 +15,8 @@ from trainables.ensemble.config import EnsembleConfig
 from trainables.ensemble.experts import blocks, build_expert, export_experts
 from trainables.ensemble.fit import batches, build_optimizer, evaluate, train_step
 from trainables.ensemble.model import EnsembleMoE
-from trainables.significance import mcnemar_p, paired_bootstrap_ci
 from trainables.lm.base import smollm2_available
+from trainables.significance import mcnemar_p, paired_bootstrap_ci
 
 LLAMA = {"name": "llama_bpe", "arch": "llama", "tokenizer": "bpe", "vocab_size": 2000, "hidden_size": 32,
          "num_layers": 4, "num_heads": 2}
