@@ -5,6 +5,7 @@ load (``serve --follow`` polling the server's registry)."""
 
 from __future__ import annotations
 
+import socket
 import statistics
 import threading
 import time
@@ -66,7 +67,7 @@ def served(registry: Registry, free_port: int) -> Iterator[tuple[str, Any, dict[
     from serve.resolve import resolve_target
 
     target = resolve_target(f"models:/{MODEL}@current", None, registry.uri)
-    settings = LMServe(port=free_port, max_batch_size=8, max_tokens_limit=64, min_replicas=1, max_replicas=1,
+    settings = LMServe(port=free_port, max_batch_size=8, max_tokens_limit=1000, min_replicas=1, max_replicas=1,
                        access_log=False)
     url = start(target.source, family_ref("dylora"), APP, settings)
     yield url, target, target.source, settings
@@ -127,7 +128,7 @@ def test_concurrent_requests_are_decoded_together(client: openai.OpenAI, lm_url:
 
 def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.OpenAI, lm_url: str) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(model="pool-test", prompt="x", max_tokens=1000)
+        client.completions.create(model="pool-test", prompt="x", max_tokens=1001)
     assert info.value.body["param"] == "max_tokens" and info.value.body["type"] == "invalid_request_error"
     with pytest.raises(openai.NotFoundError):
         client.completions.create(model="gpt-5", prompt="x", max_tokens=2)
@@ -138,6 +139,31 @@ def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.Open
                           headers={"content-type": "application/json"})
     assert reply.status_code == 400
     assert client.completions.create(model="pool-test", prompt="still alive", max_tokens=2).choices[0].finish_reason
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_client_that_disconnects_through_serve_frees_its_batch_slot(lm_url: str, stream: bool) -> None:
+    """Through Serve's proxy: the request would decode 1,000 tokens (greedy: it runs to the length limit,
+    checked first); the client leaves once its row is decoding (the replica's ``/healthz`` says so), and the
+    row leaves the replica's batch, cancelled, before it would have finished."""
+    health = lambda: requests.get(f"{lm_url}/healthz", timeout=60).json()
+    body = {"prompt": "go on and on", "max_tokens": 1000, "temperature": 0, "stream": stream}
+    check = requests.post(f"{lm_url}/v1/completions", json={**body, "stream": False}, timeout=300)
+    assert check.json()["choices"][0]["finish_reason"] == "length"  # no EOS before the client leaves
+    before = health()
+    payload = requests.models.PreparedRequest()
+    payload.prepare(method="POST", url=f"{lm_url}/v1/completions", json=body)
+    host, port = lm_url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
+        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + payload.body)
+        wait_for(lambda: (now := health())["running"] == 1 and now["steps"] > before["steps"], 120)
+        if stream:
+            assert sock.recv(1024).startswith(b"HTTP/1.1 200")
+    wait_for(lambda: health()["running"] == 0, 120)  # the socket is closed: the client is gone
+    after = health()
+    assert after["cancelled"] == before["cancelled"] + 1, (before, after)
+    assert after["steps"] - before["steps"] < 1000, (before, after)
 
 
 def test_the_llm_judge_pipeline_runs_against_this_app(lm_url: str) -> None:

@@ -551,11 +551,13 @@ class LMEndpoint:
 
         @api.get("/healthz")
         async def healthz() -> dict[str, Any]:
-            """Liveness: the replica is up and its model is loaded."""
+            """Liveness: the replica is up and its model is loaded; its engine's rows now (``running``), the
+            most it has decoded at once, its decode steps and the rows it dropped because their client left."""
             lm = self.current
             return {"status": "ok", "model": lm.info["name"], "version": lm.info["version"],
                     "weights": lm.info["weights"], "device": lm.info["device"], "dtype": lm.info["dtype"],
-                    "running": lm.engine.running, "max_running": lm.engine.max_running, **health()}
+                    "running": lm.engine.running, "max_running": lm.engine.max_running, "steps": lm.engine.steps,
+                    "cancelled": lm.engine.cancelled, **health()}
 
         @api.get("/v1/models")
         async def models() -> dict[str, Any]:
