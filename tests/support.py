@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,21 @@ def wait_for(condition: Callable[[], bool], timeout_s: float, alive: subprocess.
             assert alive.poll() is None, f"the process ended (exit {alive.returncode}) before that happened"
         assert time.monotonic() < deadline, f"timed out after {timeout_s} s"
         time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def raw_post(url: str, path: str, body: dict[str, Any], timeout_s: float = 60) -> Iterator[socket.socket]:
+    """``POST <url><path>`` with a JSON ``body`` on a bare socket, held open while the ``with`` block runs and
+    closed after it: a client that goes away mid-answer, which ``requests`` cannot be made to be."""
+    import requests
+
+    payload = requests.models.PreparedRequest()
+    payload.prepare(method="POST", url=f"{url}{path}", json=body)
+    host, port = url.removeprefix("http://").split("/", 1)[0].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=timeout_s) as sock:
+        head = "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
+        sock.sendall(f"POST {path} HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + payload.body)
+        yield sock
 
 
 class MlflowServer:

@@ -294,9 +294,8 @@ def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
     checkpoints in the bucket. Once its step-100 metrics are in MLflow (logged after the step-100 checkpoint
     was complete), the bucket is paused, so the trial stops at its next checkpoint upload (a consistent
     point: every complete checkpoint's metrics logged, on an idle machine or a loaded one), and h2's Ray is
-    killed. Tune runs the
-    trial again on h0 or h1, which resumes from the newest complete checkpoint in the bucket: one continuous
-    val_loss history, no step reported twice."""
+    killed. Tune runs the trial again on h0 or h1, which resumes from the newest complete checkpoint in the
+    bucket: one continuous val_loss history, no step reported twice."""
     cluster, server = ray_cluster
     h0, h1, h2 = cluster.hosts
     client = MlflowClient(tracking_uri=server.url)
@@ -304,9 +303,10 @@ def test_a_host_lost_mid_sweep_reruns_its_trial_on_another_from_the_bucket(
     proc: subprocess.Popen | None = None
 
     def logged_steps() -> list[int]:
-        if "MLflow: parent run " not in log.read_text():
+        text = log.read_text()
+        if "MLflow: parent run " not in text:
             return []
-        parent = log.read_text().split("MLflow: parent run ", 1)[1].split()[0]
+        parent = text.split("MLflow: parent run ", 1)[1].split()[0]
         return [m.step for child in nested_runs(client, parent)
                 for m in client.get_metric_history(child.info.run_id, "val_loss")]
 

@@ -5,7 +5,6 @@ load (``serve --follow`` polling the server's registry)."""
 
 from __future__ import annotations
 
-import socket
 import statistics
 import threading
 import time
@@ -19,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 import requests
-from support import MlflowServer, fuzz_openapi, save_tiny_pool, unused_port, wait_for
+from support import MlflowServer, fuzz_openapi, raw_post, save_tiny_pool, unused_port, wait_for
 
 from orchestrator.registry import family_ref
 from trainables.lm.sections import LMServe
@@ -141,22 +140,24 @@ def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.Open
     assert client.completions.create(model="pool-test", prompt="still alive", max_tokens=2).choices[0].finish_reason
 
 
+@pytest.fixture(scope="module")
+def long_greedy(lm_url: str) -> dict[str, Any]:
+    """A completion body that decodes 1,000 tokens (greedy: it runs to the length limit, checked once)."""
+    body = {"prompt": "go on and on", "max_tokens": 1000, "temperature": 0}
+    check = requests.post(f"{lm_url}/v1/completions", json=body, timeout=300)
+    assert check.json()["choices"][0]["finish_reason"] == "length"  # no EOS before a client leaves
+    return body
+
+
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
-def test_a_client_that_disconnects_through_serve_frees_its_batch_slot(lm_url: str, stream: bool) -> None:
-    """Through Serve's proxy: the request would decode 1,000 tokens (greedy: it runs to the length limit,
-    checked first); the client leaves once its row is decoding (the replica's ``/healthz`` says so), and the
-    row leaves the replica's batch, cancelled, before it would have finished."""
+def test_a_client_that_disconnects_through_serve_frees_its_batch_slot(lm_url: str, long_greedy: dict[str, Any],
+                                                                      stream: bool) -> None:
+    """Through Serve's proxy: the request would decode 1,000 tokens; the client leaves once its row is
+    decoding (the replica's ``/healthz`` says so), and the row leaves the replica's batch, cancelled, before
+    it would have finished."""
     health = lambda: requests.get(f"{lm_url}/healthz", timeout=60).json()
-    body = {"prompt": "go on and on", "max_tokens": 1000, "temperature": 0, "stream": stream}
-    check = requests.post(f"{lm_url}/v1/completions", json={**body, "stream": False}, timeout=300)
-    assert check.json()["choices"][0]["finish_reason"] == "length"  # no EOS before the client leaves
     before = health()
-    payload = requests.models.PreparedRequest()
-    payload.prepare(method="POST", url=f"{lm_url}/v1/completions", json=body)
-    host, port = lm_url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=60) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
-        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\n{head}\r\n".encode() + payload.body)
+    with raw_post(lm_url, "/v1/completions", {**long_greedy, "stream": stream}) as sock:
         wait_for(lambda: (now := health())["running"] == 1 and now["steps"] > before["steps"], 120)
         if stream:
             assert sock.recv(1024).startswith(b"HTTP/1.1 200")

@@ -9,7 +9,6 @@ window without its last token, so only a model without per-prompt routing can ag
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 import requests
 import torch
 import uvicorn
-from support import SHARED_DATA, unused_port, wait_for
+from support import SHARED_DATA, raw_post, unused_port, wait_for
 
 NAME = "tiny"
 
@@ -280,11 +279,7 @@ def test_a_client_that_disconnects_frees_its_batch_slot(served: Served, stream: 
     check = requests.post(f"{served.url}/v1/completions", json={**body, "max_tokens": 200, "stream": False}, timeout=60)
     assert check.json()["choices"][0]["finish_reason"] == "length"  # no EOS before the client leaves
     cancelled, steps = engine.cancelled, engine.steps
-    payload = requests.models.PreparedRequest()
-    payload.prepare(method="POST", url=f"{served.url}/v1/completions", json=body)
-    with socket.create_connection(("127.0.0.1", int(served.url.rsplit(":", 1)[1])), timeout=30) as sock:
-        head = "".join(f"{k}: {v}\r\n" for k, v in payload.headers.items())
-        sock.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\n".encode() + payload.body)
+    with raw_post(served.url, "/v1/completions", body, timeout_s=30) as sock:
         wait_for(lambda: engine.running == 1 and engine.steps > steps, 30)
         if stream:
             assert sock.recv(1024).startswith(b"HTTP/1.1 200")
