@@ -3,6 +3,7 @@
     python benchmarks/decode.py --json PATH [--models base,lora,mixlora,llama_cpp] [--weights fp32]
                                 [--batch 1,16] [--tokens 64] [--repeats 3] [--threads 2]
                                 [--base smollm2-135m-instruct] [--unmerged] [--profile DIR] [--quick]
+                                [--device cpu|cuda]
 
 Models, each on the same base (``--base``, SmolLM2-135M-Instruct by default, weights dequantised to
 float32 by ``trainables.lm.base.load_base``):
@@ -31,11 +32,14 @@ weights after the LoRA merge (``trainables.lm.quantize``, as ``serve.weights: in
 adapters stay float32); llama_cpp has its own GGUF weights and is measured under ``fp32`` only.
 
 Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merged, tokens, repeats,
-threads, base, wall_s}`` (or ``{model, weights, batch, skipped}``), and a table on stdout with the
+threads, base, wall_s, device, dtype}`` (or ``{model, weights, batch, skipped}``), and a table on stdout with the
 LoRA / base and MixLoRA / base ratios of time per token. ``--profile DIR``: also a torch.profiler
 table per (model, batch) of its decode steps run in the main thread as the engine's step runs them
 (``profile_decode``; ``DIR/profile_<model>_<weights>_b<batch>.txt``, by self CPU time).
 ``--quick``: 8 tokens, one repeat, for a smoke run (``--base tiny-llama`` makes it take seconds).
+``--device cuda``: the models built as on CPU (float32, LoRA merged), then moved as serving moves them
+(``trainables.lm.base.to_device``: bfloat16 on the GPU); int8 is CPU-only and skipped there, as is
+llama_cpp (a CPU baseline). Each record says its ``device``.
 """
 
 from __future__ import annotations
@@ -64,10 +68,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_model(base: str, method: str, merged: bool, weights: str = "fp32") -> tuple[Any, Any]:
+def build_model(base: str, method: str, merged: bool, weights: str = "fp32",
+                device: str = "cpu") -> tuple[Any, Any]:
     """``(model, tokenizer)``: the bare base, or the base with fresh non-zero LoRA / MixLoRA adapters;
-    ``weights="int8"``: its frozen linear layers then as 8-bit weights."""
-    from trainables.lm.base import load_base
+    ``weights="int8"``: its frozen linear layers then as 8-bit weights; on ``device`` as serving puts it."""
+    from trainables.lm.base import load_base, to_device
     from trainables.lm.quantize import apply_weights
     from trainables.mixlora.checkpoint import apply_adapters
     from trainables.mixlora.config import MixLoRAConfig
@@ -84,7 +89,7 @@ def build_model(base: str, method: str, merged: bool, weights: str = "fp32") -> 
             from trainables.mixlora.checkpoint import prepare_for_inference
 
             prepare_for_inference(model)
-    return apply_weights(model, weights).eval(), tokenizer
+    return to_device(apply_weights(model, weights), device).eval(), tokenizer
 
 
 def prompt_ids(tokenizer: Any, batch: int) -> list[list[int]]:
@@ -137,9 +142,10 @@ def profile_decode(model: Any, tokenizer: Any, ids: list[list[int]], tokens: int
     time per op, to ``path``."""
     from trainables.lm.kv_cache import SlabCache
 
-    width = max(len(r) for r in ids)
-    input_ids = torch.tensor([[tokenizer.pad_token_id or 0] * (width - len(r)) + r for r in ids])  # (B, T)
-    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids])  # (B, T)
+    width, device = max(len(r) for r in ids), next(model.parameters()).device
+    pad = tokenizer.pad_token_id or 0
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in ids], device=device)  # (B, T)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in ids], device=device)  # (B, T)
     tracers = [m for m in model.modules() if callable(getattr(m, "pop_expert_choices", None))]
     with torch.no_grad():
         cache = SlabCache()  # the engine's cache
@@ -178,8 +184,10 @@ def bench_llama_cpp(args: argparse.Namespace) -> tuple[float, float]:
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
 
 
-def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False) -> str | None:
+def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False, device: str = "cpu") -> str | None:
     """Why (model, weights, batch) is not measured here, or None."""
+    if device != "cpu" and (weights == "int8" or model == "llama_cpp"):
+        return "int8 weights and llama_cpp are CPU-only here"
     if weights == "int8" and unmerged and model in ("lora", "mixlora"):
         return "int8 weights are made after the LoRA merge (not with --unmerged)"
     if model == "llama_cpp" and weights != "fp32":
@@ -198,7 +206,8 @@ def record(model: str, weights: str, batch: int, ms: float, wall: float, args: a
     return {"model": model, "weights": weights, "batch": batch, "tokens_per_s": round(1000 * batch / ms, 2),
             "ms_per_token": round(ms, 3), "merged": model in ("lora", "mixlora") and not args.unmerged,
             "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
-            "base": "gguf" if model == "llama_cpp" else args.base, "wall_s": round(wall, 3)}
+            "base": "gguf" if model == "llama_cpp" else args.base, "wall_s": round(wall, 3), "device": args.device,
+            "dtype": "bfloat16" if args.device == "cuda" else "float32"}  # of the float weights (int8: the adapters')
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -230,7 +239,11 @@ def main() -> None:
     parser.add_argument("--unmerged", action="store_true", help="keep LoRA unmerged, as training does")
     parser.add_argument("--profile", help="also write a torch.profiler table per (model, batch) into this folder")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 tokens, one repeat")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="where the engine runs (cuda: bfloat16, as serving puts a model there)")
     args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device here")
     if args.quick:
         args.tokens, args.repeats = 8, 1
     models, weights = args.models.split(","), args.weights.split(",")
@@ -251,7 +264,7 @@ def main() -> None:
         for weight in weights:
             loaded = None
             for batch in batches:
-                reason = skip_reason(model_name, weight, batch, args.unmerged)
+                reason = skip_reason(model_name, weight, batch, args.unmerged, args.device)
                 if reason is not None:
                     log(f"{model_name} {weight} batch {batch}: skipped: {reason}")
                     records.append({"model": model_name, "weights": weight, "batch": batch, "skipped": reason})
@@ -260,7 +273,7 @@ def main() -> None:
                 if model_name == "llama_cpp":
                     ms, wall = bench_llama_cpp(args)
                 else:
-                    loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight)
+                    loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight, args.device)
                     profile = profile_dir / f"profile_{model_name}_{weight}_b{batch}.txt" if profile_dir else None
                     ms, wall = bench_engine(*loaded, batch, args, profile)
                 records.append(record(model_name, weight, batch, ms, wall, args))
