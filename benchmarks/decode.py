@@ -3,7 +3,7 @@
     python benchmarks/decode.py --json PATH [--models base,lora,mixlora,llama_cpp] [--weights fp32]
                                 [--batch 1,16] [--tokens 64] [--repeats 3] [--threads 2]
                                 [--base smollm2-135m-instruct] [--unmerged] [--profile DIR] [--quick]
-                                [--device cpu|cuda]
+                                [--device cpu|cuda] [--compile]
 
 Models, each on the same base (``--base``, SmolLM2-135M-Instruct by default, weights dequantised to
 float32 by ``trainables.lm.base.load_base``):
@@ -32,14 +32,16 @@ weights after the LoRA merge (``trainables.lm.quantize``, as ``serve.weights: in
 adapters stay float32); llama_cpp has its own GGUF weights and is measured under ``fp32`` only.
 
 Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merged, tokens, repeats,
-threads, base, wall_s, device, dtype}`` (or ``{model, weights, batch, skipped}``), and a table on stdout with the
-LoRA / base and MixLoRA / base ratios of time per token. ``--profile DIR``: also a torch.profiler
+threads, base, wall_s, device, dtype, compiled}`` (or ``{model, weights, batch, skipped}``), and a table
+on stdout with the LoRA / base and MixLoRA / base ratios of time per token. ``--profile DIR``: also a torch.profiler
 table per (model, batch) of its decode steps run in the main thread as the engine's step runs them
 (``profile_decode``; ``DIR/profile_<model>_<weights>_b<batch>.txt``, by self CPU time).
 ``--quick``: 8 tokens, one repeat, for a smoke run (``--base tiny-llama`` makes it take seconds).
 ``--device cuda``: the models built as on CPU (float32, LoRA merged), then moved as serving moves them
 (``trainables.lm.base.to_device``: bfloat16 on the GPU); int8 is CPU-only and skipped there, as is
 llama_cpp (a CPU baseline). Each record says its ``device``.
+``--compile``: the model's forward through ``torch.compile(dynamic=True)`` (the engine calls it as it
+would the model); the warm-up run pays the compilation, and a record says ``compiled``.
 """
 
 from __future__ import annotations
@@ -207,7 +209,8 @@ def record(model: str, weights: str, batch: int, ms: float, wall: float, args: a
             "ms_per_token": round(ms, 3), "merged": model in ("lora", "mixlora") and not args.unmerged,
             "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
             "base": "gguf" if model == "llama_cpp" else args.base, "wall_s": round(wall, 3), "device": args.device,
-            "dtype": "bfloat16" if args.device == "cuda" else "float32"}  # of the float weights (int8: the adapters')
+            "dtype": "bfloat16" if args.device == "cuda" else "float32",  # of the float weights (int8: the adapters')
+            "compiled": args.compile}
 
 
 def table(records: list[dict[str, Any]]) -> str:
@@ -239,6 +242,7 @@ def main() -> None:
     parser.add_argument("--unmerged", action="store_true", help="keep LoRA unmerged, as training does")
     parser.add_argument("--profile", help="also write a torch.profiler table per (model, batch) into this folder")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 8 tokens, one repeat")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model's forward (dynamic shapes)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="where the engine runs (cuda: bfloat16, as serving puts a model there)")
     args = parser.parse_args()
@@ -274,6 +278,8 @@ def main() -> None:
                     ms, wall = bench_llama_cpp(args)
                 else:
                     loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight, args.device)
+                    if args.compile and not hasattr(loaded[0], "_orig_mod"):
+                        loaded = (torch.compile(loaded[0], dynamic=True), loaded[1])
                     profile = profile_dir / f"profile_{model_name}_{weight}_b{batch}.txt" if profile_dir else None
                     ms, wall = bench_engine(*loaded, batch, args, profile)
                 records.append(record(model_name, weight, batch, ms, wall, args))
