@@ -70,10 +70,11 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def build_model(base: str, method: str, merged: bool, weights: str = "fp32",
-                device: str = "cpu") -> tuple[Any, Any]:
+def build_model(base: str, method: str, merged: bool, weights: str = "fp32", device: str = "cpu",
+                compile: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the bare base, or the base with fresh non-zero LoRA / MixLoRA adapters;
-    ``weights="int8"``: its frozen linear layers then as 8-bit weights; on ``device`` as serving puts it."""
+    ``weights="int8"``: its frozen linear layers then as 8-bit weights; on ``device`` as serving puts it;
+    ``compile``: its forward through ``torch.compile(dynamic=True)``."""
     from trainables.lm.base import load_base, to_device
     from trainables.lm.quantize import apply_weights
     from trainables.mixlora.checkpoint import apply_adapters
@@ -91,7 +92,8 @@ def build_model(base: str, method: str, merged: bool, weights: str = "fp32",
             from trainables.mixlora.checkpoint import prepare_for_inference
 
             prepare_for_inference(model)
-    return to_device(apply_weights(model, weights), device).eval(), tokenizer
+    model = to_device(apply_weights(model, weights), device).eval()
+    return (torch.compile(model, dynamic=True) if compile else model), tokenizer
 
 
 def prompt_ids(tokenizer: Any, batch: int) -> list[list[int]]:
@@ -205,11 +207,13 @@ def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False, de
 
 
 def record(model: str, weights: str, batch: int, ms: float, wall: float, args: argparse.Namespace) -> dict:
+    from trainables.lm.base import inference_dtype
+
     return {"model": model, "weights": weights, "batch": batch, "tokens_per_s": round(1000 * batch / ms, 2),
             "ms_per_token": round(ms, 3), "merged": model in ("lora", "mixlora") and not args.unmerged,
             "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
             "base": "gguf" if model == "llama_cpp" else args.base, "wall_s": round(wall, 3), "device": args.device,
-            "dtype": "bfloat16" if args.device == "cuda" else "float32",  # of the float weights (int8: the adapters')
+            "dtype": str(inference_dtype(args.device)).removeprefix("torch."),  # the float weights' (int8: adapters')
             "compiled": args.compile}
 
 
@@ -277,9 +281,8 @@ def main() -> None:
                 if model_name == "llama_cpp":
                     ms, wall = bench_llama_cpp(args)
                 else:
-                    loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight, args.device)
-                    if args.compile and not hasattr(loaded[0], "_orig_mod"):
-                        loaded = (torch.compile(loaded[0], dynamic=True), loaded[1])
+                    loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight, args.device,
+                                                   args.compile)
                     profile = profile_dir / f"profile_{model_name}_{weight}_b{batch}.txt" if profile_dir else None
                     ms, wall = bench_engine(*loaded, batch, args, profile)
                 records.append(record(model_name, weight, batch, ms, wall, args))
