@@ -23,17 +23,24 @@ merged into the frozen weights, ``trainables.mixlora.checkpoint.prepare_for_infe
 ``--unmerged``, left as training keeps them.
 
 Each record: ``batch`` sequences (distinct short prompts, left-padded) submitted at once, greedy,
-exactly ``--tokens`` tokens each (EOS is ignored: the benchmark empties the engine's EOS set), the
-median over ``--repeats`` after one warm-up run. ``ms_per_token``: the decode step's time: the wall
-time of the run less that of a 1-token run of the same batch (prefill and first token), over the
-``tokens - 1`` decode steps; ``tokens_per_s``: ``batch / ms_per_token``; ``wall_s``: the whole run.
+exactly ``--tokens`` tokens each (EOS is ignored: the benchmark empties the engine's EOS set).
+``ms_per_token``: the decode step's time: the wall time of the run less that of a 1-token run of the
+same batch (prefill and first token), over the ``tokens - 1`` decode steps; ``tokens_per_s``:
+``batch / ms_per_token``; ``wall_s``: the whole run. The members of one batch size (every model and
+weights asked for) are measured in ``--repeats`` interleaved rounds, each running every member once
+after all were warmed up, and a record keeps the median over the rounds. Its ratios are taken within
+each round and summarised as the median and ``_range`` ``[min, max]`` over the rounds: ``x_base``
+(lora, mixlora: time per token over the base's with the same weights), ``x_fp32_tokens_per_s``
+(the int8 base: tokens/s over the fp32 base's) and ``x_llama_cpp_tokens_per_s`` (the base at
+batch 1: tokens/s over llama.cpp's). The process runs with ``trainables.openmp.DECODE_ENV``, as
+serving does (a record's ``openmp``).
 ``--weights``: ``fp32``, and/or ``int8``: the same model with the frozen base's linear layers as 8-bit
 weights after the LoRA merge (``trainables.lm.quantize``, as ``serve.weights: int8`` loads it; the
 adapters stay float32); llama_cpp has its own GGUF weights and is measured under ``fp32`` only.
 
 Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merged, tokens, repeats,
-threads, base, wall_s, device, dtype, compiled}`` (or ``{model, weights, batch, skipped}``), and a table
-on stdout with the LoRA / base and MixLoRA / base ratios of time per token. ``--profile DIR``: also a torch.profiler
+threads, base, wall_s, device, dtype, compiled, openmp}`` and the ratios above (or ``{model, weights, batch,
+skipped}``), and a table of them on stdout. ``--profile DIR``: also a torch.profiler
 table per (model, batch) of its decode steps run in the main thread as the engine's step runs them
 (``profile_decode``; ``DIR/profile_<model>_<weights>_b<batch>.txt``, by self CPU time).
 ``--quick``: 8 tokens, one repeat, for a smoke run (``--base tiny-llama`` makes it take seconds).
@@ -48,9 +55,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +70,15 @@ from serve_lm import FALLBACK_PROMPTS as PROMPTS  # short instructions
 
 sys.path.insert(0, str(REPO))  # the repository's packages, installed or not
 
+from trainables.openmp import DECODE_ENV, apply_decode_env  # noqa: E402
+
+apply_decode_env()  # before torch, as generate and Serve replicas have it (trainables/openmp.py)
+
 import torch  # noqa: E402
 
 MODELS = ("base", "lora", "mixlora", "llama_cpp")
 WEIGHTS = ("fp32", "int8")
+Member = tuple[str, str]  # (model, weights)
 
 
 def log(message: str) -> None:
@@ -120,9 +136,13 @@ def decode_ms(run: Any, tokens: int) -> tuple[float, float]:
     return 1000 * (wall - short) / max(tokens - 1, 1), wall
 
 
-def bench_engine(model: Any, tokenizer: Any, batch: int, args: argparse.Namespace,
-                 profile: Path | None) -> tuple[float, float]:
-    """Median decode ms per step and median wall s over ``args.repeats``, after a warm-up run."""
+Runner = Callable[[int], float]  # tokens -> wall s of one batch decoding that many tokens per row
+
+
+@contextmanager
+def engine_runner(model: Any, tokenizer: Any, batch: int) -> Iterator[Runner]:
+    """A runner over a fresh ``GenerationEngine`` of ``model`` with ``batch`` rows (EOS off), warmed up;
+    the engine is closed on exit."""
     from trainables.lm.engine import GenerationEngine
 
     engine = GenerationEngine(model, tokenizer, max_batch_size=batch)
@@ -130,13 +150,49 @@ def bench_engine(model: Any, tokenizer: Any, batch: int, args: argparse.Namespac
     ids = prompt_ids(tokenizer, batch)
     try:
         run = lambda tokens: engine_run(engine, ids, tokens)
-        run(min(args.tokens, 8))  # warm-up
-        runs = [decode_ms(run, args.tokens) for _ in range(args.repeats)]
-        if profile is not None:
-            profile_decode(model, tokenizer, ids, args.tokens, profile)
+        run(8)  # warm-up
+        yield run
     finally:
         engine.close()
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+
+
+def measure_rounds(runners: dict[Member, Callable[[], AbstractContextManager[Runner]]], rounds: int,
+                   tokens: int) -> dict[Member, list[tuple[float, float]]]:
+    """``rounds`` rounds, each running every member once in turn: ``{member: [(ms per step, wall s)
+    per round]}``. Interleaved so that a ratio of two members is taken between runs a few seconds
+    apart: this VM's speed drifts by 15-20 % over minutes, which member-after-member runs mistook
+    for a difference between models. Each run opens its member's runner afresh (``runners``: member ->
+    a context manager of a runner): one generation engine, hence one engine thread with its OpenMP
+    team, at a time, as in a replica."""
+    times: dict[Member, list[tuple[float, float]]] = {member: [] for member in runners}
+    for round_ in range(rounds):
+        for member, open_runner in runners.items():
+            with open_runner() as run:
+                times[member].append(decode_ms(run, tokens))
+        log(f"  round {round_ + 1}/{rounds}: " + ", ".join(f"{m} {w} {t[-1][0]:.1f} ms" for (m, w), t in times.items()))
+    return times
+
+
+def ratio_fields(name: str, numerator: list[float], denominator: list[float]) -> dict[str, Any]:
+    """``{name: median, name_range: [min, max]}`` of the per-round ratios ``numerator[r] / denominator[r]``."""
+    per_round = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    return {name: round(statistics.median(per_round), 3),
+            f"{name}_range": [round(min(per_round), 3), round(max(per_round), 3)]}
+
+
+def ratios(member: Member, ms: dict[Member, list[float]]) -> dict[str, Any]:
+    """The within-round ratios a record carries (module docstring): ``x_base`` (time per token over the
+    base's, same weights) for lora / mixlora; for the base, ``x_fp32_tokens_per_s`` (int8) and
+    ``x_llama_cpp_tokens_per_s`` (batch 1), throughputs over fp32's and llama.cpp's."""
+    model, weights = member
+    fields: dict[str, Any] = {}
+    if model in ("lora", "mixlora") and ("base", weights) in ms:
+        fields |= ratio_fields("x_base", ms[member], ms["base", weights])
+    if model == "base" and weights == "int8" and ("base", "fp32") in ms:
+        fields |= ratio_fields("x_fp32_tokens_per_s", ms["base", "fp32"], ms[member])
+    if model == "base" and ("llama_cpp", "fp32") in ms:
+        fields |= ratio_fields("x_llama_cpp_tokens_per_s", ms["llama_cpp", "fp32"], ms[member])
+    return fields
 
 
 def profile_decode(model: Any, tokenizer: Any, ids: list[list[int]], tokens: int, path: Path) -> None:
@@ -168,8 +224,9 @@ def profile_decode(model: Any, tokenizer: Any, ids: list[list[int]], tokens: int
     log(f"  profile: {path}")
 
 
-def bench_llama_cpp(args: argparse.Namespace) -> tuple[float, float]:
-    """llama-cpp-python on the base's GGUF file, one sequence, greedy, EOS banned."""
+@contextmanager
+def llama_cpp_runner(args: argparse.Namespace) -> Iterator[Runner]:
+    """A runner over llama-cpp-python on the base's GGUF file: one sequence, greedy, EOS banned; warmed up."""
     from llama_cpp import Llama
 
     from trainables.lm.base import gguf_path
@@ -183,9 +240,11 @@ def bench_llama_cpp(args: argparse.Namespace) -> tuple[float, float]:
         llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0.0, logit_bias=no_eos)
         return time.perf_counter() - start
 
-    run(min(args.tokens, 8))
-    runs = [decode_ms(run, args.tokens) for _ in range(args.repeats)]
-    return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs)
+    run(8)
+    try:
+        yield run
+    finally:
+        llm.close()
 
 
 def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False, device: str = "cpu") -> str | None:
@@ -206,30 +265,32 @@ def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False, de
     return None
 
 
-def record(model: str, weights: str, batch: int, ms: float, wall: float, args: argparse.Namespace) -> dict:
+def record(member: Member, batch: int, times: list[tuple[float, float]], args: argparse.Namespace) -> dict:
+    """A member's record from its rounds' ``(ms per step, wall s)``: the medians."""
     from trainables.lm.base import inference_dtype
 
+    model, weights = member
+    ms, wall = statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
     return {"model": model, "weights": weights, "batch": batch, "tokens_per_s": round(1000 * batch / ms, 2),
             "ms_per_token": round(ms, 3), "merged": model in ("lora", "mixlora") and not args.unmerged,
             "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
             "base": "gguf" if model == "llama_cpp" else args.base, "wall_s": round(wall, 3), "device": args.device,
             "dtype": str(inference_dtype(args.device)).removeprefix("torch."),  # the float weights' (int8: adapters')
-            "compiled": args.compile}
+            "compiled": args.compile, "openmp": {key: os.environ.get(key) for key in DECODE_ENV}}
 
 
 def table(records: list[dict[str, Any]]) -> str:
-    """One line per record, with the time per token relative to the base's (same weights, same batch)."""
-    base = {(r["weights"], r["batch"]): r["ms_per_token"] for r in records
-            if r["model"] == "base" and "skipped" not in r}
-    lines = [f"{'model':<10} {'weights':<7} {'batch':>5} {'tok/s':>9} {'ms/token':>9} {'x base':>7}"]
+    """One line per record: its speed, and its within-round ratios (median [min-max] over the rounds)."""
+    lines = [f"{'model':<10} {'weights':<7} {'batch':>5} {'tok/s':>9} {'ms/token':>9}  within-round ratios"]
     for r in records:
         if "skipped" in r:
             lines.append(f"{r['model']:<10} {r['weights']:<7} {r['batch']:>5}   skipped: {r['skipped']}")
             continue
-        ref = base.get((r["weights"], r["batch"]))
-        ratio = f"{r['ms_per_token'] / ref:7.2f}" if ref else f"{'':>7}"
+        shown = [f"{label} {r[key]:.2f} [{r[key + '_range'][0]:.2f}-{r[key + '_range'][1]:.2f}]"
+                 for key, label in (("x_base", "x base (time/token)"), ("x_fp32_tokens_per_s", "tok/s x fp32"),
+                                    ("x_llama_cpp_tokens_per_s", "tok/s x llama.cpp")) if key in r]
         lines.append(f"{r['model']:<10} {r['weights']:<7} {r['batch']:>5} {r['tokens_per_s']:>9.1f} "
-                     f"{r['ms_per_token']:>9.2f} {ratio}")
+                     f"{r['ms_per_token']:>9.2f}  {'; '.join(shown)}")
     return "\n".join(lines)
 
 
@@ -240,7 +301,8 @@ def main() -> None:
     parser.add_argument("--weights", default="fp32", help="comma-separated, from " + ", ".join(WEIGHTS))
     parser.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
     parser.add_argument("--tokens", type=int, default=64, help="generated tokens per sequence")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per record (the median is kept)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="interleaved rounds: each runs every member once (medians kept)")
     parser.add_argument("--threads", type=int, default=2, help="torch (and llama.cpp) CPU threads")
     parser.add_argument("--base", default="smollm2-135m-instruct", help="the base model (tiny-llama for a smoke run)")
     parser.add_argument("--unmerged", action="store_true", help="keep LoRA unmerged, as training does")
@@ -267,25 +329,38 @@ def main() -> None:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
 
+    built: dict[Member, tuple[Any, Any]] = {}  # (model, tokenizer) per member, built once for all batches
     records: list[dict[str, Any]] = []
-    for model_name in models:
-        for weight in weights:
-            loaded = None
-            for batch in batches:
-                reason = skip_reason(model_name, weight, batch, args.unmerged, args.device)
-                if reason is not None:
-                    log(f"{model_name} {weight} batch {batch}: skipped: {reason}")
-                    records.append({"model": model_name, "weights": weight, "batch": batch, "skipped": reason})
+    for batch in batches:
+        members: list[Member] = []
+        for member in ((m, w) for m in models for w in weights):
+            reason = skip_reason(*member, batch, args.unmerged, args.device)
+            if reason is not None:
+                log(f"{member[0]} {member[1]} batch {batch}: skipped: {reason}")
+                records.append({"model": member[0], "weights": member[1], "batch": batch, "skipped": reason})
+            else:
+                members.append(member)
+        log(f"batch {batch}: {', '.join(f'{m} {w}' for m, w in members)}; {args.repeats} rounds of "
+            f"{args.tokens} tokens each")
+        with ExitStack() as stack:
+            runners: dict[Member, Callable[[], AbstractContextManager[Runner]]] = {}
+            for member in members:
+                if member[0] == "llama_cpp":  # loaded once for the batch size's rounds
+                    llama_cpp = stack.enter_context(llama_cpp_runner(args))
+                    runners[member] = partial(nullcontext, llama_cpp)
                     continue
-                log(f"{model_name} {weight} batch {batch}: {args.tokens} tokens x {args.repeats}")
-                if model_name == "llama_cpp":
-                    ms, wall = bench_llama_cpp(args)
-                else:
-                    loaded = loaded or build_model(args.base, model_name, not args.unmerged, weight, args.device,
-                                                   args.compile)
-                    profile = profile_dir / f"profile_{model_name}_{weight}_b{batch}.txt" if profile_dir else None
-                    ms, wall = bench_engine(*loaded, batch, args, profile)
-                records.append(record(model_name, weight, batch, ms, wall, args))
+                if member not in built:
+                    built[member] = build_model(args.base, member[0], not args.unmerged, member[1], args.device,
+                                                args.compile)
+                runners[member] = partial(engine_runner, *built[member], batch)
+            times = measure_rounds(runners, args.repeats, args.tokens)
+        ms = {member: [t[0] for t in rounds] for member, rounds in times.items()}
+        for member in members:
+            records.append(record(member, batch, times[member], args) | ratios(member, ms))
+            if profile_dir is not None and member[0] != "llama_cpp":
+                model, tokenizer = built[member]
+                profile_decode(model, tokenizer, prompt_ids(tokenizer, batch), args.tokens,
+                               profile_dir / f"profile_{member[0]}_{member[1]}_b{batch}.txt")
     Path(args.json).write_text(json.dumps(records, indent=2))
     print(table(records))
 

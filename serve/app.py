@@ -9,7 +9,7 @@ from a checkpoint in each replica and puts Serve's batching, autoscaling and ing
   size), ``autoscaling_config`` (min/max replicas, target ongoing requests), the replica's
   resources (``num_cpus_per_replica``; ``num_gpus_per_replica`` > 0 asks Ray for GPUs, and the
   family's endpoint then runs its model on CUDA, ``ServeSection.device``) and the replica's
-  facts for ``/healthz`` (replica id, ingress). All of it comes from the family's ``serve:``
+  facts for ``/healthz`` (replica id, ingress, threads, OpenMP settings). All of it comes from the family's ``serve:``
   section, which every checkpoint written by ``moe-orch train`` also carries in its metadata.
 - The model is read from a checkpoint directory, or downloaded by each replica from an MLflow
   run's ``checkpoint`` artifact (``{"run_id", "tracking_uri"}``; deleted when Serve stops the
@@ -46,6 +46,7 @@ from orchestrator.contract import ServeSection, import_ref, section_from
 from orchestrator.registry import load_family
 from serve import haproxy
 from serve.body_limit import BodyLimit
+from trainables.openmp import DECODE_ENV, decode_env
 
 DEPLOYMENT_NAME = "ModelServer"
 IMPORT_PATH = "serve.app:app_builder"
@@ -197,8 +198,12 @@ class ModelServer:
             shutil.rmtree(self.download_dir, ignore_errors=True)
 
     def health(self) -> dict[str, Any]:
-        """This replica's facts for ``/healthz``."""
-        return {"replica": self.replica, "ingress": replica_ingress(), "source_version": self.version}
+        """This replica's facts for ``/healthz``: its id, ingress, checkpoint version, torch threads and the
+        OpenMP wait settings its process started with (``trainables.openmp``)."""
+        import torch
+
+        return {"replica": self.replica, "ingress": replica_ingress(), "source_version": self.version,
+                "threads": torch.get_num_threads(), "openmp": {key: os.environ.get(key) for key in DECODE_ENV}}
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
     async def batched(self, items: list[Any]) -> list[Any]:
@@ -218,8 +223,9 @@ def replica_app(endpoint: Any, settings: ServeSection, batched: Callable[[Any], 
 def deployment_options(settings: ServeSection) -> dict[str, Any]:
     """``max_ongoing_requests`` (>= the batch size), ``max_queued_requests``, ``autoscaling_config``,
     ``ray_actor_options`` (``num_cpus``, and ``num_gpus`` only when ``num_gpus_per_replica`` > 0: then Ray
-    gives each replica its GPUs and the endpoint runs on ``settings.device``, cuda) and the replicas' health
-    checks."""
+    gives each replica its GPUs and the endpoint runs on ``settings.device``, cuda; ``runtime_env``: the
+    OpenMP settings of ``trainables.openmp.DECODE_ENV`` that this process has not set otherwise) and the
+    replicas' health checks."""
     return {
         "health_check_period_s": settings.health_check_period_s,
         "health_check_timeout_s": settings.health_check_timeout_s,
@@ -230,7 +236,9 @@ def deployment_options(settings: ServeSection) -> dict[str, Any]:
                                "upscale_delay_s": settings.upscale_delay_s,
                                "downscale_delay_s": settings.downscale_delay_s},
         "ray_actor_options": {"num_cpus": settings.num_cpus_per_replica,
-                              **({"num_gpus": settings.num_gpus_per_replica} if settings.num_gpus_per_replica else {})},
+                              **({"num_gpus": settings.num_gpus_per_replica} if settings.num_gpus_per_replica else {}),
+                              # OpenMP workers that spin between a decode step's matmuls (trainables.openmp)
+                              "runtime_env": {"env_vars": decode_env()}},
         "logging_config": {"enable_access_log": settings.access_log},
     }
 

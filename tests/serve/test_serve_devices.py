@@ -17,6 +17,7 @@ from orchestrator.contract import ServeSection
 from orchestrator.registry import family_ref
 from serve.app import ModelServer, deployment_options, serve_config
 from trainables.lm.sections import LMServe
+from trainables.openmp import decode_env
 
 
 def _deployment(settings: ServeSection) -> dict[str, Any]:
@@ -30,17 +31,19 @@ def _deployment(settings: ServeSection) -> dict[str, Any]:
 
 def test_num_gpus_per_replica_reaches_the_replicas_ray_actor_options() -> None:
     settings = LMServe(num_gpus_per_replica=0.5, num_cpus_per_replica=2)
-    assert deployment_options(settings)["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5}
+    env = {"runtime_env": {"env_vars": decode_env()}}
+    assert deployment_options(settings)["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5, **env}
     bound = ModelServer.options(**deployment_options(settings))  # what build_app binds
     assert bound.ray_actor_options["num_gpus"] == 0.5 and bound.ray_actor_options["num_cpus"] == 2.0
-    assert _deployment(settings)["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5}
+    assert _deployment(settings)["ray_actor_options"] == {"num_cpus": 2.0, "num_gpus": 0.5, **env}
     assert settings.device == "cuda"
 
 
 @pytest.mark.parametrize("settings", [ServeSection(), LMServe()], ids=["serve", "lm"])
 def test_nothing_asks_for_a_gpu_by_default(settings: ServeSection) -> None:
     assert settings.num_gpus_per_replica == 0 and settings.device == "cpu"
-    assert deployment_options(settings)["ray_actor_options"] == {"num_cpus": 1.0}
+    assert deployment_options(settings)["ray_actor_options"] == {"num_cpus": 1.0,
+                                                                  "runtime_env": {"env_vars": decode_env()}}
     assert "num_gpus" not in _deployment(settings)["ray_actor_options"]
 
 
@@ -69,7 +72,8 @@ def test_a_gpu_replicas_emitted_config_asks_for_its_gpu(tmp_path: Path) -> None:
     serve_target(str(pool), None, ("serve.num_gpus_per_replica=1",), str(tmp_path / "serve.yaml"), None, None, None,
                  None, echo=lambda _: None)
     deployment = yaml.safe_load((tmp_path / "serve.yaml").read_text())["applications"][0]["deployments"][0]
-    assert deployment["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0}
+    assert deployment["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 1.0,
+                                               "runtime_env": {"env_vars": decode_env()}}
 
 
 @pytest.mark.gpu

@@ -22,6 +22,7 @@ from support import MlflowServer, fuzz_openapi, raw_post, save_tiny_pool, unused
 
 from orchestrator.registry import family_ref
 from trainables.lm.sections import LMServe
+from trainables.openmp import DECODE_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]
 MODEL = "pool-test"
@@ -123,6 +124,13 @@ def test_concurrent_requests_are_decoded_together(client: openai.OpenAI, lm_url:
     assert all(a.choices[0].finish_reason in ("stop", "length") for a in answers)
     health = requests.get(f"{lm_url}/healthz", timeout=30).json()
     assert health["max_running"] > 1  # the engine decoded several sequences in one batch
+
+
+def test_the_replica_decodes_with_its_threads_and_the_openmp_wait_settings(lm_url: str) -> None:
+    """The replica's process got ``DECODE_ENV`` from its actor's runtime env (its OpenMP workers spin
+    between a decode step's matmuls, ``trainables/openmp.py``) and one torch thread per CPU it reserved."""
+    health = requests.get(f"{lm_url}/healthz", timeout=30).json()
+    assert health["openmp"] == DECODE_ENV and health["threads"] == 1  # num_cpus_per_replica 1.0
 
 
 def test_bad_requests_get_openai_errors_and_the_server_lives(client: openai.OpenAI, lm_url: str) -> None:
