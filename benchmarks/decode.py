@@ -70,7 +70,7 @@ from serve_lm import FALLBACK_PROMPTS as PROMPTS  # short instructions
 
 sys.path.insert(0, str(REPO))  # the repository's packages, installed or not
 
-from trainables.openmp import DECODE_ENV, apply_decode_env  # noqa: E402
+from trainables.openmp import DECODE_ENV, apply_decode_env, in_fresh_thread  # noqa: E402
 
 apply_decode_env()  # before torch, as generate and Serve replicas have it (trainables/openmp.py)
 
@@ -350,8 +350,8 @@ def main() -> None:
                     runners[member] = partial(nullcontext, llama_cpp)
                     continue
                 if member not in built:
-                    built[member] = build_model(args.base, member[0], not args.unmerged, member[1], args.device,
-                                                args.compile)
+                    built[member] = in_fresh_thread(build_model, args.base, member[0], not args.unmerged, member[1],
+                                                    args.device, args.compile)  # as a Serve replica loads it
                 runners[member] = partial(engine_runner, *built[member], batch)
             times = measure_rounds(runners, args.repeats, args.tokens)
         ms = {member: [t[0] for t in rounds] for member, rounds in times.items()}

@@ -226,9 +226,6 @@ def generate_cmd(target: str, prompt: str, max_tokens: int, temperature: float, 
                  tracking_uri: str | None, weights: str, device: str) -> None:
     """Stream a completion of PROMPT from TARGET: an MLflow run id, a checkpoint directory, or a
     pretrained base such as smollm2-135m-instruct (families with a generator: MixLoRA)."""
-    from trainables.openmp import apply_decode_env
-
-    apply_decode_env()  # before torch: the streamer thread's OpenMP workers spin between matmuls
     from orchestrator.generate import GenerateError, generate_from
 
     try:

@@ -46,7 +46,7 @@ from orchestrator.contract import ServeSection, import_ref, section_from
 from orchestrator.registry import load_family
 from serve import haproxy
 from serve.body_limit import BodyLimit
-from trainables.openmp import DECODE_ENV, decode_env
+from trainables.openmp import DECODE_ENV, decode_env, in_fresh_thread
 
 DEPLOYMENT_NAME = "ModelServer"
 IMPORT_PATH = "serve.app:app_builder"
@@ -147,7 +147,8 @@ class ModelServer:
         torch.set_num_threads(max(1, int(self.settings.num_cpus_per_replica)))
         path, self.download_dir = fetch_checkpoint(source)  # a download is deleted in __del__
         self.family, self.source, self.version = family, source, None  # the label comes with reconfigure
-        self.endpoint = import_ref(spec.endpoint)(path, self.settings)
+        # loaded in a thread that ends: it leaves no OpenMP team behind to slow the engine's (trainables.openmp)
+        self.endpoint = in_fresh_thread(import_ref(spec.endpoint), path, self.settings)
         self.batched.set_max_batch_size(self.settings.max_batch_size)
         self.batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.replica = serve.get_replica_context().replica_id.unique_id
@@ -177,7 +178,7 @@ class ModelServer:
             else:
                 path, download_dir = await asyncio.to_thread(fetch_checkpoint, source)
                 try:
-                    await asyncio.to_thread(reload, path, version)
+                    await asyncio.to_thread(in_fresh_thread, reload, path, version)  # as __init__ loads
                 except BaseException:
                     if download_dir is not None:
                         shutil.rmtree(download_dir, ignore_errors=True)

@@ -1,22 +1,29 @@
-"""OpenMP's wait policy for processes that decode: idle worker threads spin briefly before they sleep.
+"""OpenMP and the generation engine's thread: one team of workers, which spins between a step's matmuls.
 
 torch's CPU kernels run on GNU OpenMP (libgomp). After a parallel region its worker threads spin for
 a while, waiting for the next one, and then sleep; waking a sleeping worker costs tens of
-microseconds. libgomp spins only briefly (about 1,000 iterations instead of 300,000) once it manages
-more threads than the machine has cores, and that is the case whenever torch runs in a second thread:
-the thread that loaded the model keeps its team of workers, and the generation engine's thread (or
-the streamer thread of ``generate``) gets its own. Its workers then sleep between the ~200 small
-matmuls of a decode step. Measured on SmolLM2-135M (2 cores, 2 threads, batch 1, 64 tokens): the
-int8 linears of a decode step took 11.8 ms in the main thread and 26.1 ms in a second one; the
-engine decoded 23-25 tok/s with int8 weights before, 30.5 after (``docs/benchmarks.md``).
+microseconds. Once libgomp manages more threads than the machine has cores it spins only 100
+iterations instead of 300,000 (1,000 with ``OMP_WAIT_POLICY=ACTIVE``; ``GOMP_SPINCOUNT`` in libgomp's
+manual), and that is the case whenever torch runs in a second thread:
+the thread that loaded the model keeps its team for as long as it lives, and the generation engine's
+thread gets its own. Its workers then sleep between the ~200 small matmuls of a decode step. Measured
+on SmolLM2-135M (2 cores, 2 threads, batch 1, int8 weights): a decode step took 23-25 ms in a bare
+loop in the loading thread and 38-43 ms in a second thread; the int8 linears alone 11.8 ms against
+26.1 ms (``docs/benchmarks.md``).
 
-``DECODE_ENV`` makes the workers spin up to 300,000 iterations whatever the thread count
-(``OMP_WAIT_POLICY=ACTIVE`` with ``GOMP_SPINCOUNT`` bounding the spin; ``ACTIVE`` alone spins
-without end, and the main thread's idle team then takes a core from the engine's). libgomp reads
-them once, when torch loads it, so they must be in the environment before ``import torch``:
+Two remedies, both applied:
 
-- Serve replicas get them in their actor's runtime environment (``serve.app.deployment_options``);
-- ``moe-orch generate`` and ``benchmarks/decode.py`` call ``apply_decode_env()`` before importing torch.
+- ``in_fresh_thread``: load the model in a thread that ends, so that it leaves no team behind and the
+  engine's thread is the only one with workers (the second thread's step: 22.8-24.2 ms). Serve replicas
+  load and hot-swap their model this way, ``decode.py`` builds its models this way, and
+  ``moe-orch generate`` decodes in the thread that loaded the model.
+- ``DECODE_ENV``, for when a second team exists anyway (a thread the replica's framework ran torch in,
+  an old engine draining after a hot swap): ``OMP_WAIT_POLICY=ACTIVE`` (1,000 spins with two teams;
+  29-31 ms a step) with ``GOMP_SPINCOUNT`` bounding the spin with one team (``ACTIVE`` alone spins
+  without end, and an idle team then takes a core from the engine's).
+  libgomp reads it once, when torch loads it, so it must be in the environment before ``import
+  torch``: Serve replicas get it in their actor's runtime environment (``serve.app.deployment_options``),
+  ``benchmarks/decode.py`` calls ``apply_decode_env()`` first.
 
 A variable already set by the user is left as it is. This module imports nothing heavy (no torch).
 """
@@ -25,7 +32,11 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 DECODE_ENV = {"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "300000"}
 
@@ -41,3 +52,11 @@ def apply_decode_env() -> bool:
     (torch not imported yet), False if libgomp has already read its settings (then nothing changes)."""
     os.environ.update(decode_env())
     return "torch" not in sys.modules
+
+
+def in_fresh_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` run in a new thread that ends when it returns: its result, or its exception
+    raised here. A thread that runs torch's parallel kernels (loading a model does) keeps an OpenMP team
+    while it lives; this one takes its team with it (module docstring)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="load") as pool:
+        return pool.submit(fn, *args, **kwargs).result()

@@ -1,4 +1,4 @@
-"""``trainables.openmp``: the OpenMP wait settings of processes that decode reach the environment before
+"""``trainables.openmp``: models load in a thread that ends; the OpenMP wait settings reach the environment before
 torch loads libgomp, and never override a user's own."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from trainables.openmp import DECODE_ENV, apply_decode_env, decode_env
+from trainables.openmp import DECODE_ENV, apply_decode_env, decode_env, in_fresh_thread
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -44,3 +44,18 @@ def test_too_late_once_torch_is_imported(monkeypatch: pytest.MonkeyPatch) -> Non
     for key in DECODE_ENV:
         monkeypatch.delenv(key, raising=False)  # restored after the test: later Ray workers inherit this env
     assert apply_decode_env() is False
+
+
+def test_in_fresh_thread_returns_raises_and_leaves_no_thread_behind() -> None:
+    import threading
+
+    seen: list[threading.Thread] = []
+
+    def work(x: int, y: int = 0) -> int:
+        seen.append(threading.current_thread())
+        return x + y
+
+    assert in_fresh_thread(work, 1, y=2) == 3
+    assert seen[0] is not threading.current_thread() and not seen[0].is_alive()  # its OpenMP team went with it
+    with pytest.raises(ZeroDivisionError):
+        in_fresh_thread(lambda: 1 / 0)

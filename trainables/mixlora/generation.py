@@ -3,11 +3,11 @@ checkpoint or a bare base answers one prompt in the base's chat template, token 
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from transformers import TextIteratorStreamer
+from transformers import TextStreamer
 
 from trainables.lm.base import load_base, to_device
 from trainables.lm.instructions import chat_prompt
@@ -30,15 +30,23 @@ def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tok
     to_device(model, device)  # a checkpoint's model: built on cpu, merged, then moved
     inputs = tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)  # (1, T)
     inputs = inputs.to(device)
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = _CallbackStreamer(tokenizer, on_text)
     sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
-    kwargs = dict(**inputs, max_new_tokens=max_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
-                  **sampling)
-    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)  # generate runs under no_grad
-    worker.start()
-    pieces = []
-    for piece in streamer:  # blocks until the next decoded piece
-        pieces.append(piece)
-        on_text(piece)
-    worker.join()
-    return "".join(pieces)
+    # in this thread, the one that loaded the model: one OpenMP team of workers (trainables/openmp.py)
+    model.generate(**inputs, max_new_tokens=max_tokens, streamer=streamer, pad_token_id=tokenizer.pad_token_id,
+                   **sampling)
+    return "".join(streamer.pieces)
+
+
+class _CallbackStreamer(TextStreamer):
+    """Hugging Face's ``TextStreamer`` handing each decoded piece to ``on_text`` (and keeping it in
+    ``pieces``) instead of printing it; the prompt and special tokens are skipped."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self.on_text, self.pieces = on_text, []
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.pieces.append(text)
+            self.on_text(text)

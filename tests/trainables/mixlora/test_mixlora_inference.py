@@ -120,3 +120,16 @@ def test_training_and_eval_with_autograd_take_the_original_path(model_and_tokeni
             model.eval()
     assert torch.equal(train_logits, grad_logits)
     torch.testing.assert_close(fast_logits, grad_logits.detach(), **TIGHT)
+
+
+def test_generate_streams_its_pieces_from_the_callers_thread() -> None:
+    """``generate`` decodes in the thread that loaded the model (one OpenMP team, ``trainables/openmp.py``),
+    handing every piece to ``on_text`` as it comes; the pieces make the returned completion."""
+    import threading
+
+    from trainables.mixlora.generation import generate
+
+    pieces: list[tuple[str, threading.Thread]] = []
+    text = generate(None, "tiny-llama", "Hello", 12, lambda piece: pieces.append((piece, threading.current_thread())))
+    assert pieces and "".join(p for p, _ in pieces) == text
+    assert all(thread is threading.current_thread() for _, thread in pieces)
