@@ -231,13 +231,15 @@ def llama_cpp_runner(args: argparse.Namespace) -> Iterator[Runner]:
 
     from trainables.lm.base import gguf_path
 
-    llm = Llama(model_path=str(gguf_path()), n_threads=args.threads, n_threads_batch=args.threads, n_ctx=512,
-                verbose=False)
+    # llama.cpp runs on the same libgomp as torch (one soname, loaded once): it too runs in threads that end,
+    # so that its OpenMP team does not outlive a run and slow the engines' (trainables/openmp.py)
+    llm = in_fresh_thread(Llama, model_path=str(gguf_path()), n_threads=args.threads, n_threads_batch=args.threads,
+                          n_ctx=512, verbose=False)
     no_eos = {llm.token_eos(): -1e9}
 
     def run(tokens: int) -> float:
         start = time.perf_counter()
-        llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0.0, logit_bias=no_eos)
+        in_fresh_thread(llm.create_completion, PROMPTS[0], max_tokens=tokens, temperature=0.0, logit_bias=no_eos)
         return time.perf_counter() - start
 
     run(8)

@@ -15,7 +15,7 @@ Two remedies, both applied:
 
 - ``in_fresh_thread``: load the model in a thread that ends, so that it leaves no team behind and the
   engine's thread is the only one with workers (the second thread's step: 22.8-24.2 ms). Serve replicas
-  load and hot-swap their model this way, ``decode.py`` builds its models this way, and
+  load and hot-swap their model this way, as do the LLM judge's local model actors and ``decode.py``;
   ``moe-orch generate`` decodes in the thread that loaded the model.
 - ``DECODE_ENV``, for when a second team exists anyway (a thread the replica's framework ran torch in,
   an old engine draining after a hot swap): ``OMP_WAIT_POLICY=ACTIVE`` (1,000 spins with two teams;

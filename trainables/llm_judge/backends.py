@@ -122,14 +122,20 @@ class LocalLM:
         from trainables.lm.base import load_base, to_device
         from trainables.lm.engine import GenerationEngine
         from trainables.lm.serving import load_lm
+        from trainables.openmp import in_fresh_thread
         from trainables.training.manifest import is_checkpoint
 
         torch.set_num_threads(max(1, threads))
-        if is_checkpoint(ref):  # an LM-family checkpoint (MixLoRA, DyLoRA-MoE): base + adapters
-            model, self.tokenizer, _ = load_lm(Path(ref))
-        else:
-            model, self.tokenizer = load_base(ref, device=device)  # bfloat16 on cuda
-        to_device(model, device)  # a checkpoint's model: built on cpu, merged, then moved
+
+        def load() -> tuple[Any, Any]:
+            if is_checkpoint(ref):  # an LM-family checkpoint (MixLoRA, DyLoRA-MoE): base + adapters
+                model, tokenizer, _ = load_lm(Path(ref))
+            else:
+                model, tokenizer = load_base(ref, device=device)  # bfloat16 on cuda
+            return to_device(model, device), tokenizer  # a checkpoint's model: built on cpu, merged, then moved
+
+        # loaded in a thread that ends, so the engine's thread is the only OpenMP team (trainables.openmp)
+        model, self.tokenizer = in_fresh_thread(load)
         self.engine = GenerationEngine(model, self.tokenizer, max_batch_size=max_batch_size)
 
     def _prompt_ids(self, messages: Messages) -> list[int]:
