@@ -28,7 +28,8 @@ exactly ``--tokens`` tokens each (EOS is ignored: the benchmark empties the engi
 same batch (prefill and first token), over the ``tokens - 1`` decode steps; ``tokens_per_s``:
 ``batch / ms_per_token``; ``wall_s``: the whole run. The members of one batch size (every model and
 weights asked for) are measured in ``--repeats`` interleaved rounds, each running every member once
-after all were warmed up, and a record keeps the median over the rounds. Its ratios are taken within
+(on a fresh, warmed-up engine: one engine thread at a time, as in a replica), and a record keeps the
+median over the rounds. Its ratios are taken within
 each round and summarised as the median and ``_range`` ``[min, max]`` over the rounds: ``x_base``
 (lora, mixlora: time per token over the base's with the same weights), ``x_fp32_tokens_per_s``
 (the int8 base: tokens/s over the fp32 base's) and ``x_llama_cpp_tokens_per_s`` (the base at
@@ -41,7 +42,7 @@ adapters stay float32); llama_cpp has its own GGUF weights and is measured under
 Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merged, tokens, repeats,
 threads, base, wall_s, device, dtype, compiled, openmp}`` and the ratios above (or ``{model, weights, batch,
 skipped}``), and a table of them on stdout. ``--profile DIR``: also a torch.profiler
-table per (model, batch) of its decode steps run in the main thread as the engine's step runs them
+table per (model, batch) of its decode steps run in a thread of their own as the engine's step runs them
 (``profile_decode``; ``DIR/profile_<model>_<weights>_b<batch>.txt``, by self CPU time).
 ``--quick``: 8 tokens, one repeat, for a smoke run (``--base tiny-llama`` makes it take seconds).
 ``--device cuda``: the models built as on CPU (float32, LoRA merged), then moved as serving moves them
@@ -72,7 +73,7 @@ sys.path.insert(0, str(REPO))  # the repository's packages, installed or not
 
 from trainables.openmp import DECODE_ENV, apply_decode_env, in_fresh_thread  # noqa: E402
 
-apply_decode_env()  # before torch, as generate and Serve replicas have it (trainables/openmp.py)
+apply_decode_env()  # before torch, as Serve replicas have it (trainables/openmp.py)
 
 import torch  # noqa: E402
 
@@ -361,8 +362,10 @@ def main() -> None:
             records.append(record(member, batch, times[member], args) | ratios(member, ms))
             if profile_dir is not None and member[0] != "llama_cpp":
                 model, tokenizer = built[member]
-                profile_decode(model, tokenizer, prompt_ids(tokenizer, batch), args.tokens,
-                               profile_dir / f"profile_{member[0]}_{member[1]}_b{batch}.txt")
+                # in a thread that ends: the profile's OpenMP team must not outlive it and slow the next
+                # batch size's engines (trainables/openmp.py)
+                in_fresh_thread(profile_decode, model, tokenizer, prompt_ids(tokenizer, batch), args.tokens,
+                                profile_dir / f"profile_{member[0]}_{member[1]}_b{batch}.txt")
     Path(args.json).write_text(json.dumps(records, indent=2))
     print(table(records))
 
