@@ -24,15 +24,15 @@ merged into the frozen weights, ``trainables.mixlora.checkpoint.prepare_for_infe
 
 Each record: ``batch`` sequences (distinct short prompts, left-padded) submitted at once, greedy,
 exactly ``--tokens`` tokens each (EOS is ignored: the benchmark empties the engine's EOS set).
-``ms_per_token``: the decode step's time: the wall time of the run less that of a 1-token run of the
-same batch (prefill and first token), over the ``tokens - 1`` decode steps; ``tokens_per_s``:
-``batch / ms_per_token``; ``wall_s``: the whole run. The members of one batch size (every model and
-weights asked for) are measured in ``--repeats`` interleaved rounds, each running every member once
-(on a fresh, warmed-up engine: one engine thread at a time, as in a replica), and a record keeps the
-median over the rounds. Its ratios are taken within
-each round and summarised as the median and ``_range`` ``[min, max]`` over the rounds: ``x_base``
-(lora, mixlora: time per token over the base's with the same weights), ``x_fp32_tokens_per_s``
-(the int8 base: tokens/s over the fp32 base's) and ``x_llama_cpp_tokens_per_s`` (the base at
+``ms_per_token``: the decode step's time: from the batch's first token (prefill done) to its last,
+over the ``tokens - 1`` decode steps between them, as the engine's thread (or llama.cpp's) stamps
+them; ``tokens_per_s``: ``batch / ms_per_token``; ``wall_s``: the whole run, prefill included.
+The members of one batch size (every model and weights asked for) are measured in ``--repeats``
+interleaved rounds, each running every member once (on a fresh, warmed-up engine: one engine thread
+at a time, as in a replica), and a record keeps the median over the rounds. Its ratios are taken
+within each round and summarised as the median and ``_range`` ``[min, max]`` over the rounds:
+``x_base`` (lora, mixlora: time per token over the base's with the same weights),
+``x_fp32_tokens_per_s`` (the int8 base: tokens/s over the fp32 base's) and ``x_llama_cpp_tokens_per_s`` (the base at
 batch 1: tokens/s over llama.cpp's). The process runs with ``trainables.openmp.DECODE_ENV``, as
 serving does (a record's ``openmp``).
 ``--weights``: ``fp32``, and/or ``int8``: the same model with the frozen base's linear layers as 8-bit
@@ -117,27 +117,24 @@ def prompt_ids(tokenizer: Any, batch: int) -> list[list[int]]:
     return [tokenizer(PROMPTS[i % len(PROMPTS)], add_special_tokens=False)["input_ids"] for i in range(batch)]
 
 
-def engine_run(engine: Any, ids: list[list[int]], tokens: int) -> float:
-    """One batch through the engine, every row ``tokens`` tokens: the wall time in s."""
+def engine_run(engine: Any, ids: list[list[int]], tokens: int) -> tuple[float, float]:
+    """One batch through the engine, every row ``tokens`` tokens: ``(ms per decode step, wall s)``."""
     from trainables.lm.engine import SamplingParams
 
     params = SamplingParams(max_tokens=tokens, temperature=0.0)
-    start = time.perf_counter()
+    start = time.monotonic()
     streams = [engine.submit(row, params) for row in ids]
     done = [s.collect() for s in streams]
-    wall = time.perf_counter() - start
+    wall = time.monotonic() - start
     assert all(e.completion_tokens == tokens for e in done), [e.completion_tokens for e in done]
-    return wall
+    # the engine's thread stamps each stream's first and latest event: decode runs from the moment the
+    # last row has its first token (every row prefilled) to the batch's last token
+    first = max(s.first_token_at for s in streams)
+    last = max(s.last_event_at for s in streams)
+    return 1000 * (last - first) / (tokens - 1), wall
 
 
-def decode_ms(run: Any, tokens: int) -> tuple[float, float]:
-    """``(ms per decode step, wall s)``: a ``tokens``-token run less a 1-token one (prefill and first
-    token only), over the ``tokens - 1`` decode steps between them."""
-    short, wall = run(1), run(tokens)
-    return 1000 * (wall - short) / max(tokens - 1, 1), wall
-
-
-Runner = Callable[[int], float]  # tokens -> wall s of one batch decoding that many tokens per row
+Runner = Callable[[int], tuple[float, float]]  # tokens -> (ms per decode step, wall s) of one batch run
 
 
 @contextmanager
@@ -169,7 +166,7 @@ def measure_rounds(runners: dict[Member, Callable[[], AbstractContextManager[Run
     for round_ in range(rounds):
         for member, open_runner in runners.items():
             with open_runner() as run:
-                times[member].append(decode_ms(run, tokens))
+                times[member].append(run(tokens))
         log(f"  round {round_ + 1}/{rounds}: " + ", ".join(f"{m} {w} {t[-1][0]:.1f} ms" for (m, w), t in times.items()))
     return times
 
@@ -238,11 +235,15 @@ def llama_cpp_runner(args: argparse.Namespace) -> Iterator[Runner]:
                           n_ctx=512, verbose=False)
     no_eos = {llm.token_eos(): -1e9}
 
-    def run(tokens: int) -> float:
-        start = time.perf_counter()
-        in_fresh_thread(llm.create_completion, PROMPTS[0], max_tokens=tokens, temperature=0.0, logit_bias=no_eos)
-        return time.perf_counter() - start
+    def stream(tokens: int) -> tuple[float, float]:
+        start = time.monotonic()
+        stamps = [time.monotonic() for _ in llm.create_completion(PROMPTS[0], max_tokens=tokens, temperature=0.0,
+                                                                     logit_bias=no_eos, stream=True)]
+        # a chunk a token, save where llama.cpp holds back a partial UTF-8 character: the first and the last
+        # chunk still come with the first and the last token
+        return 1000 * (stamps[-1] - stamps[0]) / (tokens - 1), stamps[-1] - start
 
+    run = partial(in_fresh_thread, stream)
     run(8)
     try:
         yield run
@@ -303,7 +304,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated, from " + ", ".join(MODELS))
     parser.add_argument("--weights", default="fp32", help="comma-separated, from " + ", ".join(WEIGHTS))
     parser.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
-    parser.add_argument("--tokens", type=int, default=64, help="generated tokens per sequence")
+    parser.add_argument("--tokens", type=int, default=64, help="generated tokens per sequence (at least 2)")
     parser.add_argument("--repeats", type=int, default=3,
                         help="interleaved rounds: each runs every member once (medians kept)")
     parser.add_argument("--threads", type=int, default=2, help="torch (and llama.cpp) CPU threads")
@@ -319,6 +320,8 @@ def main() -> None:
         parser.error("--device cuda: torch sees no CUDA device here")
     if args.quick:
         args.tokens, args.repeats = 8, 1
+    if args.tokens < 2:
+        parser.error("--tokens: at least 2 (a decode step's time is taken between the first token and the last)")
     models, weights = args.models.split(","), args.weights.split(",")
     batches = [int(b) for b in args.batch.split(",")]
     for name in models:

@@ -144,7 +144,8 @@ class GenerationStream:
         self._loop = loop
         self._async: asyncio.Queue[Event | BaseException] | None = asyncio.Queue() if loop is not None else None
         self.submitted = time.monotonic()
-        self.first_token_at: float | None = None
+        self.first_token_at: float | None = None  # time.monotonic() of the first event put
+        self.last_event_at: float | None = None  # ... and of the latest
         self.cancelled = False  # set by ``cancel``; read by the engine's thread
 
     def cancel(self) -> None:
@@ -154,8 +155,9 @@ class GenerationStream:
 
     def put(self, event: Event | BaseException) -> None:
         """Called by the engine's thread."""
+        self.last_event_at = time.monotonic()
         if self.first_token_at is None:
-            self.first_token_at = time.monotonic()
+            self.first_token_at = self.last_event_at
         if self._loop is not None and self._async is not None:
             self._loop.call_soon_threadsafe(self._async.put_nowait, event)
         else:
