@@ -32,12 +32,12 @@ interleaved rounds, each running every member once (on a fresh, warmed-up engine
 at a time, as in a replica), and a record keeps the median over the rounds. Its ratios are taken
 within each round and summarised as the median and ``_range`` ``[min, max]`` over the rounds:
 ``x_base`` (lora, mixlora: time per token over the base's with the same weights),
-``x_fp32_tokens_per_s`` (the int8 base: tokens/s over the fp32 base's) and ``x_llama_cpp_tokens_per_s`` (the base at
-batch 1: tokens/s over llama.cpp's). The process runs with ``trainables.openmp.DECODE_ENV``, as
-serving does (a record's ``openmp``).
-``--weights``: ``fp32``, and/or ``int8``: the same model with the frozen base's linear layers as 8-bit
-weights after the LoRA merge (``trainables.lm.quantize``, as ``serve.weights: int8`` loads it; the
-adapters stay float32); llama_cpp has its own GGUF weights and is measured under ``fp32`` only.
+``x_fp32_tokens_per_s`` (the int8 / int4 base: tokens/s over the fp32 base's) and
+``x_llama_cpp_tokens_per_s`` (the base at batch 1: tokens/s over llama.cpp's). The process runs
+with ``trainables.openmp.DECODE_ENV``, as serving does (a record's ``openmp``).
+``--weights``: ``fp32``, and/or ``int8`` / ``int4``: the same model with the frozen base's linear
+layers as 8- / 4-bit weights after the LoRA merge (``trainables.lm.quantize``, as ``serve.weights``
+loads it; the adapters stay float32); llama_cpp has its own GGUF weights and is measured under ``fp32`` only.
 
 Output: JSON list of ``{model, weights, batch, tokens_per_s, ms_per_token, merged, tokens, repeats,
 threads, base, wall_s, device, dtype, compiled, openmp}`` and the ratios above (or ``{model, weights, batch,
@@ -46,7 +46,7 @@ table per (model, batch) of its decode steps run in a thread of their own as the
 (``profile_decode``; ``DIR/profile_<model>_<weights>_b<batch>.txt``, by self CPU time).
 ``--quick``: 8 tokens, one repeat, for a smoke run (``--base tiny-llama`` makes it take seconds).
 ``--device cuda``: the models built as on CPU (float32, LoRA merged), then moved as serving moves them
-(``trainables.lm.base.to_device``: bfloat16 on the GPU); int8 is CPU-only and skipped there, as is
+(``trainables.lm.base.to_device``: bfloat16 on the GPU); int8 and int4 are CPU-only and skipped there, as is
 llama_cpp (a CPU baseline). Each record says its ``device``.
 ``--compile``: the model's forward through ``torch.compile(dynamic=True)`` (the engine calls it as it
 would the model); the warm-up run pays the compilation, and a record says ``compiled``.
@@ -78,7 +78,7 @@ apply_decode_env()  # before torch, as Serve replicas have it (trainables/openmp
 import torch  # noqa: E402
 
 MODELS = ("base", "lora", "mixlora", "llama_cpp")
-WEIGHTS = ("fp32", "int8")
+WEIGHTS = ("fp32", "int8", "int4")
 Member = tuple[str, str]  # (model, weights)
 
 
@@ -90,7 +90,8 @@ def log(message: str) -> None:
 def build_model(base: str, method: str, merged: bool, weights: str = "fp32", device: str = "cpu",
                 compile: bool = False) -> tuple[Any, Any]:
     """``(model, tokenizer)``: the bare base, or the base with fresh non-zero LoRA / MixLoRA adapters;
-    ``weights="int8"``: its frozen linear layers then as 8-bit weights; on ``device`` as serving puts it;
+    ``weights="int8"`` / ``"int4"``: its frozen linear layers then as 8- / 4-bit weights; on ``device`` as
+    serving puts it;
     ``compile``: its forward through ``torch.compile(dynamic=True)``."""
     from trainables.lm.base import load_base, to_device
     from trainables.lm.quantize import apply_weights
@@ -180,13 +181,13 @@ def ratio_fields(name: str, numerator: list[float], denominator: list[float]) ->
 
 def ratios(member: Member, ms: dict[Member, list[float]]) -> dict[str, Any]:
     """The within-round ratios a record carries (module docstring): ``x_base`` (time per token over the
-    base's, same weights) for lora / mixlora; for the base, ``x_fp32_tokens_per_s`` (int8) and
+    base's, same weights) for lora / mixlora; for the base, ``x_fp32_tokens_per_s`` (int8, int4) and
     ``x_llama_cpp_tokens_per_s`` (batch 1), throughputs over fp32's and llama.cpp's."""
     model, weights = member
     fields: dict[str, Any] = {}
     if model in ("lora", "mixlora") and ("base", weights) in ms:
         fields |= ratio_fields("x_base", ms[member], ms["base", weights])
-    if model == "base" and weights == "int8" and ("base", "fp32") in ms:
+    if model == "base" and weights != "fp32" and ("base", "fp32") in ms:
         fields |= ratio_fields("x_fp32_tokens_per_s", ms["base", "fp32"], ms[member])
     if model == "base" and ("llama_cpp", "fp32") in ms:
         fields |= ratio_fields("x_llama_cpp_tokens_per_s", ms["llama_cpp", "fp32"], ms[member])
@@ -253,10 +254,10 @@ def llama_cpp_runner(args: argparse.Namespace) -> Iterator[Runner]:
 
 def skip_reason(model: str, weights: str, batch: int, unmerged: bool = False, device: str = "cpu") -> str | None:
     """Why (model, weights, batch) is not measured here, or None."""
-    if device != "cpu" and (weights == "int8" or model == "llama_cpp"):
-        return "int8 weights and llama_cpp are CPU-only here"
-    if weights == "int8" and unmerged and model in ("lora", "mixlora"):
-        return "int8 weights are made after the LoRA merge (not with --unmerged)"
+    if device != "cpu" and (weights != "fp32" or model == "llama_cpp"):
+        return "int8 / int4 weights and llama_cpp are CPU-only here"
+    if weights != "fp32" and unmerged and model in ("lora", "mixlora"):
+        return "int8 / int4 weights are made after the LoRA merge (not with --unmerged)"
     if model == "llama_cpp" and weights != "fp32":
         return "llama_cpp runs its own GGUF weights (Q4_1): measured under fp32 only"
     if model == "llama_cpp":
@@ -279,7 +280,8 @@ def record(member: Member, batch: int, times: list[tuple[float, float]], args: a
             "ms_per_token": round(ms, 3), "merged": model in ("lora", "mixlora") and not args.unmerged,
             "tokens": args.tokens, "repeats": args.repeats, "threads": args.threads,
             "base": "gguf" if model == "llama_cpp" else args.base, "wall_s": round(wall, 3), "device": args.device,
-            "dtype": str(inference_dtype(args.device)).removeprefix("torch."),  # the float weights' (int8: adapters')
+            # the float weights' dtype (int8, int4: the adapters')
+            "dtype": str(inference_dtype(args.device)).removeprefix("torch."),
             "compiled": args.compile, "openmp": {key: os.environ.get(key) for key in DECODE_ENV}}
 
 

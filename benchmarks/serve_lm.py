@@ -2,7 +2,7 @@
 
     python benchmarks/serve_lm.py --json PATH [--servers serve,hf_naive,llama_cpp] [--concurrency 1,8,32]
                                   [--requests N] [--max-tokens 64] [--threads 2] [--method mixlora|lora|base]
-                                  [--weights fp32|int8]
+                                  [--weights fp32|int8|int4]
 
 The servers, one at a time, each with the same CPU thread count (``--threads``):
 
@@ -505,7 +505,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="CPU threads of every server")
     parser.add_argument("--method", choices=("mixlora", "lora", "base"), default="mixlora",
                         help="the checkpoint's adapters (base: identity LoRA, merged: the bare base)")
-    parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32", help="serve.weights of `moe-orch serve`")
+    parser.add_argument("--weights", choices=("fp32", "int8", "int4"), default="fp32",
+                        help="serve.weights of `moe-orch serve`")
     parser.add_argument("--checkpoint", help="serve this MixLoRA-family checkpoint dir instead of building one")
     parser.add_argument("--ingress", choices=("proxy", "direct", "haproxy"), default="proxy",
                         help="serve.ingress of `moe-orch serve` (proxy: Ray's HTTP proxy, the default)")

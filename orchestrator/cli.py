@@ -16,8 +16,8 @@ ADDRESS_HELP = (
     "(the token comes from $RAY_AUTH_TOKEN or ~/.ray/auth_token)."
 )
 
-WEIGHTS_HELP = ("Inference weights: int8 = the frozen base's linear layers as 8-bit weights (CPU; adapters stay "
-                "float); LM families.")
+WEIGHTS_HELP = ("Inference weights: int8 / int4 = the frozen base's linear layers as 8- / 4-bit weights (CPU; "
+                "adapters stay float); LM families.")
 DEVICE_HELP = ("Where the model runs: auto = cuda when torch sees a GPU and the family runs there (LM families: "
                "bfloat16 weights), else cpu.")
 TRACKING_HELP = ("MLflow tracking store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the current "

@@ -53,7 +53,7 @@ from orchestrator.schema import Section, fmt, setting
 
 INGRESS_MODES = ("proxy", "direct", "haproxy")
 STRATEGIES = ("ddp", "deepspeed")
-WEIGHTS = ("fp32", "int8")  # inference weight formats a family may take (``Family.weights``)
+WEIGHTS = ("fp32", "int8", "int4")  # inference weight formats a family may take (``Family.weights``)
 DEVICES = ("auto", "cpu", "cuda")  # the device setting of evaluate / generate (``orchestrator.devices``)
 
 

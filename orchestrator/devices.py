@@ -4,7 +4,7 @@
 - ``cpu``: as moe-orch always ran;
 - ``cuda``: the family's model on this process's CUDA device (bfloat16 for the LM families,
   ``trainables.lm.base.to_device``); refused, with a message naming why, for a family that does not
-  declare ``cuda`` in ``Family.devices``, with ``--weights int8`` (a CPU format), or where torch sees
+  declare ``cuda`` in ``Family.devices``, with ``--weights int8`` or ``int4`` (CPU formats), or where torch sees
   no CUDA device;
 - ``auto`` (the default): ``cuda`` when all of that holds, else ``cpu``, so a machine without a GPU
   keeps its behaviour exactly.

@@ -12,7 +12,8 @@
   ``accuracy_matrix.png`` and ``expert_lifecycle.png``; ``continual.json`` holds everything and
   ``cl_items.jsonl`` each held-out example's share of BWT and forgetting (``continual_items``). With
   ``evaluate.rescore`` it also scores the checkpoint's code benchmarks again (e.g. pass@k over n samples),
-  with ``request.weights`` (``int8``: the base's projections as 8-bit weights, ``trainables.lm.quantize``), on
+  with ``request.weights`` (``int8`` / ``int4``: the base's projections as 8- / 4-bit weights,
+  ``trainables.lm.quantize``), on
   ``request.device`` (``cuda``: bfloat16, ``trainables.lm.base.to_device``).
 """
 
@@ -216,7 +217,7 @@ def _rescore(request: Any) -> dict[str, float]:
     from trainables.lm.quantize import apply_weights
 
     model, tokenizer, manifest = load_pool(request.checkpoint_dir)
-    apply_weights(model, request.weights)  # int8: the base's projections; the experts and router stay float
+    apply_weights(model, request.weights)  # int8 / int4: the base's projections; the experts and router stay float
     to_device(model, request.device)
     settings = request.settings
     problems = code_problems(settings, request.data_root)

@@ -1,26 +1,38 @@
-"""8-bit weights for inference on CPU: the frozen base's linear layers as int8 (``weights: int8``).
+"""Low-bit weights for inference on CPU: the frozen base's linear layers as int8 or int4
+(``weights: int8`` / ``int4``).
 
-``quantize_base(model)`` replaces, in place, every frozen projection of the decoder layers
+``quantize_base(model, bits)`` replaces, in place, every frozen projection of the decoder layers
 (``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; the frozen ``base`` of a DyLoRA-MoE
-expert linear) by an ``Int8Linear``: the weight rounded to int8 with one scale per output channel
-(symmetric, ``scale = max|W_row| / 127``), a quarter of the float32 bytes. It is weight-only: the
-activations are not quantized, they enter torch's CPU weight-only int8 kernel
-(``torch._weight_int8pack_mm``) in bfloat16, the input type it has a vectorised kernel for, and the
-result comes back as float32. The LM head gets its own int8 copy too (on SmolLM2 it is tied to the
-input embeddings, which stay float32): at batch 1 its 49152 x 576 float32 weight was a fifth of a
-decode step's bytes. Everything else stays float32: the adapters (LoRA / MixLoRA experts and
-routers, DyLoRA-MoE's experts and router), the embeddings and the norms.
+expert linear) and the LM head (its own copy; on SmolLM2 it is tied to the input embeddings, which stay
+float32: at batch 1 its 49152 x 576 float32 weight was a fifth of a decode step's bytes):
 
-Why this kernel (SmolLM2-135M, 2 busy CPU threads): int8 activations too (dynamic quantization,
+- ``Int8Linear`` (8 bits): the weight rounded to int8 with one scale per output channel (symmetric,
+  ``scale = max|W_row| / 127``), a quarter of the float32 bytes, multiplied by torch's CPU weight-only
+  int8 kernel (``torch._weight_int8pack_mm``).
+- ``Int4Linear`` (4 bits): the weight in groups of ``INT4_GROUP`` (32) inputs, each with its own scale
+  and offset (asymmetric, from the group's min and max: the format of llama.cpp's Q4_1), an eighth of
+  the float32 bytes, multiplied by torch's CPU int4 kernel (``aten._weight_int4pack_mm_for_cpu``). The
+  kernel takes layers with a multiple of 16 outputs and of 32 inputs; a layer of another shape gets
+  8 bits instead.
+
+Both are weight-only: the activations are not quantized, they enter the kernel in bfloat16, the input
+type it has a vectorised kernel for, and the result comes back as float32, so a row's result does not
+depend on the rest of its batch. Everything else stays float32: the adapters (LoRA / MixLoRA experts
+and routers, DyLoRA-MoE's experts and router), the embeddings and the norms.
+
+Why these kernels (SmolLM2-135M, 2 busy CPU threads): int8 activations too (dynamic quantization,
 ``torch.ao.quantization.quantize_dynamic``, per-tensor activation scales) broke the model (greedy
 next token equal to float32's at 47% of positions): SmolLM2's activations have outlier channels; per
 token scales with ``torch._int_mm`` still cost 0.09 nat of KL to float32 per token. Weight-only int8
-costs 0.008 (0.005 of it the int8 weights, the rest bfloat16 activations and scales). ``_weight_int8pack_mm``
+costs 0.008 (0.005 of it the int8 weights, the rest bfloat16 activations and scales); weight-only int4
+0.034 (next-token log-loss on text 2.916 against float32's 2.864 and int8's 2.866). ``_weight_int8pack_mm``
 with float32 input ran 10x slower than the float32 matmul; with bfloat16 input it took about half
-its time at 1-4 rows, about the same from 16 rows up (prefill, lm-eval batches).
+its time at 1-4 rows, about the same from 16 rows up (prefill, lm-eval batches). At one row the int4
+kernel took 0.4x the int8 kernel's time over a step's 211 SmolLM2 projections.
 
-Inference only: an ``Int8Linear`` has no parameters and no gradient. Apply it after plain LoRA is
-merged into the frozen weights (``trainables.lm.merge``), as the loaders do with ``weights="int8"``.
+Inference only: these modules have no parameters and no gradient. Apply them after plain LoRA is
+merged into the frozen weights (``trainables.lm.merge``), as the loaders do with ``weights="int8"`` /
+``"int4"``. The packed int4 layout is torch's for this CPU: it is made at load, never saved.
 """
 
 from __future__ import annotations
@@ -29,6 +41,7 @@ import torch
 from torch import nn
 
 from trainables.lm.base import ATTENTION_MODULES, MLP_MODULES, decoder_layers
+from trainables.lm.fused import FUSED_GATE_UP, FUSED_QKV, fuse_decoder_layers
 from trainables.lm.sections import WEIGHTS
 
 
@@ -63,6 +76,68 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
 
 
+INT4_GROUP = 32  # inputs per int4 scale and offset (llama.cpp's Q4_1 block)
+
+
+class Int4Linear(nn.Module):
+    """A frozen ``nn.Linear`` with int4 weights in groups of ``INT4_GROUP`` inputs, each with a bfloat16
+    scale and offset (weight-only, asymmetric: ``w = (q - 8) * scale + offset``, ``q`` in 0..15).
+
+    ``weight_int4`` is torch's packed CPU layout (uint8, made by ``_convert_weight_to_int4pack_for_cpu``);
+    ``scale_offset`` (in / group, out, 2) bfloat16; ``bias`` (out,) a float32 buffer or None.
+    """
+
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP) -> None:
+        super().__init__()
+        if not self.fits(linear, group):
+            raise ValueError(f"int4: needs a multiple of 16 outputs and of {group} inputs, got "
+                             f"{linear.out_features} x {linear.in_features}")
+        weight = linear.weight.detach().float()  # (out, in)
+        groups = weight.reshape(linear.out_features, -1, group)  # (out, in / group, group)
+        low, high = groups.amin(dim=-1), groups.amax(dim=-1)  # (out, in / group)
+        # the kernel takes bfloat16 scales and offsets: round them first, then each weight to the rounded pair
+        scale = ((high - low).clamp_min(1e-12) / 15).to(torch.bfloat16)
+        offset = (low + 8 * scale.float()).to(torch.bfloat16)  # q = 0 is the group's min
+        q = torch.round((groups - offset.float()[..., None]) / scale.float()[..., None] + 8).clamp_(0, 15)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).reshape_as(weight), 1)
+        self.in_features, self.out_features, self.group = linear.in_features, linear.out_features, group
+        self.register_buffer("weight_int4", packed)
+        self.register_buffer("scale_offset", torch.stack([scale.T, offset.T], dim=-1).contiguous())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
+
+    @staticmethod
+    def fits(linear: nn.Linear, group: int = INT4_GROUP) -> bool:
+        """Whether torch's int4 CPU kernel takes ``linear``'s shape."""
+        return linear.out_features % 16 == 0 and linear.in_features % group == 0
+
+    def dequantized(self) -> torch.Tensor:
+        """The float32 weight (out, in) the int4 one stands for (for tests and inspection)."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.weight_int4, self.group,
+                                                          self.scale_offset).float().T.contiguous()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out), float32
+        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(rows, self.weight_int4, self.group,
+                                                         self.scale_offset).float()  # (N, out)
+        if self.bias is not None:
+            out.add_(self.bias)
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, weights=int4, group={self.group}"
+
+
+QUANTIZED = (Int8Linear, Int4Linear)
+BITS = {"int8": 8, "int4": 4}  # weights -> bits (``apply_weights``)
+
+
+def _quantized(linear: nn.Linear, bits: int) -> nn.Module:
+    """``linear`` with ``bits``-bit weights: int4 where the kernel takes its shape, else int8."""
+    return Int4Linear(linear) if bits == 4 and Int4Linear.fits(linear) else Int8Linear(linear)
+
+
 def _causal_lm(model: nn.Module) -> nn.Module:
     """The pretrained causal LM inside ``model`` (itself, or e.g. a DyLoRA-MoE model's ``base``)."""
     for module in model.modules():
@@ -71,9 +146,9 @@ def _causal_lm(model: nn.Module) -> nn.Module:
     raise ValueError(f"{type(model).__name__}: no decoder layers (model.layers) to quantize")
 
 
-def quantize_base(model: nn.Module) -> int:
-    """Make the frozen base's projections and its LM head ``Int8Linear`` in place (module docstring);
-    returns how many.
+def quantize_base(model: nn.Module, bits: int = 8) -> int:
+    """Make the frozen base's projections and its LM head ``bits``-bit (8: ``Int8Linear``, 4:
+    ``Int4Linear``) in place (module docstring); returns how many. A layer already quantized stays as it is.
 
     Raises:
         ValueError: a projection that is neither a plain ``nn.Linear`` nor a wrapper with a plain
@@ -81,31 +156,35 @@ def quantize_base(model: nn.Module) -> int:
     """
     count = 0
     for i, layer in enumerate(decoder_layers(_causal_lm(model)) or ()):
-        for parent_name, names in (("self_attn", ATTENTION_MODULES), ("mlp", MLP_MODULES)):
+        fused = (("self_attn", ATTENTION_MODULES + (FUSED_QKV,)), ("mlp", MLP_MODULES + (FUSED_GATE_UP,)))
+        for parent_name, names in fused:
             parent = getattr(layer, parent_name)
-            for name in names:
+            for name in (n for n in names if hasattr(parent, n)):  # a fused layer has qkv_proj for q, k, v
                 owner, child = parent, getattr(parent, name)
                 if type(child) is not nn.Linear and type(getattr(child, "base", None)) is nn.Linear:
                     owner, name, child = child, "base", child.base  # a routed-expert wrapper's frozen linear
-                if isinstance(child, Int8Linear):
+                if isinstance(child, QUANTIZED):
                     continue
                 if type(child) is not nn.Linear:
                     raise ValueError(f"layer {i} {parent_name}.{name}: {type(child).__name__} is not a frozen "
                                      f"nn.Linear (merge LoRA into the base before quantizing)")
-                setattr(owner, name, Int8Linear(child))
+                setattr(owner, name, _quantized(child, bits))
                 count += 1
     lm = _causal_lm(model)
     head = lm.get_output_embeddings() if hasattr(lm, "get_output_embeddings") else None
     if type(head) is nn.Linear:  # its own int8 copy: a tied input embedding stays float32
-        lm.set_output_embeddings(Int8Linear(head))
+        lm.set_output_embeddings(_quantized(head, bits))
         count += 1
     return count
 
 
 def apply_weights(model: nn.Module, weights: str) -> nn.Module:
-    """``model`` with ``weights`` (``fp32``: as it is; ``int8``: ``quantize_base``), in place."""
+    """``model`` ready for inference with ``weights``, in place: its decoder layers fused
+    (``trainables.lm.fused``), then its frozen projections as they are (``fp32``) or quantized (``int8`` /
+    ``int4``: ``quantize_base``). Apply it after the LoRA merge; the model is then for inference only."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights: got {weights!r}, expected one of {', '.join(WEIGHTS)}")
-    if weights == "int8":
-        quantize_base(model)
+    fuse_decoder_layers(model)
+    if weights in BITS:
+        quantize_base(model, BITS[weights])
     return model

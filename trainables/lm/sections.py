@@ -9,7 +9,8 @@ from typing import Any
 from orchestrator.contract import WEIGHTS, ServeSection
 from orchestrator.schema import override, setting
 
-WEIGHTS_DOC = "the frozen base's linear layers: fp32, or int8 (8-bit weights on CPU; adapters stay float)"
+WEIGHTS_DOC = ("the frozen base's linear layers: fp32, int8 or int4 (8- or 4-bit weights on CPU; adapters stay "
+               "float)")
 
 
 def base_model_setting(default: str = "tiny-llama") -> Any:
@@ -23,7 +24,8 @@ class LMServe(ServeSection):
     """Serving an LM checkpoint over OpenAI's API: the shared Serve settings plus request limits.
 
     ``max_batch_size`` is the number of sequences the engine decodes together (continuous batching).
-    ``weights: int8`` serves the frozen base's linear layers as 8-bit weights (``trainables.lm.quantize``).
+    ``weights: int8`` / ``int4`` serves the frozen base's linear layers as 8- / 4-bit weights
+    (``trainables.lm.quantize``).
     ``num_gpus_per_replica`` > 0 puts each replica's model on its GPU in bfloat16 (``trainables.lm.base.to_device``).
     """
 

@@ -26,7 +26,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
     (an ``orchestrator.contract.EvalRequest``); writes ``metrics.json`` into ``request.out_dir``.
 
     Metrics: ``<task>/acc``, ``<task>/acc_norm`` and their ``_stderr``, ``<task>/n``, and
-    ``eval_time_s``; the lm-eval version, the weights (``request.weights``: ``fp32``, or ``int8``,
+    ``eval_time_s``; the lm-eval version, the weights (``request.weights``: ``fp32``, ``int8`` or ``int4``,
     ``trainables.lm.quantize``), the device (``request.device``: ``cuda`` runs in bfloat16,
     ``trainables.lm.base.to_device``) and the dtype go into ``metrics.json``. A MixLoRA checkpoint adds
     ``eval_router_entropy`` and ``eval_load_cv`` (means over layers, on the ARC-Easy test examples).

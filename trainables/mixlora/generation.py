@@ -20,7 +20,7 @@ def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tok
              device: str = "cpu") -> str:
     """Generate up to ``max_tokens`` tokens for ``prompt`` (greedy when ``temperature`` is 0), handing each
     decoded piece to ``on_text`` as it arrives; returns the whole completion. ``weights``: ``fp32``, or
-    ``int8`` (the frozen base's linear layers as 8-bit weights, ``trainables.lm.quantize``); ``device``:
+    ``int8`` / ``int4`` (the frozen base's linear layers as 8- / 4-bit weights, ``trainables.lm.quantize``); ``device``:
     ``cpu``, or ``cuda`` (bfloat16, ``trainables.lm.base.to_device``)."""
     if checkpoint_dir is not None:
         model, tokenizer = load_adapter(checkpoint_dir, inference=True)  # plain LoRA merged

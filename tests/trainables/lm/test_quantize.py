@@ -1,6 +1,6 @@
-"""8-bit weights (``trainables.lm.quantize``): the frozen base's projections become int8, the model stays
-close to float32, adapters stay float32 and untouched; ``serve.weights`` validates; ``moe-orch generate
---weights int8`` runs."""
+"""8- and 4-bit weights (``trainables.lm.quantize``): the frozen base's projections become int8 / int4,
+the model stays close to float32, adapters stay float32 and untouched; ``serve.weights`` validates;
+``moe-orch generate --weights int8|int4`` runs."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from orchestrator.cli import main
 from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.experts import DyLoRAModel
 from trainables.lm import load_base
-from trainables.lm.quantize import Int8Linear, apply_weights, quantize_base
+from trainables.lm.quantize import INT4_GROUP, Int4Linear, Int8Linear, apply_weights, quantize_base
 from trainables.mixlora.checkpoint import apply_adapters, prepare_for_inference
 from trainables.mixlora.config import MixLoRAConfig
 
@@ -70,6 +70,45 @@ def test_int8linear_matches_the_dequantized_weight() -> None:
     assert list(q.parameters()) == []  # nothing to train
 
 
+def test_int4linear_matches_its_groups_min_max_quantization() -> None:
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(96, 48, bias=True)
+    q = Int4Linear(linear)
+    weight = q.dequantized()  # (out, in)
+    assert weight.shape == (48, 96)
+    groups, ref = weight.reshape(48, -1, INT4_GROUP), linear.weight.detach().reshape(48, -1, INT4_GROUP)
+    step = (ref.amax(-1) - ref.amin(-1)) / 15  # (out, groups): one of 16 levels a group
+    # round to nearest of the group's 16 levels, give or take the bfloat16 scale and offset
+    assert ((groups - ref).abs() <= step[..., None] * 0.6 + 1e-3).all(), (groups - ref).abs().max()
+    assert (groups.amin(-1) - ref.amin(-1)).abs().max() < 0.05 * step.max()  # the lowest level is the group's min
+    x = torch.randn(2, 5, 96)
+    out = q(x)
+    assert out.shape == (2, 5, 48) and out.dtype == torch.float32
+    expected = torch.nn.functional.linear(x, weight, linear.bias)
+    assert torch.allclose(out, expected, rtol=0.02, atol=0.05), (out - expected).abs().max()
+    assert torch.allclose(q(x[:1]), out[:1])  # a row's result does not depend on the rest of its batch
+    assert list(q.parameters()) == []
+
+
+@torch.no_grad()
+def test_int4_base_is_close_to_fp32_where_the_kernel_takes_the_shape() -> None:
+    model, tokenizer = load_base("tiny-llama")
+    batch = _batch(tokenizer)
+    ref = model(**batch).logits
+    layers = len(model.model.layers)
+    assert quantize_base(model, bits=4) == PROJECTIONS * layers + 1
+    int4 = [m for m in model.model.layers.modules() if isinstance(m, Int4Linear)]
+    assert len(int4) == PROJECTIONS * layers  # every projection of tiny-llama fits the kernel: 16 | out, 32 | in
+    # its 259-token head does not (259 outputs): it takes 8 bits
+    assert isinstance(model.lm_head, Int8Linear) and not Int4Linear.fits(torch.nn.Linear(64, 259))
+    with pytest.raises(ValueError, match="multiple of 16 outputs"):
+        Int4Linear(torch.nn.Linear(64, 259))
+    out = model(**batch).logits
+    cos, same = _close(ref, out, batch["attention_mask"])
+    assert cos > 0.95 and same >= 0.7, (cos, same)
+    assert not torch.equal(ref, out)
+
+
 @torch.no_grad()
 def test_mixlora_adapters_stay_float_and_untouched() -> None:
     model, tokenizer = load_base("tiny-llama")
@@ -105,24 +144,29 @@ def test_unmerged_lora_is_refused() -> None:
     apply_adapters(model, MixLoRAConfig(base="tiny-llama", method="lora"))  # peft LoRA, not merged
     with pytest.raises(ValueError, match="merge LoRA"):
         quantize_base(model)
-    with pytest.raises(ValueError, match="expected one of fp32, int8"):
-        apply_weights(model, "int4")
+    with pytest.raises(ValueError, match="expected one of fp32, int8, int4"):
+        apply_weights(model, "int3")
 
 
 def test_serve_weights_setting_validates() -> None:
     yaml = str(REPO / "experiments" / "mixlora_tiny.yaml")
     assert CliRunner().invoke(main, ["validate", yaml, "serve.weights=int8"]).exit_code == 0
-    result = CliRunner().invoke(main, ["validate", yaml, "serve.weights=int4"])
+    assert CliRunner().invoke(main, ["validate", yaml, "serve.weights=int4"]).exit_code == 0
+    result = CliRunner().invoke(main, ["validate", yaml, "serve.weights=int3"])
     assert result.exit_code == 2
-    assert "serve.weights: got 'int4', expected one of fp32, int8" in result.stderr
+    assert "serve.weights: got 'int3', expected one of fp32, int8, int4" in result.stderr
 
 
-def test_generate_with_int8_weights_on_a_base() -> None:
-    result = CliRunner().invoke(main, ["generate", "tiny-llama", "--weights", "int8", "--prompt", "Hi",
+@pytest.mark.parametrize("weights", ["int8", "int4"])
+def test_generate_with_low_bit_weights_on_a_base(weights: str) -> None:
+    result = CliRunner().invoke(main, ["generate", "tiny-llama", "--weights", weights, "--prompt", "Hi",
                                        "--max-tokens", "4"])
     assert result.exit_code == 0, result.output + str(result.exception)
-    result = CliRunner().invoke(main, ["generate", "tiny-llama", "--weights", "int4", "--prompt", "Hi"])
-    assert result.exit_code == 2 and "int4" in result.output
+
+
+def test_generate_refuses_unknown_weights() -> None:
+    result = CliRunner().invoke(main, ["generate", "tiny-llama", "--weights", "int3", "--prompt", "Hi"])
+    assert result.exit_code == 2 and "int3" in result.output
 
 
 def test_families_declare_the_weights_they_take() -> None:
@@ -133,7 +177,7 @@ def test_families_declare_the_weights_they_take() -> None:
     assert get_family("mixlora").weights_error("int8") is None and get_family("dylora").weights_error("int8") is None
     assert get_family("more").weights_error("int8") == "--weights int8: the more family takes fp32"
     assert replace(get_family("more"), weights=("int8",)).contract_errors() == [
-        "family more: weights: got ('int8',), expected fp32 and some of fp32, int8"]
+        "family more: weights: got ('int8',), expected fp32 and some of fp32, int8, int4"]
 
 
 def test_a_replica_serves_a_dylora_pool_with_int8_weights(tmp_path: Path) -> None:
