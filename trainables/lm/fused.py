@@ -7,8 +7,10 @@ torch's SDPA attention by a ``FusedDecoderLayer`` that computes the same thing w
   instead of three) when all three are plain ``nn.Linear``; otherwise (e.g. DyLoRA-MoE's expert
   linears around them) the three are called as they are;
 - the FFN's gate and up projections as one ``gate_up_proj`` when the FFN is a plain ``LlamaMLP``
-  (silu); any other FFN (MixLoRA's routed one) is called as it is;
+  (silu); any other FFN is called as it is, after its own ``fuse_for_inference()`` where it has one
+  (MixLoRA's routed FFN stacks its frozen gate and up that way);
 - the RMS norms as ``torch.nn.functional.rms_norm`` in float32 (Hugging Face's module otherwise);
+- with q, k and v stacked, the rotary embedding applied to q and k in one go;
 - attention straight through ``scaled_dot_product_attention`` with ``enable_gqa`` (no Hugging Face
   attention-interface dispatch, no key/value head repeat).
 
@@ -29,14 +31,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, apply_rotary_pos_emb, rotate_half
 
 from trainables.lm.base import decoder_layers
 
 FUSED_QKV, FUSED_GATE_UP = "qkv_proj", "gate_up_proj"  # the names of the stacked projections a layer gets
 
 
-def _stacked(*linears: nn.Linear) -> nn.Linear:
+def stacked_linear(*linears: nn.Linear) -> nn.Linear:
     """One ``nn.Linear`` whose output is the ``linears``' outputs side by side (weights stacked by rows)."""
     weight = torch.cat([linear.weight.detach() for linear in linears])  # (sum of outs, in)
     has_bias = linears[0].bias is not None
@@ -68,12 +70,14 @@ class FusedDecoderLayer(nn.Module):
         self.qkv_sizes: list[int] | None = None
         if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
             self.qkv_sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
-            attn.qkv_proj = _stacked(attn.q_proj, attn.k_proj, attn.v_proj)
+            attn.qkv_proj = stacked_linear(attn.q_proj, attn.k_proj, attn.v_proj)
             del attn.q_proj, attn.k_proj, attn.v_proj
         self.gate_up = type(mlp) is LlamaMLP and mlp.config.hidden_act == "silu" and _plain(mlp.gate_proj, mlp.up_proj)
         if self.gate_up:
-            mlp.gate_up_proj = _stacked(mlp.gate_proj, mlp.up_proj)
+            mlp.gate_up_proj = stacked_linear(mlp.gate_proj, mlp.up_proj)
             del mlp.gate_proj, mlp.up_proj
+        elif hasattr(mlp, "fuse_for_inference"):  # an FFN of its own (MixLoRA's) that stacks what it can
+            mlp.fuse_for_inference()
 
     @staticmethod
     def _norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -85,12 +89,19 @@ class FusedDecoderLayer(nn.Module):
                    position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         attn = self.self_attn
         B, T, _ = x.shape
-        if self.qkv_sizes is not None:
-            q, k, v = attn.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+        if self.qkv_sizes is not None:  # q and k rotated together: one set of rotary ops for both
+            q_size, k_size, v_size = self.qkv_sizes
+            qk, v = attn.qkv_proj(x).split([q_size + k_size, v_size], dim=-1)
+            cos, sin = (t.unsqueeze(2) for t in position_embeddings)  # (B, T, 1, D)
+            qk = qk.view(B, T, -1, attn.head_dim)  # (B, T, H + KV, D)
+            qk = qk * cos + rotate_half(qk) * sin
+            q, k = qk.split([q_size // attn.head_dim, k_size // attn.head_dim], dim=2)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            v = v.view(B, T, -1, attn.head_dim).transpose(1, 2)
         else:
             q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-        q, k, v = (t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
-        q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
+            q, k, v = (t.view(B, T, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, D)
+            q, k = apply_rotary_pos_emb(q, k, *position_embeddings)
         if cache is not None:
             k, v = cache.update(k, v, attn.layer_idx)  # (B, KV, S, D): the whole sequence so far
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, scale=attn.scaling,

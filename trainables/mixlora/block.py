@@ -62,6 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.lm.fused import stacked_linear
 from trainables.mixlora.config import MixLoRALayerConfig
 from trainables.moe.layer import MoEOutput
 from trainables.moe.losses import load_balance_loss, router_z_loss, routing_stats
@@ -211,6 +212,21 @@ class MixLoRAFFN(nn.Module):
             expert_indices=route.indices,
         )
 
+    def fuse_for_inference(self) -> None:
+        """For inference only (``trainables.lm.fused``): the frozen gate and up projections as one
+        ``gate_up_proj`` (stacked weights, one matmul a token instead of two), where both are plain
+        ``nn.Linear``. Afterwards the model is not for training or for saving as a checkpoint."""
+        if type(self.gate_proj) is nn.Linear and type(self.up_proj) is nn.Linear:
+            self.gate_up_proj = stacked_linear(self.gate_proj, self.up_proj)
+            del self.gate_proj, self.up_proj
+
+    def _frozen_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen gate and up projections of ``x`` (T, D): two (T, H)."""
+        if "gate_up_proj" in self._modules:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return gate, up
+        return self.gate_proj(x), self.up_proj(x)
+
     def serving(self) -> bool:
         """Whether a forward now takes the served path: eval mode, autograd off, ``fast_inference`` set."""
         return self.fast_inference and not self.training and not torch.is_grad_enabled()
@@ -275,8 +291,9 @@ class MixLoRAFFN(nn.Module):
         z = torch.matmul(x, f.a_gate_up).view(2, num_tokens, 1, num_experts, rank)  # (2, T, 1, E, r)
         z = (z * onehot).view(2, num_tokens * top_k, num_experts * rank)  # (2, T·k, E·r), one expert per slot
         delta = torch.bmm(z, f.b_gate_up).view(2, num_tokens, top_k, hidden)  # (2, T, k, H), scaled
-        g = delta[0].add_(self.gate_proj(x).unsqueeze(1))  # (T, k, H)
-        u = delta[1].add_(self.up_proj(x).unsqueeze(1))  # (T, k, H)
+        gate, up = self._frozen_gate_up(x)  # (T, H) each
+        g = delta[0].add_(gate.unsqueeze(1))  # (T, k, H)
+        u = delta[1].add_(up.unsqueeze(1))  # (T, k, H)
         a = self.act_fn(g).mul_(u)  # (T, k, H)
 
         # down: the frozen projection once, on Σ_j w_j a_j; each expert's down LoRA on its own a_j
@@ -303,8 +320,7 @@ class MixLoRAFFN(nn.Module):
         sorted_weights = weights.reshape(-1)[order]  # (N,)
 
         # frozen gate and up: once per token, for all experts
-        gate = self.gate_proj(x)  # (T, H)
-        up = self.up_proj(x)  # (T, H)
+        gate, up = self._frozen_gate_up(x)  # (T, H) each
         # the LoRA input: one dropout mask per token, shared by the gate and up LoRA of its k experts
         # (as one dropout before a fused [A_gate | A_up]); T·D random draws instead of 2·T·k·D
         lora_in = self.lora_dropout(x).index_select(0, token_ids).split(counts)  # E chunks of (n_e, D)

@@ -73,10 +73,14 @@ def test_mixlora_keeps_its_routed_ffn_and_its_outputs() -> None:
     ffn_type = type(stock.model.layers[0].mlp)
     fuse_decoder_layers(fused)
     layer = fused.model.layers[0]
-    assert layer.qkv_sizes is not None and not layer.gate_up and type(layer.mlp) is ffn_type  # routed FFN as is
+    assert layer.qkv_sizes is not None and not layer.gate_up and type(layer.mlp) is ffn_type  # its routed FFN
+    assert hasattr(layer.mlp, "gate_up_proj") and not hasattr(layer.mlp, "gate_proj")  # its frozen gate and up stacked
     batch = _padded(tokenizer)
     keep = batch["attention_mask"].bool()
     assert torch.allclose(fused(**batch).logits[keep], stock(**batch).logits[keep], atol=1e-5, rtol=1e-5)
+    long = tokenizer(["word " * 100], return_tensors="pt")  # > 128 tokens: the sorted dispatch, not the fast path
+    assert long["input_ids"].shape[1] > layer.mlp.inference_max_tokens
+    assert torch.allclose(fused(**long).logits, stock(**long).logits, atol=1e-5, rtol=1e-5)
 
 
 @torch.no_grad()
