@@ -272,18 +272,24 @@ def test_harmless_values_of_other_fields_are_accepted(served: Served, path: str,
 
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
 def test_a_client_that_disconnects_frees_its_batch_slot(served: Served, stream: bool) -> None:
-    """The request would decode for 800 tokens (greedy: it runs to the length limit, checked first); the client
-    leaves once its row is decoding, and the row leaves the batch within seconds, cancelled."""
+    """The request would decode for 1000 tokens (greedy: it runs to the length limit, checked first); the client
+    leaves as soon as its row is decoding, and the row leaves the batch within seconds, cancelled: the engine's
+    count of rows cut short goes up by one, and the row ran fewer steps than its length limit. (How many steps
+    it ran depends on the machine's speed, not on the cancellation: no bound on them.)"""
     engine = served.engine
-    body = {"prompt": "go on and on", "max_tokens": 800, "temperature": 0, "stream": stream}
-    check = requests.post(f"{served.url}/v1/completions", json={**body, "max_tokens": 200, "stream": False}, timeout=60)
-    assert check.json()["choices"][0]["finish_reason"] == "length"  # no EOS before the client leaves
+    body = {"prompt": "go on and on", "max_tokens": 1000, "temperature": 0, "stream": stream}
+    check = requests.post(f"{served.url}/v1/completions", json={**body, "stream": False}, timeout=120)
+    assert check.json()["choices"][0]["finish_reason"] == "length"  # no EOS before the limit
     cancelled, steps = engine.cancelled, engine.steps
     with raw_post(served.url, "/v1/completions", body, timeout_s=30) as sock:
-        wait_for(lambda: engine.running == 1 and engine.steps > steps, 30)
+        deadline = time.monotonic() + 30
+        while not (engine.running == 1 and engine.steps > steps):  # leave as soon as it decodes
+            assert time.monotonic() < deadline, "the request never started decoding"
+            time.sleep(0.005)
         if stream:
             assert sock.recv(1024).startswith(b"HTTP/1.1 200")
     left = time.monotonic()  # the socket is closed: the client is gone
     wait_for(lambda: engine.running == 0, 10)
     print(f"\nslot freed {time.monotonic() - left:.2f} s after the client left, {engine.steps - steps} steps")
-    assert engine.cancelled == cancelled + 1 and engine.steps - steps < 200
+    assert engine.cancelled == cancelled + 1  # cut short, not finished
+    assert engine.steps - steps < 1000
