@@ -50,7 +50,7 @@ def stacked_linear(*linears: nn.Linear) -> nn.Linear:
     return fused.requires_grad_(False)
 
 
-def _plain(*modules: nn.Module) -> bool:
+def plain_linears(*modules: nn.Module) -> bool:
     """Whether every module is a plain ``nn.Linear`` (not a LoRA or expert wrapper) and they agree on bias."""
     return (all(type(m) is nn.Linear for m in modules)
             and len({m.bias is None for m in modules}) == 1 and len({m.in_features for m in modules}) == 1)
@@ -68,11 +68,12 @@ class FusedDecoderLayer(nn.Module):
         self.self_attn, self.mlp = layer.self_attn, layer.mlp
         attn, mlp = self.self_attn, self.mlp
         self.qkv_sizes: list[int] | None = None
-        if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
+        if plain_linears(attn.q_proj, attn.k_proj, attn.v_proj):
             self.qkv_sizes = [attn.q_proj.out_features, attn.k_proj.out_features, attn.v_proj.out_features]
             attn.qkv_proj = stacked_linear(attn.q_proj, attn.k_proj, attn.v_proj)
             del attn.q_proj, attn.k_proj, attn.v_proj
-        self.gate_up = type(mlp) is LlamaMLP and mlp.config.hidden_act == "silu" and _plain(mlp.gate_proj, mlp.up_proj)
+        self.gate_up = (type(mlp) is LlamaMLP and mlp.config.hidden_act == "silu"
+                        and plain_linears(mlp.gate_proj, mlp.up_proj))
         if self.gate_up:
             mlp.gate_up_proj = stacked_linear(mlp.gate_proj, mlp.up_proj)
             del mlp.gate_proj, mlp.up_proj
@@ -115,9 +116,10 @@ class FusedDecoderLayer(nn.Module):
         gate, up = self.mlp.gate_up_proj(x).chunk(2, dim=-1)
         return self.mlp.down_proj(F.silu(gate) * up)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                position_ids: torch.Tensor | None = None, cache: Any = None, use_cache: bool | None = False,
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, cache: Any = None,
                 position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None, **kwargs: Any) -> torch.Tensor:
+        """As ``LlamaDecoderLayer.forward`` is called by ``LlamaModel`` (``position_ids``, ``use_cache`` and the
+        rest arrive in ``kwargs``, unused: the rotary embedding comes in ``position_embeddings``)."""
         x = hidden_states + self._attention(self._norm(self.input_layernorm, hidden_states), attention_mask, cache,
                                             position_embeddings)
         return x + self._ffn(self._norm(self.post_attention_layernorm, x))

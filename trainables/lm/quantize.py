@@ -2,9 +2,10 @@
 (``weights: int8`` / ``int4``).
 
 ``quantize_base(model, bits)`` replaces, in place, every frozen projection of the decoder layers
-(``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``; the frozen ``base`` of a DyLoRA-MoE
-expert linear) and the LM head (its own copy; on SmolLM2 it is tied to the input embeddings, which stay
-float32: at batch 1 its 49152 x 576 float32 weight was a fifth of a decode step's bytes):
+(``self_attn.{q,k,v,o}_proj``, ``mlp.{gate,up,down}_proj``, or the stacked ``qkv_proj`` / ``gate_up_proj``
+of a fused layer, ``trainables.lm.fused``; the frozen ``base`` of a DyLoRA-MoE expert linear) and the LM
+head (its own copy; on SmolLM2 it is tied to the input embeddings, which stay float32: at batch 1 its
+49152 x 576 float32 weight was a fifth of a decode step's bytes):
 
 - ``Int8Linear`` (8 bits): the weight rounded to int8 with one scale per output channel (symmetric,
   ``scale = max|W_row| / 127``), a quarter of the float32 bytes, multiplied by torch's CPU weight-only
@@ -155,9 +156,9 @@ def quantize_base(model: nn.Module, bits: int = 8) -> int:
             ``base`` linear (unmerged peft LoRA: merge it first), or a model with no decoder layers.
     """
     count = 0
+    projections = (("self_attn", ATTENTION_MODULES + (FUSED_QKV,)), ("mlp", MLP_MODULES + (FUSED_GATE_UP,)))
     for i, layer in enumerate(decoder_layers(_causal_lm(model)) or ()):
-        fused = (("self_attn", ATTENTION_MODULES + (FUSED_QKV,)), ("mlp", MLP_MODULES + (FUSED_GATE_UP,)))
-        for parent_name, names in fused:
+        for parent_name, names in projections:
             parent = getattr(layer, parent_name)
             for name in (n for n in names if hasattr(parent, n)):  # a fused layer has qkv_proj for q, k, v
                 owner, child = parent, getattr(parent, name)

@@ -62,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.lm.fused import stacked_linear
+from trainables.lm.fused import plain_linears, stacked_linear
 from trainables.mixlora.config import MixLoRALayerConfig
 from trainables.moe.layer import MoEOutput
 from trainables.moe.losses import load_balance_loss, router_z_loss, routing_stats
@@ -216,7 +216,7 @@ class MixLoRAFFN(nn.Module):
         """For inference only (``trainables.lm.fused``): the frozen gate and up projections as one
         ``gate_up_proj`` (stacked weights, one matmul a token instead of two), where both are plain
         ``nn.Linear``. Afterwards the model is not for training or for saving as a checkpoint."""
-        if type(self.gate_proj) is nn.Linear and type(self.up_proj) is nn.Linear:
+        if plain_linears(self.gate_proj, self.up_proj):
             self.gate_up_proj = stacked_linear(self.gate_proj, self.up_proj)
             del self.gate_proj, self.up_proj
 
