@@ -40,6 +40,9 @@ merged into the frozen weights (``trainables.lm.merge``), as the loaders do with
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -73,6 +76,12 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             out.add_(self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
+
+    def row_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """This layer as a function of rows (N, in) -> (N, out) bound to its buffers, for a fused layer's
+        per-token path (``trainables.lm.fused.row_kernel``): bfloat16 out where there is no bias (the
+        caller's next float32 op promotes it), float32 with the bias added otherwise."""
+        return _bound(torch._weight_int8pack_mm, self.bias, self.weight_int8, self.scale)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
@@ -126,8 +135,21 @@ class Int4Linear(nn.Module):
             out.add_(self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
+    def row_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """As ``Int8Linear.row_kernel``."""
+        return _bound(torch.ops.aten._weight_int4pack_mm_for_cpu, self.bias, self.weight_int4, self.group,
+                      self.scale_offset)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=int4, group={self.group}"
+
+
+def _bound(kernel: Callable[..., torch.Tensor], bias: torch.Tensor | None, *operands: Any
+           ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``rows -> kernel(rows in bfloat16, *operands)`` (+ ``bias`` in float32 where there is one)."""
+    if bias is None:
+        return lambda rows: kernel(rows.to(torch.bfloat16), *operands)
+    return lambda rows: kernel(rows.to(torch.bfloat16), *operands).float() + bias
 
 
 QUANTIZED = (Int8Linear, Int4Linear)

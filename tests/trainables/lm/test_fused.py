@@ -7,12 +7,14 @@ from __future__ import annotations
 import pytest
 import torch
 from support import randomize_routing
+from transformers.cache_utils import DynamicCache
+from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.experts import DyLoRAModel
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
-from trainables.lm.fused import FusedDecoderLayer, fuse_decoder_layers
+from trainables.lm.fused import FusedDecoderLayer, FusedLlamaModel, fuse_decoder_layers, rms_norm
 from trainables.lm.quantize import Int4Linear, Int8Linear, apply_weights
 from trainables.mixlora.checkpoint import apply_adapters, prepare_for_inference
 from trainables.mixlora.config import MixLoRAConfig
@@ -38,6 +40,7 @@ def _pair(prepare=lambda model: model) -> tuple[torch.nn.Module, torch.nn.Module
 def test_fused_layers_give_the_stock_outputs_on_a_padded_batch() -> None:
     stock, fused, tokenizer = _pair()
     assert fuse_decoder_layers(fused) == len(fused.model.layers)
+    assert type(fused.model) is FusedLlamaModel  # its lean forward
     layer = fused.model.layers[0]
     assert isinstance(layer, FusedDecoderLayer) and layer.qkv_sizes == [64, 32, 32] and layer.gate_up
     assert not hasattr(layer.self_attn, "q_proj") and layer.self_attn.qkv_proj.weight.shape == (128, 64)
@@ -121,3 +124,58 @@ def test_a_model_without_sdpa_attention_is_left_alone() -> None:
     model.config._attn_implementation = "eager"
     assert fuse_decoder_layers(model) == 0
     assert not any(isinstance(layer, FusedDecoderLayer) for layer in model.model.layers)
+
+
+@torch.no_grad()
+def test_a_prompt_fed_in_two_chunks_after_a_cache_gives_the_stock_logits() -> None:
+    """Several new positions after cached ones (the mask ``sdpa_mask`` builds then: padding and causal
+    order with an offset), on a left-padded batch, as the stock layers compute them."""
+    stock, fused, tokenizer = _pair()
+    fuse_decoder_layers(fused)
+    batch = _padded(tokenizer)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    cut = ids.shape[1] // 2
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    logits = []
+    for model in (stock, fused):
+        cache = DynamicCache()
+        model(input_ids=ids[:, :cut], attention_mask=mask[:, :cut], position_ids=positions[:, :cut], cache=cache)
+        logits.append(model(input_ids=ids[:, cut:], attention_mask=mask, position_ids=positions[:, cut:],
+                            cache=cache).logits)
+    keep = mask[:, cut:].bool()
+    assert torch.allclose(logits[1][keep], logits[0][keep], atol=1e-5, rtol=1e-5)
+
+
+def test_rms_norm_as_a_layer_norm_equals_llamas_norm() -> None:
+    torch.manual_seed(0)
+    norm = LlamaRMSNorm(64, eps=1e-5)
+    with torch.no_grad():
+        norm.weight.normal_()
+    x = torch.randn(3, 5, 64) * torch.logspace(-2, 2, 5)[None, :, None]  # small and large rows
+    doubled = torch.cat([norm.weight, norm.weight]).detach()
+    assert torch.allclose(rms_norm(x, doubled, norm.variance_epsilon), norm(x), atol=1e-6, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_a_fused_model_converted_after_a_forward_computes_with_its_new_tensors() -> None:
+    """A fused layer keeps what it reads per call (``_LayerPlan``) from its first forward; ``.to()`` replaces
+    its buffers, and the next forward must read the new ones. A round trip through bfloat16 rounds every
+    weight, the stock model's too: both must then agree again, exactly as before."""
+    stock, fused, tokenizer = _pair()
+    for name, param in stock.named_parameters():
+        if "norm" in name:  # weights that bfloat16 rounds (a fresh norm's are all 1)
+            param.data.uniform_(0.5, 1.5)
+    fused.load_state_dict(stock.state_dict())
+    fuse_decoder_layers(fused)
+    batch = _padded(tokenizer)
+    fused(**batch)  # the plan bound to the original float32 tensors
+    stock, fused = (m.to(torch.bfloat16).to(torch.float32) for m in (stock, fused))
+    keep = batch["attention_mask"].bool()
+    assert torch.allclose(fused(**batch).logits[keep], stock(**batch).logits[keep], atol=1e-5, rtol=1e-5)
+
+
+def test_the_fused_model_refuses_to_return_per_layer_hidden_states() -> None:
+    _, fused, tokenizer = _pair()
+    fuse_decoder_layers(fused)
+    with pytest.raises(ValueError, match="hidden states"):
+        fused(**_padded(tokenizer), output_hidden_states=True)
