@@ -41,7 +41,8 @@ Served (eval mode, no autograd), an input of 1 to 128 tokens (decoding, batched 
 sort and the loop over experts: ``_mix_experts_inference`` runs each LoRA stage as one matmul over all
 E experts' stacked factors (stacked once and cached, ``_stacked_factors``) with the unchosen ones
 masked to zero, gate and up side by side, and applies the frozen down projection once per token, to
-the router-weighted sum of its k activations (it is linear); the training losses are skipped, and a
+the router-weighted sum of its k activations (it is linear); one token on the CPU (decoding one sequence)
+reads only its k chosen experts' factors, in place (``_mix_one_token``); the training losses are skipped, and a
 ``MixLoRAMLP`` computes the routing stats only when ``last`` is read (see ``MixLoRAFFN.forward``).
 On the inference paths the attention LoRA is merged into the frozen weights
 (``checkpoint.prepare_for_inference``).
@@ -166,6 +167,7 @@ class MixLoRAFFN(nn.Module):
     inference_min_tokens: int = 1
     inference_max_tokens: int = 128
     _stacked: tuple[tuple, StackedFactors] | None = None  # (the factors' versions, the stacked factors)
+    _expert_rows_cache: tuple[tuple, torch.Tensor] | None = None  # (the factors' versions, ``_expert_rows``)
 
     @classmethod
     def from_mlp(cls, mlp: nn.Module, cfg: MixLoRALayerConfig | None = None) -> MixLoRAFFN:
@@ -232,8 +234,11 @@ class MixLoRAFFN(nn.Module):
         return self.fast_inference and not self.training and not torch.is_grad_enabled()
 
     def _mix_served(self, tokens: torch.Tensor, route: RouterOutput) -> torch.Tensor:
-        """The served mixture of ``tokens`` (T, D) -> (T, D): ``_mix_experts_inference`` from
-        ``inference_min_tokens`` to ``inference_max_tokens`` tokens, the sorted dispatch otherwise."""
+        """The served mixture of ``tokens`` (T, D) -> (T, D): ``_mix_one_token`` for one token on the CPU
+        with top-1 or top-2 routing (decoding one sequence), ``_mix_experts_inference`` up to
+        ``inference_max_tokens`` tokens, the sorted dispatch otherwise."""
+        if tokens.shape[0] == 1 and self.top_k <= 2 and tokens.device.type == "cpu":
+            return self._mix_one_token(tokens, route.weights, route.indices)
         if self.inference_min_tokens <= tokens.shape[0] <= self.inference_max_tokens:  # decoding
             return self._mix_experts_inference(tokens, route.weights, route.indices)
         return self._mix_experts(tokens, route.weights, route.indices)[0]  # a long prefill
@@ -245,12 +250,68 @@ class MixLoRAFFN(nn.Module):
         return MoEOutput(output=output, router_logits=route.logits, load_balance_loss=nan, z_loss=nan,
                          stats=routing_stats(route.probs, tokens_per_expert), expert_indices=route.indices)
 
+    def _factor_versions(self) -> tuple:
+        """What identifies the experts' current factors: each one's in-place version and storage."""
+        return tuple((t._version, t.data_ptr())
+                     for bank in (self.lora_gate, self.lora_up, self.lora_down) for t in (bank.A, bank.B))
+
+    def _expert_rows(self) -> torch.Tensor:
+        """Every expert's LoRA factors as one contiguous row, (E, D·2r + 2r·H + H·r + r·D): ``[A_gate | A_up]``
+        (D, 2r), ``B_gate`` (r, H), ``B_up`` (r, H), ``A_down`` (H, r), ``B_down`` (r, D), the B factors
+        scaled by alpha / r. Cached and rebuilt as ``_stacked_factors`` is."""
+        key = self._factor_versions()
+        cached = self._expert_rows_cache
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        E = self.num_experts
+        with torch.no_grad():
+            rows = torch.cat([
+                torch.cat([self.lora_gate.A, self.lora_up.A], dim=-1).reshape(E, -1),  # (E, D·2r)
+                (self.lora_gate.B * self.lora_gate.scaling).reshape(E, -1),  # (E, r·H)
+                (self.lora_up.B * self.lora_up.scaling).reshape(E, -1),  # (E, r·H)
+                self.lora_down.A.reshape(E, -1),  # (E, H·r)
+                (self.lora_down.B * self.lora_down.scaling).reshape(E, -1),  # (E, r·D)
+            ], dim=1)
+        self._expert_rows_cache = (key, rows)
+        return rows
+
+    def _mix_one_token(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+        """``_mix_experts_inference``'s mixture for one token and k <= 2, x (1, D), weights / indices (1, k)
+        -> (1, D), reading only the chosen experts' factors.
+
+        At one token the block's time is the bytes it reads: all E experts' float32 factors are 1.6 MB
+        a SmolLM2 layer, 49 MB a decode step, more than the int4 base's weights; the k chosen ones are
+        k / E of that (a quarter at E = 8, k = 2). Gathering them (``index_select``) cost as much as
+        reading all of them, so each factor of the chosen experts is a strided view of ``_expert_rows``
+        (the two experts in increasing order: one stride between them) that the batched matmuls read
+        in place. The expert ids come to the host (``tolist``; cheap on the CPU, hence CPU only). Per
+        chosen expert j: ``gate_j, up_j = frozen gate/up(x) + x A_j B_j``; ``a_j = act(gate_j) * up_j``;
+        the output is ``down(Σ_j w_j a_j) + Σ_j w_j a_j A_down_j B_down_j`` (the frozen down once).
+        """
+        D, k, (r, H) = x.shape[-1], indices.shape[-1], self.lora_gate.B.shape[1:]
+        ids, w = indices[0].tolist(), weights[0]  # (k,)
+        if k == 2 and ids[0] > ids[1]:  # increasing, for one non-negative stride (the sum does not care)
+            ids, w = ids[::-1], w.flip(0)
+        rows = self._expert_rows()
+        width = rows.shape[1]
+        offset, stride = ids[0] * width, (ids[-1] - ids[0]) * width or width
+        a_gate_up = rows.as_strided((k, D, 2 * r), (stride, 2 * r, 1), offset)
+        b_gate = rows.as_strided((k, r, H), (stride, H, 1), offset + D * 2 * r)
+        b_up = rows.as_strided((k, r, H), (stride, H, 1), offset + D * 2 * r + r * H)
+        a_down = rows.as_strided((k, H, r), (stride, r, 1), offset + D * 2 * r + 2 * r * H)
+        b_down = rows.as_strided((k, r, D), (stride, D, 1), offset + D * 2 * r + 2 * r * H + H * r)
+        z = torch.matmul(x, a_gate_up)  # (k, 1, 2r): gate's r, up's r
+        gate, up = self._frozen_gate_up(x)  # (1, H) each
+        a = (self.act_fn(torch.bmm(z[..., :r], b_gate).squeeze(1) + gate)
+             * (torch.bmm(z[..., r:], b_up).squeeze(1) + up))  # (k, H)
+        z_down = torch.bmm(a.unsqueeze(1), a_down) * w.view(k, 1, 1)  # (k, 1, r), weighted
+        return self.down_proj(torch.mm(w[None], a)) + torch.bmm(z_down, b_down).sum(0)  # (1, D)
+
     def _stacked_factors(self) -> StackedFactors:
         """The experts' LoRA factors as ``_mix_experts_inference`` multiplies them, built once and
         rebuilt only when a factor changed (an in-place update bumps a tensor's ``_version``; ``to()``
         moves its storage): served weights do not change, so a decode step pays no copies."""
-        banks = (self.lora_gate, self.lora_up, self.lora_down)
-        key = tuple((t._version, t.data_ptr()) for bank in banks for t in (bank.A, bank.B))
+        key = self._factor_versions()
         cached = self._stacked
         if cached is not None and cached[0] == key:
             return cached[1]

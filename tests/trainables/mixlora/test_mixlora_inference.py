@@ -5,12 +5,14 @@ through the generation engine; and training untouched by it."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 
 import pytest
 import torch
 from support import randomize_routing
+from torch import nn
 
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
@@ -73,6 +75,29 @@ def test_fast_path_equals_the_training_path(model_and_tokenizer: tuple, shape: t
         torch.testing.assert_close(f.stats.load_balance_cv, r.stats.load_balance_cv)
         assert math.isnan(f.load_balance_loss.item()) and math.isnan(f.z_loss.item())  # skipped at inference
         assert not math.isnan(r.load_balance_loss.item())
+
+
+@pytest.mark.parametrize("top_k", [1, 2])
+@torch.no_grad()
+def test_one_token_reads_the_chosen_experts_factors_in_place(top_k: int) -> None:
+    """``_mix_one_token`` (the chosen experts' factors as strided views of one buffer) against the dense
+    one-hot path, for every choice of experts in either order, then again after a factor changed."""
+    torch.manual_seed(0)
+    d_model, hidden = 16, 24
+    block = MixLoRAFFN(nn.Linear(d_model, hidden, bias=False), nn.Linear(d_model, hidden, bias=False),
+                       nn.Linear(hidden, d_model, bias=False), num_experts=4, top_k=top_k, rank=2, alpha=4,
+                       dropout=0.0).eval()
+    for bank in (block.lora_gate, block.lora_up, block.lora_down):
+        bank.B.normal_()
+    x = torch.randn(1, d_model)
+    for experts in itertools.permutations(range(4), top_k):
+        indices, weights = torch.tensor([experts]), torch.rand(1, top_k)
+        weights /= weights.sum()
+        torch.testing.assert_close(block._mix_one_token(x, weights, indices),
+                                   block._mix_experts_inference(x, weights, indices), **TIGHT)
+    block.lora_down.B.mul_(2.0)  # an in-place update: the cached factor rows must follow it
+    torch.testing.assert_close(block._mix_one_token(x, weights, indices),
+                               block._mix_experts_inference(x, weights, indices), **TIGHT)
 
 
 def test_greedy_text_through_the_engine_is_unchanged(model_and_tokenizer: tuple) -> None:
