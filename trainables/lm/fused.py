@@ -26,10 +26,11 @@ inference only (no dropout, no gradient checkpointing): the loaders apply it aft
 before low-bit weights (``trainables.lm.quantize.apply_weights``); training never sees it.
 
 Measured on SmolLM2-135M-Instruct with int4 weights (2 threads, batch 1, a bare greedy loop over the
-Hugging Face model and a ``DynamicCache``): 15.2 ms a token against 18.9 ms for the stock layers,
-the same 48 greedy tokens (docs/benchmarks.md has the engine's figures). At one row a decode step is
-some 1,300 small ops around 121 matrix products, each op's dispatch costing about as much as its
-arithmetic: every op a layer saves is worth about 0.1 ms a token.
+model and its cache): the stock layers 18.9 ms a token (a ``DynamicCache``); the fused layers under Hugging Face's
+``LlamaModel`` 12.3-13.5 ms; with the lean forward, the plans and the norm and rotary above 10.3-10.7 ms
+(docs/benchmarks.md has the engine's figures). At one row a step is some 1,000 small ops around 121
+matrix products, each op's dispatch costing about as much as its arithmetic, so every op or Python
+step a layer saves counts 30 times a token.
 """
 
 from __future__ import annotations
