@@ -222,7 +222,10 @@ def sdpa_mask(attention_mask: torch.Tensor | None, past: int, length: int) -> to
     """The SDPA mask (B or 1, 1, T, S) of a forward over ``length`` new positions after ``past`` cached
     ones, from the padding mask ``attention_mask`` (B, S) (1: a real token), or None where none is
     needed: no padding and one new position, or no padding and nothing cached (causal order then).
-    A padded query that sees no real key gets zeros from SDPA; its output is never read."""
+    Every query also sees its own position, so a padded query at the left of a row (no real key before
+    it) attends to itself rather than to nothing, which some SDPA backends answer with NaN; a real
+    query's own position is real anyway, so its row of the mask is unchanged. A padded query's output
+    is never read."""
     if attention_mask is not None and attention_mask.device.type == "cpu" and bool(attention_mask.all()):
         attention_mask = None  # no padding (CPU only: on a GPU the check would wait for the device)
     if attention_mask is None and (length == 1 or past == 0):
@@ -231,11 +234,11 @@ def sdpa_mask(attention_mask: torch.Tensor | None, past: int, length: int) -> to
     if length == 1:
         return attention_mask.bool()[:, None, None, :]  # (B, 1, 1, S)
     total = past + length
-    causal = (torch.arange(total, device=device)[None, :]
-              <= torch.arange(past, total, device=device)[:, None])  # (T, S)
+    keys, queries = torch.arange(total, device=device)[None, :], torch.arange(past, total, device=device)[:, None]
+    causal = keys <= queries  # (T, S)
     if attention_mask is None:
         return causal[None, None]
-    return attention_mask[:, None, None, -total:].bool() & causal  # (B, 1, T, S)
+    return (attention_mask[:, None, None, -total:].bool() & causal) | (keys == queries)  # (B, 1, T, S)
 
 
 class FusedLlamaModel(LlamaModel):

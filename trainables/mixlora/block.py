@@ -237,7 +237,7 @@ class MixLoRAFFN(nn.Module):
         """The served mixture of ``tokens`` (T, D) -> (T, D): ``_mix_one_token`` for one token on the CPU
         with top-1 or top-2 routing (decoding one sequence), ``_mix_experts_inference`` up to
         ``inference_max_tokens`` tokens, the sorted dispatch otherwise."""
-        if tokens.shape[0] == 1 and self.top_k <= 2 and tokens.device.type == "cpu":
+        if tokens.shape[0] == 1 and self.inference_min_tokens <= 1 and self.top_k <= 2 and tokens.device.type == "cpu":
             return self._mix_one_token(tokens, route.weights, route.indices)
         if self.inference_min_tokens <= tokens.shape[0] <= self.inference_max_tokens:  # decoding
             return self._mix_experts_inference(tokens, route.weights, route.indices)

@@ -14,7 +14,7 @@ from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.experts import DyLoRAModel
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
-from trainables.lm.fused import FusedDecoderLayer, FusedLlamaModel, fuse_decoder_layers, rms_norm
+from trainables.lm.fused import FusedDecoderLayer, FusedLlamaModel, fuse_decoder_layers, rms_norm, sdpa_mask
 from trainables.lm.quantize import Int4Linear, Int8Linear, apply_weights
 from trainables.mixlora.checkpoint import apply_adapters, prepare_for_inference
 from trainables.mixlora.config import MixLoRAConfig
@@ -144,6 +144,20 @@ def test_a_prompt_fed_in_two_chunks_after_a_cache_gives_the_stock_logits() -> No
                             cache=cache).logits)
     keep = mask[:, cut:].bool()
     assert torch.allclose(logits[1][keep], logits[0][keep], atol=1e-5, rtol=1e-5)
+
+
+def test_the_sdpa_mask_keeps_padding_and_causal_order_and_no_query_sees_nothing() -> None:
+    padded = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    mask = sdpa_mask(padded, past=0, length=4)  # (B, 1, T, S)
+    assert mask.shape == (2, 1, 4, 4)
+    assert mask[0, 0].tolist() == [[True, False, False, False], [False, True, False, False],  # pads: themselves
+                                   [False, False, True, False], [False, False, True, True]]
+    assert torch.equal(mask[1, 0], torch.ones(4, 4, dtype=torch.bool).tril())
+    assert sdpa_mask(padded, past=3, length=1).tolist() == [[[[False, False, True, True]]], [[[True] * 4]]]
+    ones = torch.ones(1, 4, dtype=torch.long)
+    assert sdpa_mask(ones, past=3, length=1) is None and sdpa_mask(ones, past=0, length=4) is None
+    assert sdpa_mask(ones, past=2, length=2)[0, 0].tolist() == [[True, True, True, False], [True] * 4]
+    assert sdpa_mask(None, past=2, length=2)[0, 0].tolist() == [[True, True, True, False], [True] * 4]
 
 
 def test_rms_norm_as_a_layer_norm_equals_llamas_norm() -> None:
