@@ -57,7 +57,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -166,7 +166,7 @@ class MixLoRAFFN(nn.Module):
     fast_inference: bool = True
     inference_min_tokens: int = 1
     inference_max_tokens: int = 128
-    _stacked: tuple[tuple, StackedFactors] | None = None  # (the factors' versions, the stacked factors)
+    _stacked: tuple[tuple, StackedFactors] | None = None  # (the factors' versions, ``_stacked_factors``)
     _expert_rows_cache: tuple[tuple, torch.Tensor] | None = None  # (the factors' versions, ``_expert_rows``)
 
     @classmethod
@@ -250,30 +250,32 @@ class MixLoRAFFN(nn.Module):
         return MoEOutput(output=output, router_logits=route.logits, load_balance_loss=nan, z_loss=nan,
                          stats=routing_stats(route.probs, tokens_per_expert), expert_indices=route.indices)
 
-    def _factor_versions(self) -> tuple:
-        """What identifies the experts' current factors: each one's in-place version and storage."""
-        return tuple((t._version, t.data_ptr())
-                     for bank in (self.lora_gate, self.lora_up, self.lora_down) for t in (bank.A, bank.B))
+    def _cached_factors(self, slot: str, build: Callable[[], Any]) -> Any:
+        """``build()``, a layout of the experts' LoRA factors, kept in the attribute ``slot`` and built again
+        only when a factor changed (an in-place update bumps a tensor's ``_version``; ``to()`` moves its
+        storage): served weights do not change, so a decode step pays no copies."""
+        key = tuple((t._version, t.data_ptr())
+                    for bank in (self.lora_gate, self.lora_up, self.lora_down) for t in (bank.A, bank.B))
+        cached = getattr(self, slot)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        with torch.no_grad():
+            value = build()
+        setattr(self, slot, (key, value))
+        return value
 
     def _expert_rows(self) -> torch.Tensor:
         """Every expert's LoRA factors as one contiguous row, (E, D·2r + 2r·H + H·r + r·D): ``[A_gate | A_up]``
         (D, 2r), ``B_gate`` (r, H), ``B_up`` (r, H), ``A_down`` (H, r), ``B_down`` (r, D), the B factors
-        scaled by alpha / r. Cached and rebuilt as ``_stacked_factors`` is."""
-        key = self._factor_versions()
-        cached = self._expert_rows_cache
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        scaled by alpha / r (``_cached_factors``)."""
         E = self.num_experts
-        with torch.no_grad():
-            rows = torch.cat([
-                torch.cat([self.lora_gate.A, self.lora_up.A], dim=-1).reshape(E, -1),  # (E, D·2r)
-                (self.lora_gate.B * self.lora_gate.scaling).reshape(E, -1),  # (E, r·H)
-                (self.lora_up.B * self.lora_up.scaling).reshape(E, -1),  # (E, r·H)
-                self.lora_down.A.reshape(E, -1),  # (E, H·r)
-                (self.lora_down.B * self.lora_down.scaling).reshape(E, -1),  # (E, r·D)
-            ], dim=1)
-        self._expert_rows_cache = (key, rows)
-        return rows
+        return self._cached_factors("_expert_rows_cache", lambda: torch.cat([
+            torch.cat([self.lora_gate.A, self.lora_up.A], dim=-1).reshape(E, -1),  # (E, D·2r)
+            (self.lora_gate.B * self.lora_gate.scaling).reshape(E, -1),  # (E, r·H)
+            (self.lora_up.B * self.lora_up.scaling).reshape(E, -1),  # (E, r·H)
+            self.lora_down.A.reshape(E, -1),  # (E, H·r)
+            (self.lora_down.B * self.lora_down.scaling).reshape(E, -1),  # (E, r·D)
+        ], dim=1))
 
     def _mix_one_token(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``_mix_experts_inference``'s mixture for one token and k <= 2, x (1, D), weights / indices (1, k)
@@ -295,11 +297,11 @@ class MixLoRAFFN(nn.Module):
         rows = self._expert_rows()
         width = rows.shape[1]
         offset, stride = ids[0] * width, (ids[-1] - ids[0]) * width or width
-        a_gate_up = rows.as_strided((k, D, 2 * r), (stride, 2 * r, 1), offset)
-        b_gate = rows.as_strided((k, r, H), (stride, H, 1), offset + D * 2 * r)
-        b_up = rows.as_strided((k, r, H), (stride, H, 1), offset + D * 2 * r + r * H)
-        a_down = rows.as_strided((k, H, r), (stride, r, 1), offset + D * 2 * r + 2 * r * H)
-        b_down = rows.as_strided((k, r, D), (stride, D, 1), offset + D * 2 * r + 2 * r * H + H * r)
+        views = []  # each piece of ``_expert_rows``' layout, for the chosen experts: (k, *shape)
+        for shape in ((D, 2 * r), (r, H), (r, H), (H, r), (r, D)):
+            views.append(rows.as_strided((k, *shape), (stride, shape[1], 1), offset))
+            offset += shape[0] * shape[1]
+        a_gate_up, b_gate, b_up, a_down, b_down = views
         z = torch.matmul(x, a_gate_up)  # (k, 1, 2r): gate's r, up's r
         gate, up = self._frozen_gate_up(x)  # (1, H) each
         a = (self.act_fn(torch.bmm(z[..., :r], b_gate).squeeze(1) + gate)
@@ -308,26 +310,17 @@ class MixLoRAFFN(nn.Module):
         return self.down_proj(torch.mm(w[None], a)) + torch.bmm(z_down, b_down).sum(0)  # (1, D)
 
     def _stacked_factors(self) -> StackedFactors:
-        """The experts' LoRA factors as ``_mix_experts_inference`` multiplies them, built once and
-        rebuilt only when a factor changed (an in-place update bumps a tensor's ``_version``; ``to()``
-        moves its storage): served weights do not change, so a decode step pays no copies."""
-        key = self._factor_versions()
-        cached = self._stacked
-        if cached is not None and cached[0] == key:
-            return cached[1]
+        """The experts' LoRA factors as ``_mix_experts_inference`` multiplies them (``_cached_factors``)."""
         num_experts, d_model, rank = self.lora_gate.A.shape  # (E, D, r)
         hidden = self.lora_gate.B.shape[-1]
-        with torch.no_grad():
-            a_stack = lambda bank: bank.A.transpose(0, 1).reshape(-1, num_experts * rank)  # (in, E·r), a copy
-            factors = StackedFactors(
-                a_gate_up=torch.stack([a_stack(self.lora_gate), a_stack(self.lora_up)]),
-                b_gate_up=torch.stack([self.lora_gate.B.reshape(num_experts * rank, hidden) * self.lora_gate.scaling,
-                                       self.lora_up.B.reshape(num_experts * rank, hidden) * self.lora_up.scaling]),
-                a_down=a_stack(self.lora_down),
-                b_down=self.lora_down.B.reshape(num_experts * rank, d_model) * self.lora_down.scaling,
-            )
-        self._stacked = (key, factors)
-        return factors
+        a_stack = lambda bank: bank.A.transpose(0, 1).reshape(-1, num_experts * rank)  # (in, E·r), a copy
+        return self._cached_factors("_stacked", lambda: StackedFactors(
+            a_gate_up=torch.stack([a_stack(self.lora_gate), a_stack(self.lora_up)]),
+            b_gate_up=torch.stack([self.lora_gate.B.reshape(num_experts * rank, hidden) * self.lora_gate.scaling,
+                                   self.lora_up.B.reshape(num_experts * rank, hidden) * self.lora_up.scaling]),
+            a_down=a_stack(self.lora_down),
+            b_down=self.lora_down.B.reshape(num_experts * rank, d_model) * self.lora_down.scaling,
+        ))
 
     def _mix_experts_inference(self, x: torch.Tensor, weights: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """``_mix_experts``'s mixture without a loop over experts, for eval mode (no dropout, no grad).
