@@ -141,8 +141,13 @@ class FusedDecoderLayer(nn.Module):
         elif hasattr(mlp, "fuse_for_inference"):  # an FFN of its own (MixLoRA's) that stacks what it can
             mlp.fuse_for_inference()
 
+    def forget_plan(self) -> None:
+        """Drop the plan (its row kernels hold the current tensors and modules); the next forward makes it
+        again. ``to()`` and the like call it (they may replace the tensors), and ``forget_plans`` does."""
+        self._plan = None
+
     def _apply(self, *args: Any, **kwargs: Any) -> FusedDecoderLayer:
-        self._plan = None  # ``.to()`` and the like may replace the tensors the plan holds
+        self.forget_plan()
         return super()._apply(*args, **kwargs)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -270,6 +275,16 @@ class FusedLlamaModel(LlamaModel):
             x = layer(x, attention_mask=mask, cache=cache, position_embeddings=rotary)
         x = rms_norm(x, self.norm_doubled, self.norm.variance_epsilon) if x.dtype == torch.float32 else self.norm(x)
         return BaseModelOutputWithPast(last_hidden_state=x, cache=cache)
+
+
+def forget_plans(model: nn.Module) -> None:
+    """Make every module of ``model`` that binds kernels to its tensors or children at its first forward (a
+    ``FusedDecoderLayer``'s plan, MixLoRA's routed FFN) bind them again at its next: call it after replacing
+    modules in place (``trainables.lm.quantize.quantize_base`` does)."""
+    for module in model.modules():
+        forget = getattr(module, "forget_plan", None)
+        if callable(forget):
+            forget()
 
 
 def fuse_decoder_layers(model: nn.Module) -> int:

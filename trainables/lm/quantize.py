@@ -47,7 +47,7 @@ import torch
 from torch import nn
 
 from trainables.lm.base import ATTENTION_MODULES, MLP_MODULES, decoder_layers
-from trainables.lm.fused import FUSED_GATE_UP, FUSED_QKV, fuse_decoder_layers
+from trainables.lm.fused import FUSED_GATE_UP, FUSED_QKV, forget_plans, fuse_decoder_layers
 from trainables.lm.sections import WEIGHTS
 
 
@@ -198,6 +198,7 @@ def quantize_base(model: nn.Module, bits: int = 8) -> int:
     if type(head) is nn.Linear:  # its own int8 copy: a tied input embedding stays float32
         lm.set_output_embeddings(_quantized(head, bits))
         count += 1
+    forget_plans(model)  # a forward before this bound the replaced projections
     return count
 
 

@@ -42,8 +42,12 @@ sort and the loop over experts: ``_mix_experts_inference`` runs each LoRA stage 
 E experts' stacked factors (stacked once and cached, ``_stacked_factors``) with the unchosen ones
 masked to zero, gate and up side by side, and applies the frozen down projection once per token, to
 the router-weighted sum of its k activations (it is linear); one token on the CPU (decoding one sequence)
-reads only its k chosen experts' factors, in place (``_mix_one_token``); the training losses are skipped, and a
-``MixLoRAMLP`` computes the routing stats only when ``last`` is read (see ``MixLoRAFFN.forward``).
+reads only its k chosen experts' factors, in place (``_mix_one_token``), with a lean top-k of the router's logits
+and the frozen projections as row kernels (``trainables.lm.fused.row_kernel``), two dozen small ops a layer
+(``benchmarks/decode.py``, SmolLM2 at batch 1: time per token 1.37-1.39x the base's with int8 weights and
+1.58-1.61x with int4, against 1.48-1.61x and 1.76-1.81x before the lean routing and the row kernels). The
+training losses are skipped, and a ``MixLoRAMLP`` computes the routing stats only when ``last`` is read
+(see ``MixLoRAFFN.forward``).
 On the inference paths the attention LoRA is merged into the frozen weights
 (``checkpoint.prepare_for_inference``).
 
@@ -63,11 +67,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.lm.fused import plain_linears, stacked_linear
+from trainables.lm.fused import RowKernel, plain_linears, row_kernel, stacked_linear
 from trainables.mixlora.config import MixLoRALayerConfig
 from trainables.moe.layer import MoEOutput
 from trainables.moe.losses import load_balance_loss, router_z_loss, routing_stats
-from trainables.moe.router import RouterOutput, TopKRouter
+from trainables.moe.router import TopKRouter
 
 # ---------------------------------------------------------------------------- parts
 
@@ -168,6 +172,8 @@ class MixLoRAFFN(nn.Module):
     inference_max_tokens: int = 128
     _stacked: tuple[tuple, StackedFactors] | None = None  # (the factors' versions, ``_stacked_factors``)
     _expert_rows_cache: tuple[tuple, torch.Tensor] | None = None  # (the factors' versions, ``_expert_rows``)
+    _kernels: tuple[RowKernel | None, RowKernel | None] | None = None  # ``_frozen_kernels``
+    _chosen_views: tuple[torch.Tensor, dict] | None = None  # (rows viewed, {expert ids: views}), ``_chosen_factors``
 
     @classmethod
     def from_mlp(cls, mlp: nn.Module, cfg: MixLoRALayerConfig | None = None) -> MixLoRAFFN:
@@ -201,9 +207,9 @@ class MixLoRAFFN(nn.Module):
         """
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])  # (T, D)
-        route = self.router(tokens)
         if self.serving():
-            return self._served_output(self._mix_served(tokens, route).reshape(shape), route)
+            return self._served_output(self._serve(tokens, shape))
+        route = self.router(tokens)
         mixed, tokens_per_expert = self._mix_experts(tokens, route.weights, route.indices)  # (T, D), (E,)
         return MoEOutput(
             output=mixed.reshape(shape),
@@ -233,29 +239,65 @@ class MixLoRAFFN(nn.Module):
         """Whether a forward now takes the served path: eval mode, autograd off, ``fast_inference`` set."""
         return self.fast_inference and not self.training and not torch.is_grad_enabled()
 
-    def _mix_served(self, tokens: torch.Tensor, route: RouterOutput) -> torch.Tensor:
-        """The served mixture of ``tokens`` (T, D) -> (T, D): ``_mix_one_token`` for one token on the CPU
-        with top-1 or top-2 routing (decoding one sequence), ``_mix_experts_inference`` up to
-        ``inference_max_tokens`` tokens, the sorted dispatch otherwise."""
-        if tokens.shape[0] == 1 and self.inference_min_tokens <= 1 and self.top_k <= 2 and tokens.device.type == "cpu":
-            return self._mix_one_token(tokens, route.weights, route.indices)
-        if self.inference_min_tokens <= tokens.shape[0] <= self.inference_max_tokens:  # decoding
-            return self._mix_experts_inference(tokens, route.weights, route.indices)
-        return self._mix_experts(tokens, route.weights, route.indices)[0]  # a long prefill
+    def _serve(self, tokens: torch.Tensor, shape: torch.Size) -> _Served:
+        """The served forward of ``tokens`` (T, D), its output shaped ``shape``: ``_mix_one_token`` for one
+        token on the CPU with top-1 or top-2 routing (decoding one sequence), ``_mix_experts_inference`` up
+        to ``inference_max_tokens`` tokens, the sorted dispatch otherwise (a long prefill).
 
-    def _served_output(self, output: torch.Tensor, route: RouterOutput) -> MoEOutput:
+        One token is routed without the router's module: its top-k of the logits, softmaxed over the k
+        (the router's full softmax renormalised over its top k, to float32 rounding); the full softmax
+        is computed only if ``MixLoRAMLP.last`` is read (``_served_output``)."""
+        num_tokens = tokens.shape[0]
+        if num_tokens == 1 and self.inference_min_tokens <= 1 and self.top_k <= 2 and tokens.device.type == "cpu":
+            logits = F.linear(tokens, self.router.gate.weight)  # (1, E)
+            top, indices = logits.topk(self.top_k)  # (1, k)
+            weights = top.softmax(-1, dtype=torch.float32).to(tokens.dtype)  # (1, k)
+            return _Served(self._mix_one_token(tokens, weights, indices).view(shape), logits, weights, indices)
+        route = self.router(tokens)
+        if self.inference_min_tokens <= num_tokens <= self.inference_max_tokens:  # decoding
+            mixed = self._mix_experts_inference(tokens, route.weights, route.indices)
+        else:
+            mixed = self._mix_experts(tokens, route.weights, route.indices)[0]
+        return _Served(mixed.reshape(shape), route.logits, route.weights, route.indices)
+
+    def _served_output(self, served: _Served) -> MoEOutput:
         """The ``MoEOutput`` of a served forward: NaN losses (only training reads them), real routing."""
-        nan = output.new_full((), float("nan"))
-        tokens_per_expert = torch.bincount(route.indices.reshape(-1), minlength=self.num_experts)  # (E,)
-        return MoEOutput(output=output, router_logits=route.logits, load_balance_loss=nan, z_loss=nan,
-                         stats=routing_stats(route.probs, tokens_per_expert), expert_indices=route.indices)
+        nan = served.output.new_full((), float("nan"))
+        probs = F.softmax(served.logits, dim=-1, dtype=torch.float32)  # (T, E), as the router computes them
+        tokens_per_expert = torch.bincount(served.indices.reshape(-1), minlength=self.num_experts)  # (E,)
+        return MoEOutput(output=served.output, router_logits=served.logits, load_balance_loss=nan, z_loss=nan,
+                         stats=routing_stats(probs, tokens_per_expert), expert_indices=served.indices)
+
+    def forget_plan(self) -> None:
+        """Drop what a served forward derives from the current tensors and modules (the frozen projections'
+        row kernels, the factor layouts); the next one derives it again. ``to()`` and the like call it (they
+        may replace the tensors), and so does ``trainables.lm.quantize.quantize_base`` (it replaces the
+        frozen projections)."""
+        self._kernels = self._stacked = self._expert_rows_cache = self._chosen_views = None
+
+    def _apply(self, *args: Any, **kwargs: Any) -> MixLoRAFFN:
+        self.forget_plan()
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**super().__getstate__(), "_kernels": None, "_chosen_views": None}  # a copy derives its own
+
+    def _frozen_kernels(self) -> tuple[RowKernel | None, RowKernel | None]:
+        """The frozen stacked ``gate_up_proj`` (None where it is not stacked) and ``down_proj`` as row kernels
+        (``trainables.lm.fused.row_kernel``: no nn.Module call; a low-bit one returns bfloat16), made once
+        (``forget_plan``); None where one is a wrapper, called as a module."""
+        if self._kernels is None:
+            gate_up = self._modules.get("gate_up_proj")
+            self._kernels = (row_kernel(gate_up) if gate_up is not None else None, row_kernel(self.down_proj))
+        return self._kernels
 
     def _cached_factors(self, slot: str, build: Callable[[], Any]) -> Any:
         """``build()``, a layout of the experts' LoRA factors, kept in the attribute ``slot`` and built again
         only when a factor changed (an in-place update bumps a tensor's ``_version``; ``to()`` moves its
         storage): served weights do not change, so a decode step pays no copies."""
+        banks = self._modules  # not nn.Module's attribute lookup: this runs per layer per served forward
         key = tuple((t._version, t.data_ptr())
-                    for bank in (self.lora_gate, self.lora_up, self.lora_down) for t in (bank.A, bank.B))
+                    for name in ("lora_gate", "lora_up", "lora_down") for t in banks[name]._parameters.values())
         cached = getattr(self, slot)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -290,24 +332,44 @@ class MixLoRAFFN(nn.Module):
         chosen expert j: ``gate_j, up_j = frozen gate/up(x) + x A_j B_j``; ``a_j = act(gate_j) * up_j``;
         the output is ``down(Σ_j w_j a_j) + Σ_j w_j a_j A_down_j B_down_j`` (the frozen down once).
         """
-        D, k, (r, H) = x.shape[-1], indices.shape[-1], self.lora_gate.B.shape[1:]
-        ids, w = indices[0].tolist(), weights[0]  # (k,)
+        k, H = indices.shape[-1], self.lora_gate.B.shape[-1]
+        (ids,), w = indices.tolist(), weights.reshape(k, 1, 1)  # the chosen experts, on the host; their weights
         if k == 2 and ids[0] > ids[1]:  # increasing, for one non-negative stride (the sum does not care)
             ids, w = ids[::-1], w.flip(0)
-        rows = self._expert_rows()
-        width = rows.shape[1]
-        offset, stride = ids[0] * width, (ids[-1] - ids[0]) * width or width
-        views = []  # each piece of ``_expert_rows``' layout, for the chosen experts: (k, *shape)
-        for shape in ((D, 2 * r), (r, H), (r, H), (H, r), (r, D)):
-            views.append(rows.as_strided((k, *shape), (stride, shape[1], 1), offset))
-            offset += shape[0] * shape[1]
-        a_gate_up, b_gate, b_up, a_down, b_down = views
+        a_gate_up, b_gate, b_up, a_down, b_down = self._chosen_factors(tuple(ids))
+        gate_up, down = self._frozen_kernels()
         z = torch.matmul(x, a_gate_up)  # (k, 1, 2r): gate's r, up's r
-        gate, up = self._frozen_gate_up(x)  # (1, H) each
-        a = (self.act_fn(torch.bmm(z[..., :r], b_gate).squeeze(1) + gate)
-             * (torch.bmm(z[..., r:], b_up).squeeze(1) + up))  # (k, H)
-        z_down = torch.bmm(a.unsqueeze(1), a_down) * w.view(k, 1, 1)  # (k, 1, r), weighted
-        return self.down_proj(torch.mm(w[None], a)) + torch.bmm(z_down, b_down).sum(0)  # (1, D)
+        r = z.shape[-1] // 2
+        if gate_up is not None:
+            both = gate_up(x).to(x.dtype)  # (1, 2H)
+            gate, up = both[:, :H], both[:, H:]
+        else:
+            gate, up = self._frozen_gate_up(x)  # (1, H) each
+        a = self.act_fn(torch.baddbmm(gate, z[..., :r], b_gate))  # (k, 1, H): the frozen part broadcast to each
+        a = a.mul_(torch.baddbmm(up, z[..., r:], b_up)).mul_(w)  # (k, 1, H), weighted
+        frozen = down(a.sum(0)) if down is not None else self.down_proj(a.sum(0))  # (1, D); low-bit: bfloat16
+        return frozen + torch.bmm(torch.bmm(a, a_down), b_down).sum(0)  # (1, D), in x's dtype
+
+    def _chosen_factors(self, ids: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+        """The LoRA factors of experts ``ids`` (one, or two in increasing order) as strided views of
+        ``_expert_rows``: ``[A_gate | A_up]`` (k, D, 2r), ``B_gate`` (k, r, H), ``B_up`` (k, r, H), ``A_down``
+        (k, H, r), ``B_down`` (k, r, D). Made once per choice of experts and kept with the rows they view
+        (at most E·E choices; a decode step then makes no views)."""
+        rows = self._expert_rows()
+        if self._chosen_views is None or self._chosen_views[0] is not rows:
+            self._chosen_views = (rows, {})
+        known = self._chosen_views[1]
+        found = known.get(ids)
+        if found is None:
+            (_, d_model, rank), hidden = self.lora_gate.A.shape, self.lora_gate.B.shape[-1]
+            width, k = rows.shape[1], len(ids)
+            offset, stride = ids[0] * width, (ids[-1] - ids[0]) * width or width
+            views = []  # each piece of the rows' layout, for the chosen experts: (k, *shape)
+            for shape in ((d_model, 2 * rank), (rank, hidden), (rank, hidden), (hidden, rank), (rank, d_model)):
+                views.append(rows.as_strided((k, *shape), (stride, shape[1], 1), offset))
+                offset += shape[0] * shape[1]
+            found = known[ids] = tuple(views)
+        return found
 
     def _stacked_factors(self) -> StackedFactors:
         """The experts' LoRA factors as ``_mix_experts_inference`` multiplies them (``_cached_factors``)."""
@@ -397,10 +459,13 @@ class MixLoRAFFN(nn.Module):
 
 
 class _Served(NamedTuple):
-    """A served forward's output and routing, before ``MixLoRAMLP.last`` builds its ``MoEOutput``."""
+    """A served forward's output and routing, before ``MixLoRAFFN._served_output`` builds its ``MoEOutput``
+    (only when something reads it: ``MixLoRAMLP.last``)."""
 
-    output: torch.Tensor  # (B, T, D)
-    route: RouterOutput
+    output: torch.Tensor  # (..., D), the input's shape
+    logits: torch.Tensor  # (T, E) the router's logits
+    weights: torch.Tensor  # (T, k) the chosen experts' weights, renormalised
+    indices: torch.Tensor  # (T, k) the chosen experts
 
 
 class MixLoRAMLP(MixLoRAFFN):
@@ -425,7 +490,7 @@ class MixLoRAMLP(MixLoRAFFN):
         """The full ``MoEOutput`` of the latest forward (None if none since it was cleared)."""
         latest = self._latest
         if isinstance(latest, _Served):
-            latest = self._served_output(latest.output, latest.route)
+            latest = self._served_output(latest)
             self._latest = latest
         return latest
 
@@ -441,11 +506,9 @@ class MixLoRAMLP(MixLoRAFFN):
             out = super().forward(x)
             self._latest = out
             return out.output
-        tokens = x.reshape(-1, x.shape[-1])  # (T, D)
-        route = self.router(tokens)
-        output = self._mix_served(tokens, route).reshape(x.shape)
-        self._latest = _Served(output, route)  # one assignment: a reader sees one call's record whole
-        return output
+        served = self._serve(x.reshape(-1, x.shape[-1]), x.shape)
+        self._latest = served  # one assignment: a reader sees one call's record whole
+        return served.output
 
     def pop_expert_choices(self) -> torch.Tensor | None:
         """The top-k expert ids of each token of the latest forward, (B, T, k) for an input
@@ -454,5 +517,5 @@ class MixLoRAMLP(MixLoRAFFN):
         latest, self._latest = self._latest, None
         if latest is None:
             return None
-        indices = latest.route.indices if isinstance(latest, _Served) else latest.expert_indices  # (T, k)
+        indices = latest.indices if isinstance(latest, _Served) else latest.expert_indices  # (T, k)
         return indices.reshape(*latest.output.shape[:-1], -1)  # (B, T, k)

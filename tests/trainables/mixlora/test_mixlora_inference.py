@@ -16,6 +16,8 @@ from torch import nn
 
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
+from trainables.lm.fused import FusedLlamaModel
+from trainables.lm.quantize import Int4Linear, Int8Linear, apply_weights, quantize_base
 from trainables.mixlora import mixlora_blocks
 from trainables.mixlora.block import MixLoRAFFN
 from trainables.mixlora.checkpoint import apply_adapters
@@ -77,18 +79,33 @@ def test_fast_path_equals_the_training_path(model_and_tokenizer: tuple, shape: t
         assert not math.isnan(r.load_balance_loss.item())
 
 
+def _frozen_as(block: MixLoRAFFN, frozen: str) -> None:
+    """Give ``block``'s frozen projections the form a loader gives them: ``separate`` (as trained),
+    ``stacked`` (gate and up as one ``gate_up_proj``, as fused for inference), ``stacked int8`` / ``int4``
+    (and low-bit, ``trainables.lm.quantize``)."""
+    if frozen == "separate":
+        return
+    block.fuse_for_inference()
+    if frozen != "stacked":
+        low_bit = Int8Linear if frozen.endswith("int8") else Int4Linear
+        block.gate_up_proj, block.down_proj = low_bit(block.gate_up_proj), low_bit(block.down_proj)
+
+
+@pytest.mark.parametrize("frozen", ["separate", "stacked", "stacked int8", "stacked int4"])
 @pytest.mark.parametrize("top_k", [1, 2])
 @torch.no_grad()
-def test_one_token_reads_the_chosen_experts_factors_in_place(top_k: int) -> None:
-    """``_mix_one_token`` (the chosen experts' factors as strided views of one buffer) against the dense
-    one-hot path, for every choice of experts in either order, then again after a factor changed."""
+def test_one_token_reads_the_chosen_experts_factors_in_place(top_k: int, frozen: str) -> None:
+    """``_mix_one_token`` (the chosen experts' factors as strided views of one buffer, the frozen projections
+    as row kernels where they are stacked) against the dense one-hot path (the projections called as
+    modules), for every choice of experts in either order, then again after a factor changed."""
     torch.manual_seed(0)
-    d_model, hidden = 16, 24
+    d_model, hidden = 64, 96  # shapes the int4 kernel takes (gate|up 192 x 64, down 64 x 96)
     block = MixLoRAFFN(nn.Linear(d_model, hidden, bias=False), nn.Linear(d_model, hidden, bias=False),
                        nn.Linear(hidden, d_model, bias=False), num_experts=4, top_k=top_k, rank=2, alpha=4,
                        dropout=0.0).eval()
     for bank in (block.lora_gate, block.lora_up, block.lora_down):
         bank.B.normal_()
+    _frozen_as(block, frozen)
     x = torch.randn(1, d_model)
     for experts in itertools.permutations(range(4), top_k):
         indices, weights = torch.tensor([experts]), torch.rand(1, top_k)
@@ -98,6 +115,31 @@ def test_one_token_reads_the_chosen_experts_factors_in_place(top_k: int) -> None
     block.lora_down.B.mul_(2.0)  # an in-place update: the cached factor rows must follow it
     torch.testing.assert_close(block._mix_one_token(x, weights, indices),
                                block._mix_experts_inference(x, weights, indices), **TIGHT)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@torch.no_grad()
+def test_quantizing_after_a_forward_computes_with_the_low_bit_weights(bits: int) -> None:
+    """The fused layers' plans and MixLoRA's frozen kernels are bound at a first forward; quantizing after
+    one (``quantize_base`` replaces the projections) must rebind them, giving what a model quantized before
+    any forward gives."""
+    def fused_model() -> nn.Module:
+        torch.manual_seed(0)
+        model, _ = load_base("tiny-llama")
+        apply_adapters(model, MixLoRAConfig(num_experts=4, top_k=2, rank=4, alpha=8, dropout=0.0,
+                                            attention_lora=False))
+        randomize_routing(model)
+        return apply_weights(model.eval(), "fp32")
+
+    ids = torch.randint(3, 259, (1, 1), generator=torch.Generator().manual_seed(2))  # one token: the one-token path
+    late = fused_model()
+    before = late(ids).logits
+    quantize_base(late, bits)
+    early = fused_model()
+    assert type(early.model) is FusedLlamaModel
+    quantize_base(early, bits)
+    assert not torch.equal(late(ids).logits, before)
+    torch.testing.assert_close(late(ids).logits, early(ids).logits, rtol=0, atol=0)
 
 
 def test_greedy_text_through_the_engine_is_unchanged(model_and_tokenizer: tuple) -> None:
