@@ -16,6 +16,9 @@ loop, each iteration:
    gets the finish reason) and is dropped from the cache; columns no row needs any more are
    trimmed from the left.
 
+A row's text is decoded a few tokens at a time (``detokenize.IncrementalText``: the whole decode's
+text, at a cost that does not grow with the completion's length).
+
 Log-probabilities (OpenAI's ``logprobs``): a request may ask for the log-probability of each token
 it generates (``SamplingParams.logprobs = k``: with the ``k`` likeliest alternatives) and of each of
 its prompt tokens (``prompt_logprobs = k``, for scoring: the prompt's first token has none). They
@@ -78,6 +81,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from trainables.lm.detokenize import IncrementalText
 from trainables.lm.kv_cache import SlabCache
 
 
@@ -203,6 +207,7 @@ class _Row:
     generator: torch.Generator
     generated: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of the decoded completion already sent
+    text: IncrementalText | None = None  # the completion's text, decoded a few tokens at a time (``_emit``)
     moe: dict[str, Any] | None = None
     trace: list[torch.Tensor] = field(default_factory=list)  # per generated token: (L, k) expert ids
     logprobs: list[TokenLogprob] | None = None  # generated tokens' entries not yet sent (if asked)
@@ -483,7 +488,9 @@ class GenerationEngine:
                 row.generated.append(token)
                 if routes is not None:
                     row.trace.append(routes[i - offset])
-            text = self.tokenizer.decode(row.generated, skip_special_tokens=True)
+            if row.text is None:
+                row.text = IncrementalText(self.tokenizer)
+            text = row.text.of(row.generated)
             hits = [text.find(s) for s in row.params.stop if s and s in text]
             if hits:
                 text, finish = text[:min(hits)], "stop"
