@@ -142,6 +142,7 @@ def _family_errors(family: Family, sections: dict[str, Any]) -> list[str]:
                               "metrics (NSGA-II) or search: random")
     errors += check_space(sweep, family, sections)
     errors += _device_errors(family, sections)
-    if family.checks is not None:
+    # the family's checks relate its sections to each other: they run once each section is valid on its own
+    if family.checks is not None and not any(section.errors() for section in sections.values()):
         errors += family.checks(SectionParts(sections))
     return errors

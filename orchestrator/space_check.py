@@ -92,6 +92,6 @@ def _trial_errors(values: dict[str, Any], family: Family, sections: dict[str, An
     for section, fields in changes.items():
         patched[section] = dataclasses.replace(sections[section], **fields)
     errors = [f"{s}.{e}" for s in SWEEPABLE_SECTIONS for e in patched[s].errors()]
-    if family.checks is not None:
+    if family.checks is not None and not errors:  # they relate sections to each other, each one valid
         errors += family.checks(SectionParts(patched))
     return errors

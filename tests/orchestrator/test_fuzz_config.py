@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from click.testing import CliRunner
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from support import examples
 
@@ -83,8 +83,20 @@ def _dump(doc: Any) -> str:
         return yaml.safe_dump(str(doc))
 
 
+def _with(name: str, dotted: str, value: Any) -> tuple[str, dict[str, Any], list[str]]:
+    """A pinned case: experiment ``name`` with the key at ``dotted`` set to ``value``."""
+    doc = copy.deepcopy(BASES[name])
+    *parents, leaf = dotted.split(".")
+    parent = doc
+    for key in parents:
+        parent = parent[key]
+    parent[leaf] = value
+    return name, doc, [dotted]
+
+
 @FUZZ
 @given(mutated_experiments())
+@example(case=_with("dylora.yaml", "data.phases", [{}]))  # KeyError in the family's checks, before the section's
 def test_mutated_experiment_files_validate_or_name_the_field(tmp_path_factory: Any,
                                                              case: tuple[str, dict[str, Any], list[str]]) -> None:
     name, doc, touched = case

@@ -134,6 +134,7 @@ STRING_FIELDS = ("prompt", "model", "stop", "stop_list", "content", "role")
 @example(field="content", text="\ud800")  # 500: the tokenizer refused a lone surrogate (issue 25)
 @example(field="model", text="\udfff")  # the 404 message echoed it, and could not be encoded
 @example(field="stop", text="")  # an empty stop string
+@example(field="stop_list", text="\ud800")  # named "stop" (the union's string member) instead of "stop.0"
 def test_lm_any_string_gets_a_200_or_a_400(lm: TestClient, field: str, text: str) -> None:
     chat = field in ("content", "role")
     message = {"role": text if field == "role" else "user", "content": text if field == "content" else "hi"}

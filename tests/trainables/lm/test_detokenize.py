@@ -8,13 +8,15 @@ from __future__ import annotations
 import functools
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import examples
 
 from trainables.lm.base import byte_level_tokenizer, load_tokenizer, smollm2_available
 from trainables.lm.detokenize import IncrementalText
 
 pytestmark = pytest.mark.property
+FUZZ = settings(max_examples=examples(200))  # the rest from the profile (tests/conftest.py)
 
 
 class _Counting:
@@ -47,6 +49,7 @@ def _smollm2():
     return load_tokenizer("smollm2-135m-instruct")
 
 
+@FUZZ
 @given(st.lists(st.integers(0, len(_byte_level()) - 1), max_size=40))
 def test_byte_level_every_prefix_decodes_as_a_whole(ids: list[int]) -> None:
     _check_every_prefix(_byte_level(), ids)
@@ -68,12 +71,14 @@ TEXTS = st.text(alphabet=st.sampled_from(list("ab é€日本語😀🎉\n\t.,'"
 
 
 @smollm2
+@FUZZ
 @given(st.lists(st.integers(0, 49151), max_size=30))
 def test_smollm2_random_ids_every_prefix_decodes_as_a_whole(ids: list[int]) -> None:
     _check_every_prefix(_smollm2(), ids)
 
 
 @smollm2
+@FUZZ
 @given(TEXTS)
 def test_smollm2_text_every_prefix_decodes_as_a_whole(text: str) -> None:
     ids = _smollm2()(text, add_special_tokens=False)["input_ids"]

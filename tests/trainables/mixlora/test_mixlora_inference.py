@@ -117,6 +117,29 @@ def test_one_token_reads_the_chosen_experts_factors_in_place(top_k: int, frozen:
                                block._mix_experts_inference(x, weights, indices), **TIGHT)
 
 
+@pytest.mark.parametrize("top_k", [1, 2])
+@torch.no_grad()
+def test_one_token_is_routed_as_the_router_routes_it(top_k: int) -> None:
+    """A served forward of one token (the router's top-k taken from its logits, not its module) against the
+    training path (the router's module, the sorted dispatch): the same output, experts, logits and stats;
+    with top-1 the expert keeps its full-softmax weight, as the router gives it (it renormalises only k > 1)."""
+    torch.manual_seed(0)
+    d_model, hidden = 16, 24
+    block = MixLoRAFFN(nn.Linear(d_model, hidden, bias=False), nn.Linear(d_model, hidden, bias=False),
+                       nn.Linear(hidden, d_model, bias=False), num_experts=4, top_k=top_k, rank=2, alpha=4,
+                       dropout=0.0)
+    block.router.gate.weight.normal_()
+    for bank in (block.lora_gate, block.lora_up, block.lora_down):
+        bank.B.normal_()
+    for x in torch.randn(8, 1, d_model):
+        served, trained = block.eval()(x), block.train()(x)  # no autograd: eval serves, training does not
+        torch.testing.assert_close(served.output, trained.output, **TIGHT)
+        assert torch.equal(served.expert_indices, trained.expert_indices)
+        torch.testing.assert_close(served.router_logits, trained.router_logits, **TIGHT)
+        torch.testing.assert_close(served.stats.router_entropy, trained.stats.router_entropy, **TIGHT)
+        assert torch.equal(served.stats.tokens_per_expert, trained.stats.tokens_per_expert)
+
+
 @pytest.mark.parametrize("bits", [8, 4])
 @torch.no_grad()
 def test_quantizing_after_a_forward_computes_with_the_low_bit_weights(bits: int) -> None:
