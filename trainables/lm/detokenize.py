@@ -2,9 +2,9 @@
 
 Decoding a row's whole completion at every step (``tokenizer.decode(generated)``) costs time that grows
 with its length: with SmolLM2's tokenizer 0.1 ms at 500 tokens, 0.4 ms at 2,000 and 0.8 ms at 4,000, per
-row per step (measured here), so that 32 rows of long completions add 13-26 ms to each step. ``IncrementalText``
-(0.01-0.04 ms a step at those lengths) decodes
-only a short window of the newest tokens, as vLLM's and Hugging Face TGI's detokenizers do: the tokens
+row per step (measured here), so that 32 rows of long completions add 13-26 ms to each step.
+``IncrementalText`` (0.01-0.04 ms a step at those lengths) decodes only a short window of the newest
+tokens, as vLLM's and Hugging Face TGI's detokenizers do: the tokens
 from ``prefix_offset`` to ``read_offset`` were decoded last time; the text of the tokens after them is
 the window's decode minus that prefix's. Decoding from a few tokens back, rather than from the new
 token alone, keeps what a token's text depends on its neighbours (a SentencePiece word's leading space,

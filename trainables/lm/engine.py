@@ -205,9 +205,9 @@ class _Row:
     params: SamplingParams
     stream: GenerationStream
     generator: torch.Generator
+    text: IncrementalText  # the completion's text, decoded a few tokens at a time (``_emit``)
     generated: list[int] = field(default_factory=list)
     emitted: int = 0  # characters of the decoded completion already sent
-    text: IncrementalText | None = None  # the completion's text, decoded a few tokens at a time (``_emit``)
     moe: dict[str, Any] | None = None
     trace: list[torch.Tensor] = field(default_factory=list)  # per generated token: (L, k) expert ids
     logprobs: list[TokenLogprob] | None = None  # generated tokens' entries not yet sent (if asked)
@@ -275,7 +275,7 @@ class GenerationEngine:
             raise ValueError("empty prompt")
         generator = torch.Generator().manual_seed(params.seed % 2**64 if params.seed is not None
                                                   else int(torch.randint(0, 2**31 - 1, ()).item()))
-        row = _Row(list(prompt_ids), params, GenerationStream(loop), generator)
+        row = _Row(list(prompt_ids), params, GenerationStream(loop), generator, IncrementalText(self.tokenizer))
         self._waiting.put(row)
         return row.stream
 
@@ -488,8 +488,6 @@ class GenerationEngine:
                 row.generated.append(token)
                 if routes is not None:
                     row.trace.append(routes[i - offset])
-            if row.text is None:
-                row.text = IncrementalText(self.tokenizer)
             text = row.text.of(row.generated)
             hits = [text.find(s) for s in row.params.stop if s and s in text]
             if hits:

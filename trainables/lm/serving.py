@@ -535,9 +535,8 @@ class LMEndpoint:
             # of the first bad field's errors, the deepest: with a union (``stop``: a string or a list of them)
             # pydantic reports every member's error, and the member the value's shape matched fails deeper
             # (``stop.0`` for a bad string in a list, rather than ``stop`` "should be a valid string")
-            field = tuple(first.get("loc", ()))[:2]
-            first = max((e for e in errors if tuple(e.get("loc", ()))[:2] == field), key=lambda e: len(e["loc"]),
-                        default=first)
+            loc = lambda error: tuple(error.get("loc", ()))
+            first = max((e for e in errors if loc(e)[:2] == loc(first)[:2]), key=lambda e: len(loc(e)), default=first)
             if first.get("type") == "json_invalid":  # loc is ("body", character offset)
                 where = first.get("loc", ("body", "?"))[-1]
                 reason = (first.get("ctx") or {}).get("error", "")

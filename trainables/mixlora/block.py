@@ -244,19 +244,11 @@ class MixLoRAFFN(nn.Module):
         token on the CPU with top-1 or top-2 routing (decoding one sequence), ``_mix_experts_inference`` up
         to ``inference_max_tokens`` tokens, the sorted dispatch otherwise (a long prefill).
 
-        One token is routed without the router's module: its top-k of the logits, softmaxed over the k
-        (the router's full softmax renormalised over its top k, to float32 rounding; top-1 keeps its full
-        softmax weight, as the router gives it); the full softmax is computed only if ``MixLoRAMLP.last``
-        is read (``_served_output``)."""
+        One token is routed by ``TopKRouter.choose`` (its choice without the full softmax); the full
+        softmax is computed only if ``MixLoRAMLP.last`` is read (``_served_output``)."""
         num_tokens = tokens.shape[0]
         if num_tokens == 1 and self.inference_min_tokens <= 1 and self.top_k <= 2 and tokens.device.type == "cpu":
-            logits = F.linear(tokens, self.router.gate.weight)  # (1, E)
-            top, indices = logits.topk(self.top_k)  # (1, k)
-            if self.top_k > 1:  # renormalised over the k chosen
-                weights = top.softmax(-1, dtype=torch.float32)  # (1, k)
-            else:  # one expert keeps its full-softmax weight (the router renormalises only k > 1)
-                weights = (top.float() - logits.float().logsumexp(-1, keepdim=True)).exp()  # (1, 1)
-            weights = weights.to(tokens.dtype)
+            logits, weights, indices = self.router.choose(tokens)  # (1, E), (1, k), (1, k)
             return _Served(self._mix_one_token(tokens, weights, indices).view(shape), logits, weights, indices)
         route = self.router(tokens)
         if self.inference_min_tokens <= num_tokens <= self.inference_max_tokens:  # decoding

@@ -59,3 +59,16 @@ class TopKRouter(nn.Module):
         if self.renormalize and self.top_k > 1:
             weights = weights / weights.sum(dim=-1, keepdim=True)
         return RouterOutput(logits, probs, weights.to(x.dtype), indices)
+
+    def choose(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``forward``'s logits, weights and indices of ``x`` (T, D), to float32 rounding, without the full
+        softmax over E (inference: a decode step that reads no routing stats; no jitter): the top k of the
+        logits, their weights softmaxed over the k (``renormalize``, k > 1) or each its full-softmax value.
+        Returns (T, E), (T, k), (T, k)."""
+        logits = F.linear(x, self.gate.weight)  # (T, E)
+        top, indices = logits.topk(self.top_k, dim=-1)  # (T, k): softmax keeps the logits' order
+        if self.renormalize and self.top_k > 1:
+            weights = top.softmax(-1, dtype=torch.float32)
+        else:
+            weights = (top.float() - logits.float().logsumexp(-1, keepdim=True)).exp()
+        return logits, weights.to(x.dtype), indices

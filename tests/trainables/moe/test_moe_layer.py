@@ -19,6 +19,7 @@ from trainables.moe import (
     routing_stats,
 )
 from trainables.moe.grouped import GroupedFFN
+from trainables.moe.router import TopKRouter
 
 D, H = 16, 32
 
@@ -210,3 +211,18 @@ def test_router_jitter_is_applied_in_train_mode_only() -> None:
 def test_top_k_above_num_experts_is_refused() -> None:
     with pytest.raises(ValueError, match="top_k"):
         MoELayer(D, 2, 3, H)
+
+
+@pytest.mark.parametrize("renormalize", [True, False])
+@pytest.mark.parametrize("top_k", [1, 2, 3])
+def test_choose_routes_as_forward_without_the_full_softmax(top_k: int, renormalize: bool) -> None:
+    """``TopKRouter.choose`` (inference's lean routing) gives ``forward``'s logits, experts and weights."""
+    torch.manual_seed(0)
+    router = TopKRouter(16, 6, top_k, renormalize=renormalize).eval()
+    torch.nn.init.normal_(router.gate.weight)  # decisive logits: no near-ties between experts
+    x = torch.randn(32, 16)
+    logits, weights, indices = router.choose(x)
+    route = router(x)
+    assert torch.equal(indices, route.indices)
+    torch.testing.assert_close(logits, route.logits, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(weights, route.weights, rtol=1e-5, atol=1e-6)
