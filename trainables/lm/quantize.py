@@ -8,17 +8,19 @@ head (its own copy; on SmolLM2 it is tied to the input embeddings, which stay fl
 49152 x 576 float32 weight was a fifth of a decode step's bytes):
 
 - ``Int8Linear`` (8 bits): the weight rounded to int8 with one scale per output channel (symmetric,
-  ``scale = max|W_row| / 127``), a quarter of the float32 bytes, multiplied by torch's CPU weight-only
-  int8 kernel (``torch._weight_int8pack_mm``).
+  ``scale = max|W_row| / 127``), a quarter of the float32 bytes, multiplied by our CPU kernel at decode
+  (up to 8 rows, float32 activations: ``trainables.lm.int8_kernel``, built once per machine) and by
+  torch's weight-only int8 kernel (``torch._weight_int8pack_mm``) above that, or where ours cannot be built.
 - ``Int4Linear`` (4 bits): the weight in groups of ``INT4_GROUP`` (32) inputs, each with its own scale
   and offset (asymmetric, from the group's min and max: the format of llama.cpp's Q4_1), an eighth of
   the float32 bytes, multiplied by torch's CPU int4 kernel (``aten._weight_int4pack_mm_for_cpu``). The
   kernel takes layers with a multiple of 16 outputs and of 32 inputs; a layer of another shape gets
   8 bits instead.
 
-Both are weight-only: the activations are not quantized, they enter the kernel in bfloat16, the input
-type it has a vectorised kernel for, and the result comes back as float32, so a row's result does not
-depend on the rest of its batch. Everything else stays float32: the adapters (LoRA / MixLoRA experts
+Both are weight-only: the activations are not quantized. They enter torch's kernels in bfloat16, the
+input type those have a vectorised kernel for (ours takes them in float32), and the result comes back
+as float32, so a row's result does not depend on the rest of its batch, give or take that rounding
+where a batch crosses 8 rows. Everything else stays float32: the adapters (LoRA / MixLoRA experts
 and routers, DyLoRA-MoE's experts and router), the embeddings and the norms.
 
 Why these kernels (SmolLM2-135M, 2 busy CPU threads): int8 activations too (dynamic quantization,
@@ -48,6 +50,7 @@ from torch import nn
 
 from trainables.lm.base import ATTENTION_MODULES, MLP_MODULES, decoder_layers
 from trainables.lm.fused import FUSED_GATE_UP, FUSED_QKV, forget_plans, fuse_decoder_layers
+from trainables.lm.int8_kernel import KERNEL_MAX_ROWS, int8_matmul
 from trainables.lm.sections import WEIGHTS
 
 
@@ -68,20 +71,39 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("weight_int8", q.contiguous())  # (out, in)
         self.register_buffer("scale", scale)  # (out,)
+        self.register_buffer("scale_float", scale.float(), persistent=False)  # (out,): for our kernel
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().float().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x (..., in) -> (..., out), float32
-        rows = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (N, in)
-        out = torch._weight_int8pack_mm(rows, self.weight_int8, self.scale).float()  # (N, out)
+        rows = x.reshape(-1, self.in_features)  # (N, in)
+        ours = int8_matmul() if rows.shape[0] <= KERNEL_MAX_ROWS else None
+        if ours is not None:
+            out = ours(rows, self.weight_int8, self.scale_float)  # (N, out)
+        else:
+            out = torch._weight_int8pack_mm(rows.to(torch.bfloat16), self.weight_int8, self.scale).float()
         if self.bias is not None:
             out.add_(self.bias)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def row_kernel(self) -> Callable[[torch.Tensor], torch.Tensor]:
         """This layer as a function of rows (N, in) -> (N, out) bound to its buffers, for a fused layer's
-        per-token path (``trainables.lm.fused.row_kernel``): bfloat16 out where there is no bias (the
-        caller's next float32 op promotes it), float32 with the bias added otherwise."""
-        return _bound(torch._weight_int8pack_mm, self.bias, self.weight_int8, self.scale)
+        per-token path (``trainables.lm.fused.row_kernel``). Up to ``KERNEL_MAX_ROWS`` rows, our kernel
+        (``trainables.lm.int8_kernel``: float32 in and out) where this machine has it; otherwise torch's,
+        bfloat16 out where there is no bias (the caller's next float32 op promotes it), float32 with the
+        bias added."""
+        torch_kernel = _bound(torch._weight_int8pack_mm, self.bias, self.weight_int8, self.scale)
+        ours = int8_matmul()
+        if ours is None:
+            return torch_kernel
+        weight, scale, bias = self.weight_int8, self.scale_float, self.bias
+
+        def rows_times_weight(rows: torch.Tensor) -> torch.Tensor:  # (N, in) -> (N, out)
+            if rows.shape[0] > KERNEL_MAX_ROWS:
+                return torch_kernel(rows)
+            out = ours(rows, weight, scale)
+            return out if bias is None else out.add_(bias)
+
+        return rows_times_weight
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, weights=int8"
