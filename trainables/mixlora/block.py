@@ -66,9 +66,11 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import SiLUActivation
 
 from trainables.lm.fused import RowKernel, plain_linears, row_kernel, stacked_linear
 from trainables.mixlora.config import MixLoRALayerConfig
+from trainables.mixlora.one_token_kernel import one_token_op
 from trainables.moe.layer import MoEOutput
 from trainables.moe.losses import load_balance_loss, router_z_loss, routing_stats
 from trainables.moe.router import TopKRouter
@@ -244,18 +246,39 @@ class MixLoRAFFN(nn.Module):
         token on the CPU with top-1 or top-2 routing (decoding one sequence), ``_mix_experts_inference`` up
         to ``inference_max_tokens`` tokens, the sorted dispatch otherwise (a long prefill).
 
-        One token is routed by ``TopKRouter.choose`` (its choice without the full softmax); the full
-        softmax is computed only if ``MixLoRAMLP.last`` is read (``_served_output``)."""
+        One token on the CPU takes our C++ kernel where it can (``_serve_one_token_by_kernel``); otherwise it
+        is routed by ``TopKRouter.choose`` (its choice without the full softmax). The full softmax is
+        computed only if ``MixLoRAMLP.last`` is read (``_served_output``)."""
         num_tokens = tokens.shape[0]
-        if num_tokens == 1 and self.inference_min_tokens <= 1 and self.top_k <= 2 and tokens.device.type == "cpu":
-            logits, weights, indices = self.router.choose(tokens)  # (1, E), (1, k), (1, k)
-            return _Served(self._mix_one_token(tokens, weights, indices).view(shape), logits, weights, indices)
+        if num_tokens == 1 and self.inference_min_tokens <= 1 and tokens.device.type == "cpu":
+            served = self._serve_one_token_by_kernel(tokens, shape)
+            if served is not None:
+                return served
+            if self.top_k <= 2:
+                logits, weights, indices = self.router.choose(tokens)  # (1, E), (1, k), (1, k)
+                return _Served(self._mix_one_token(tokens, weights, indices).view(shape), logits, weights, indices)
         route = self.router(tokens)
         if self.inference_min_tokens <= num_tokens <= self.inference_max_tokens:  # decoding
             mixed = self._mix_experts_inference(tokens, route.weights, route.indices)
         else:
             mixed = self._mix_experts(tokens, route.weights, route.indices)[0]
         return _Served(mixed.reshape(shape), route.logits, route.weights, route.indices)
+
+    def _serve_one_token_by_kernel(self, tokens: torch.Tensor, shape: torch.Size) -> _Served | None:
+        """One float32 token (1, D) on the CPU through ``trainables.mixlora.one_token_kernel`` (the router's
+        choice and the chosen experts' LoRA in one C++ call), the frozen gate|up and down as their row
+        kernels around it; None where the kernel does not apply (turned off or not built, another
+        activation than SiLU, unstacked frozen projections, another dtype): the torch path then."""
+        op = one_token_op()
+        if op is None or tokens.dtype != torch.float32 or not _is_silu(self.act_fn):
+            return None
+        gate_up, down = self._frozen_kernels()
+        if gate_up is None or down is None:
+            return None
+        mixed, lora, logits, weights, indices = op(tokens, gate_up(tokens), self.router.gate.weight,
+                                                   self._expert_rows(), self.top_k, self.router.renormalize,
+                                                   self.lora_gate.A.shape[-1])  # (1, H), (1, D), (1, E), (1, k)x2
+        return _Served((down(mixed) + lora).view(shape), logits, weights, indices)  # low-bit down: bf16 promoted
 
     def _served_output(self, served: _Served) -> MoEOutput:
         """The ``MoEOutput`` of a served forward: NaN losses (only training reads them), real routing."""
@@ -453,6 +476,12 @@ class MixLoRAFFN(nn.Module):
         y = torch.cat(outs) * sorted_weights.unsqueeze(-1)  # (N, D)
         out = x.new_zeros(num_tokens, x.shape[-1]).index_add_(0, token_ids, y)  # (T, D)
         return out, tokens_per_expert
+
+
+def _is_silu(act_fn: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+    """Whether ``act_fn`` is SiLU (``F.silu``, ``nn.SiLU``, or Hugging Face's ``SiLUActivation``, which a Llama
+    MLP holds): the one activation our one-token kernel computes."""
+    return act_fn is F.silu or type(act_fn) in (nn.SiLU, SiLUActivation)
 
 
 class _Served(NamedTuple):

@@ -1,6 +1,7 @@
-"""Our CPU int8 matmul (trainables/lm/int8_kernel.py, kernels/int8_matmul.cpp): built on this machine,
-against the dequantized weight's product; a row's result whatever its batch; Int8Linear with and
-without it; the build cached per machine, and torch's kernel where ours cannot be built."""
+"""Our CPU int8 matmul (trainables/lm/int8_kernel.py, kernels/int8_matmul.cpp), built by
+trainables/lm/cpu_extension.py on this machine: against the dequantized weight's product; a row's result
+whatever its batch; Int8Linear with and without it; the build cached per machine, torch's kernel where
+ours cannot be built or is turned off."""
 
 from __future__ import annotations
 
@@ -94,5 +95,5 @@ def test_the_build_is_cached_per_machine_and_torchs_kernel_serves_without_a_comp
     second = _python(_USE, MOE_ORCH_KERNEL_CACHE=cache)
     assert "kernel True" in second.stdout and "building" not in second.stderr, second.stderr
     # turned off: torch's kernel
-    off = _python(_USE, MOE_ORCH_KERNEL_CACHE=cache, MOE_ORCH_INT8_KERNEL="torch")
+    off = _python(_USE, MOE_ORCH_KERNEL_CACHE=cache, MOE_ORCH_KERNELS_OFF="mixlora_one_token, int8_matmul")
     assert "kernel False" in off.stdout and "out (2, 16)" in off.stdout and "not available" not in off.stderr

@@ -16,12 +16,13 @@ from torch import nn
 
 from trainables.lm import load_base
 from trainables.lm.engine import GenerationEngine, SamplingParams
-from trainables.lm.fused import FusedLlamaModel
+from trainables.lm.fused import FusedLlamaModel, stacked_linear
 from trainables.lm.quantize import Int4Linear, Int8Linear, apply_weights, quantize_base
 from trainables.mixlora import mixlora_blocks
 from trainables.mixlora.block import MixLoRAFFN
 from trainables.mixlora.checkpoint import apply_adapters
 from trainables.mixlora.config import MixLoRAConfig
+from trainables.mixlora.one_token_kernel import one_token_op
 
 TIGHT = dict(rtol=1e-5, atol=1e-5)  # float32; the paths differ only in summation order
 PROMPTS = ["Hello there, how are", "x", "def f(a, b):\n    return"]
@@ -117,27 +118,79 @@ def test_one_token_reads_the_chosen_experts_factors_in_place(top_k: int, frozen:
                                block._mix_experts_inference(x, weights, indices), **TIGHT)
 
 
-@pytest.mark.parametrize("top_k", [1, 2])
+def _one_token_path(patch: pytest.MonkeyPatch, path: str) -> list[int]:
+    """Serve one token through ``path``: ``kernel`` (our C++ op, ``trainables/mixlora/one_token_kernel.py``)
+    or ``torch`` (the kernel turned off); returns a list that counts the kernel's calls."""
+    calls: list[int] = []
+    if path == "torch":
+        patch.setattr("trainables.mixlora.block.one_token_op", lambda: None)
+        return calls
+    op = one_token_op()
+    assert op is not None, "the MixLoRA one-token kernel did not build here (see the warning logged)"
+    patch.setattr("trainables.mixlora.block.one_token_op", lambda: lambda *args: calls.append(1) or op(*args))
+    return calls
+
+
+@pytest.mark.parametrize("path", ["kernel", "torch"])
+@pytest.mark.parametrize(("top_k", "renormalize"), [(1, True), (2, True), (3, True), (2, False)])
 @torch.no_grad()
-def test_one_token_is_routed_as_the_router_routes_it(top_k: int) -> None:
-    """A served forward of one token (the router's top-k taken from its logits, not its module) against the
-    training path (the router's module, the sorted dispatch): the same output, experts, logits and stats;
-    with top-1 the expert keeps its full-softmax weight, as the router gives it (it renormalises only k > 1)."""
+def test_one_token_is_routed_as_the_router_routes_it(top_k: int, renormalize: bool, path: str) -> None:
+    """A served forward of one token (the router's top-k taken from its logits, not its module; by our
+    kernel, or by torch ops) against the training path (the router's module, the sorted dispatch): the
+    same output, experts, logits and stats; with top-1, or without renormalising, each expert keeps its
+    full-softmax weight, as the router gives it (it renormalises only k > 1)."""
     torch.manual_seed(0)
     d_model, hidden = 16, 24
     block = MixLoRAFFN(nn.Linear(d_model, hidden, bias=False), nn.Linear(d_model, hidden, bias=False),
                        nn.Linear(hidden, d_model, bias=False), num_experts=4, top_k=top_k, rank=2, alpha=4,
                        dropout=0.0)
+    block.router.renormalize = renormalize
     block.router.gate.weight.normal_()
     for bank in (block.lora_gate, block.lora_up, block.lora_down):
         bank.B.normal_()
-    for x in torch.randn(8, 1, d_model):
-        served, trained = block.eval()(x), block.train()(x)  # no autograd: eval serves, training does not
-        torch.testing.assert_close(served.output, trained.output, **TIGHT)
-        assert torch.equal(served.expert_indices, trained.expert_indices)
-        torch.testing.assert_close(served.router_logits, trained.router_logits, **TIGHT)
-        torch.testing.assert_close(served.stats.router_entropy, trained.stats.router_entropy, **TIGHT)
-        assert torch.equal(served.stats.tokens_per_expert, trained.stats.tokens_per_expert)
+    block.gate_up_proj = stacked_linear(block.gate_proj, block.up_proj)  # as served; the modules stay for training
+    with pytest.MonkeyPatch.context() as patch:
+        calls = _one_token_path(patch, path)
+        for x in torch.randn(8, 1, d_model):
+            served, trained = block.eval()(x), block.train()(x)  # no autograd: eval serves, training does not
+            torch.testing.assert_close(served.output, trained.output, **TIGHT)
+            assert torch.equal(served.expert_indices, trained.expert_indices)
+            torch.testing.assert_close(served.router_logits, trained.router_logits, **TIGHT)
+            torch.testing.assert_close(served.stats.router_entropy, trained.stats.router_entropy, **TIGHT)
+            assert torch.equal(served.stats.tokens_per_expert, trained.stats.tokens_per_expert)
+    assert len(calls) == (8 if path == "kernel" else 0)
+
+
+@pytest.mark.parametrize("frozen", ["stacked int8", "stacked int4"])
+@torch.no_grad()
+def test_one_token_by_the_kernel_equals_the_torch_path_with_low_bit_weights(frozen: str) -> None:
+    """With low-bit frozen projections (their kernels on both paths) our one-token kernel gives the torch
+    path's output, experts and weights, every factor change followed."""
+    torch.manual_seed(0)
+    d_model, hidden = 64, 96  # shapes the int4 kernel takes
+    block = MixLoRAFFN(nn.Linear(d_model, hidden, bias=False), nn.Linear(d_model, hidden, bias=False),
+                       nn.Linear(hidden, d_model, bias=False), num_experts=4, top_k=2, rank=2, alpha=4,
+                       dropout=0.0).eval()
+    block.router.gate.weight.normal_()
+    for bank in (block.lora_gate, block.lora_up, block.lora_down):
+        bank.B.normal_()
+    _frozen_as(block, frozen)
+    xs = torch.randn(6, 1, d_model)
+    for step in range(2):
+        with pytest.MonkeyPatch.context() as patch:
+            _one_token_path(patch, "torch")
+            by_torch = [block(x) for x in xs]
+        with pytest.MonkeyPatch.context() as patch:
+            calls = _one_token_path(patch, "kernel")
+            by_kernel = [block(x) for x in xs]
+        assert len(calls) == len(xs)
+        for k, t in zip(by_kernel, by_torch, strict=True):
+            # the low-bit kernels round their input to bfloat16: summed in another order, one value may round apart
+            torch.testing.assert_close(k.output, t.output, rtol=1e-2, atol=1e-2)
+            assert torch.equal(k.expert_indices, t.expert_indices)
+            torch.testing.assert_close(k.router_logits, t.router_logits, **TIGHT)
+        block.lora_down.B.mul_(2.0)  # an in-place update: the kernel reads the factors as they are now
+        assert step == 1 or not torch.allclose(block(xs[0]).output, by_kernel[0].output)
 
 
 @pytest.mark.parametrize("bits", [8, 4])

@@ -100,5 +100,5 @@ at::Tensor int8_matmul(const at::Tensor& x_in, const at::Tensor& w_in, const at:
 
 }  // namespace
 
-TORCH_LIBRARY(moe_orch, m) { m.def("int8_matmul(Tensor x, Tensor w, Tensor scale) -> Tensor"); }
-TORCH_LIBRARY_IMPL(moe_orch, CPU, m) { m.impl("int8_matmul", &int8_matmul); }
+TORCH_LIBRARY(moe_orch_lm, m) { m.def("int8_matmul(Tensor x, Tensor w, Tensor scale) -> Tensor"); }
+TORCH_LIBRARY_IMPL(moe_orch_lm, CPU, m) { m.impl("int8_matmul", &int8_matmul); }
