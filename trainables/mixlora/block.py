@@ -42,10 +42,12 @@ sort and the loop over experts: ``_mix_experts_inference`` runs each LoRA stage 
 E experts' stacked factors (stacked once and cached, ``_stacked_factors``) with the unchosen ones
 masked to zero, gate and up side by side, and applies the frozen down projection once per token, to
 the router-weighted sum of its k activations (it is linear); one token on the CPU (decoding one sequence)
-reads only its k chosen experts' factors, in place (``_mix_one_token``), with a lean top-k of the router's logits
-and the frozen projections as row kernels (``trainables.lm.fused.row_kernel``), two dozen small ops a layer
-(``benchmarks/decode.py``, SmolLM2 at batch 1: time per token 1.37-1.39x the base's with int8 weights and
-1.58-1.61x with int4, against 1.48-1.61x and 1.76-1.81x before the lean routing and the row kernels). The
+reads only its k chosen experts' factors: routed and mixed in one call of our C++ kernel
+(``trainables.mixlora.one_token_kernel``; ``_serve_one_token_by_kernel``) where it is built, otherwise in
+place by torch ops (``_mix_one_token``, k <= 2), with a lean top-k of the router's logits; the frozen
+projections are row kernels (``trainables.lm.fused.row_kernel``) either way (``benchmarks/decode.py``,
+SmolLM2 at batch 1: time per token 1.18-1.28x the base's with int8 weights and 1.21-1.30x with int4 with
+the kernel; 1.37-1.39x and 1.58-1.61x by torch ops). The
 training losses are skipped, and a ``MixLoRAMLP`` computes the routing stats only when ``last`` is read
 (see ``MixLoRAFFN.forward``).
 On the inference paths the attention LoRA is merged into the frozen weights
@@ -229,6 +231,7 @@ class MixLoRAFFN(nn.Module):
         if plain_linears(self.gate_proj, self.up_proj):
             self.gate_up_proj = stacked_linear(self.gate_proj, self.up_proj)
             del self.gate_proj, self.up_proj
+        one_token_op()  # our one-token kernel built (once per machine) or loaded now, not at the first request
 
     def _frozen_gate_up(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen gate and up projections of ``x`` (T, D): two (T, H)."""
