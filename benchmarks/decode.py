@@ -110,7 +110,7 @@ def build_model(base: str, method: str, merged: bool, weights: str = "fp32", dev
             from trainables.mixlora.checkpoint import prepare_for_inference
 
             prepare_for_inference(model)
-    model = to_device(apply_weights(model, weights), device).eval()
+    model = to_device(apply_weights(model, weights, device), device).eval()
     return (torch.compile(model, dynamic=True) if compile else model), tokenizer
 
 

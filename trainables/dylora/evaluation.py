@@ -217,7 +217,8 @@ def _rescore(request: Any) -> dict[str, float]:
     from trainables.lm.quantize import apply_weights
 
     model, tokenizer, manifest = load_pool(request.checkpoint_dir)
-    apply_weights(model, request.weights)  # int8 / int4: the base's projections; the experts and router stay float
+    # int8 / int4: the base's projections; the experts and router stay float
+    apply_weights(model, request.weights, request.device)
     to_device(model, request.device)
     settings = request.settings
     problems = code_problems(settings, request.data_root)

@@ -227,12 +227,18 @@ def quantize_base(model: nn.Module, bits: int = 8) -> int:
     return count
 
 
-def apply_weights(model: nn.Module, weights: str) -> nn.Module:
-    """``model`` ready for inference with ``weights``, in place: its decoder layers fused
-    (``trainables.lm.fused``), then its frozen projections as they are (``fp32``) or quantized (``int8`` /
-    ``int4``: ``quantize_base``). Apply it after the LoRA merge; the model is then for inference only."""
+def apply_weights(model: nn.Module, weights: str, device: str | torch.device = "cpu") -> nn.Module:
+    """``model`` ready for inference with ``weights`` on ``device``, in place: on the CPU its decoder layers
+    fused (``trainables.lm.fused``), then its frozen projections as they are (``fp32``) or quantized
+    (``int8`` / ``int4``: ``quantize_base``). Apply it after the LoRA merge; the model is then for
+    inference only. On a GPU the layers stay Hugging Face's: the fused layers and our CPU kernels were
+    written and measured on CPU, and only the stock layers have run on CUDA (``make gpu-check``)."""
     if weights not in WEIGHTS:
         raise ValueError(f"weights: got {weights!r}, expected one of {', '.join(WEIGHTS)}")
+    if torch.device(device).type != "cpu":
+        if weights in BITS:
+            raise ValueError(f"weights: {weights} is a CPU format; got device {device}")
+        return model
     fuse_decoder_layers(model)
     if weights in BITS:
         quantize_base(model, BITS[weights])

@@ -322,7 +322,8 @@ class LMEndpoint:
 
         model, tokenizer, info = load_lm(checkpoint_dir)  # adapters merged at load
         info["weights"] = self.settings.weights
-        apply_weights(model, self.settings.weights)  # int8: the frozen base's linear layers, after the merge
+        # int8: the frozen base's linear layers, after the merge; on CPU the layers fused too
+        apply_weights(model, self.settings.weights, self.settings.device)
         to_device(model, self.settings.device)  # cuda with serve.num_gpus_per_replica > 0: bfloat16
         weight = next(model.parameters())
         info["device"], info["dtype"] = weight.device.type, str(weight.dtype).removeprefix("torch.")

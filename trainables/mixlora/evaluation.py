@@ -40,7 +40,7 @@ def evaluate_checkpoint(request: Any) -> dict[str, float]:
         model, tokenizer = load_base(request.base, device=request.device)  # bfloat16 on cuda
         what = f"the base {request.base}"
     weights = request.weights
-    apply_weights(model, weights)
+    apply_weights(model, weights, request.device)
     to_device(model, request.device)  # a checkpoint's model: built on cpu, merged, then moved
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     request.log(f"lm-eval on {what} ({weights} weights, {dtype} on {request.device}): {', '.join(settings.tasks)}, "

@@ -26,7 +26,7 @@ def generate(checkpoint_dir: Path | None, base: str | None, prompt: str, max_tok
         model, tokenizer = load_adapter(checkpoint_dir, inference=True)  # plain LoRA merged
     else:
         model, tokenizer = load_base(base or "", device=device)  # bfloat16 on cuda
-    apply_weights(model, weights)
+    apply_weights(model, weights, device)
     to_device(model, device)  # a checkpoint's model: built on cpu, merged, then moved
     inputs = tokenizer(chat_prompt(tokenizer, prompt), return_tensors="pt", add_special_tokens=False)  # (1, T)
     inputs = inputs.to(device)

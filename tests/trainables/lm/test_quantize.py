@@ -15,6 +15,8 @@ from orchestrator.cli import main
 from trainables.dylora.config import DyLoRAConfig
 from trainables.dylora.experts import DyLoRAModel
 from trainables.lm import load_base
+from trainables.lm.base import decoder_layers
+from trainables.lm.fused import FusedDecoderLayer
 from trainables.lm.quantize import INT4_GROUP, Int4Linear, Int8Linear, apply_weights, quantize_base
 from trainables.mixlora.checkpoint import apply_adapters, prepare_for_inference
 from trainables.mixlora.config import MixLoRAConfig
@@ -146,6 +148,19 @@ def test_unmerged_lora_is_refused() -> None:
         quantize_base(model)
     with pytest.raises(ValueError, match="expected one of fp32, int8, int4"):
         apply_weights(model, "int3")
+
+
+def test_the_layers_are_fused_and_quantized_for_the_cpu_only() -> None:
+    """On a GPU the loaders keep Hugging Face's layers (the ones run on CUDA, ``make gpu-check``); the fused
+    layers and the low-bit formats are for the CPU. Nothing moves here: ``apply_weights`` only prepares."""
+    model, _ = load_base("tiny-llama")
+    stock = [type(layer) for layer in decoder_layers(model)]
+    assert apply_weights(model, "fp32", device="cuda") is model
+    assert [type(layer) for layer in decoder_layers(model)] == stock
+    with pytest.raises(ValueError, match="int8 is a CPU format"):
+        apply_weights(model, "int8", device="cuda")
+    apply_weights(model, "fp32", device="cpu")
+    assert all(type(layer) is FusedDecoderLayer for layer in decoder_layers(model))
 
 
 def test_serve_weights_setting_validates() -> None:
