@@ -20,6 +20,7 @@ lock. ``-fopenmp``: ``at::parallel_for`` then runs on torch's own OpenMP threads
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -96,7 +97,13 @@ def _build(target: Path, source: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="moe-orch-kernel-") as build_dir:
         load(name=target.stem, sources=[str(source)], extra_cflags=list(CFLAGS), build_directory=build_dir,
              is_python_module=False, verbose=False)  # loads the library into this process too
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
-        shutil.copyfile(Path(build_dir) / f"{target.stem}.so", partial)
-        os.replace(partial, target)  # atomic: another process sees the whole file or none
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(build_dir) / f"{target.stem}.so", partial)
+            os.replace(partial, target)  # atomic: another process sees the whole file or none
+        except OSError as error:  # a read-only cache: this process keeps the kernel, the next one builds again
+            log.warning("%s: built, but not cached (%s); set MOE_ORCH_KERNEL_CACHE to a writable folder",
+                        source.name, error)
+            with contextlib.suppress(OSError):
+                partial.unlink(missing_ok=True)

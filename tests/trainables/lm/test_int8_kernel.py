@@ -97,3 +97,24 @@ def test_the_build_is_cached_per_machine_and_torchs_kernel_serves_without_a_comp
     # turned off: torch's kernel
     off = _python(_USE, MOE_ORCH_KERNEL_CACHE=cache, MOE_ORCH_KERNELS_OFF="mixlora_one_token, int8_matmul")
     assert "kernel False" in off.stdout and "out (2, 16)" in off.stdout and "not available" not in off.stderr
+
+
+def test_a_build_that_cannot_be_cached_is_still_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """The copy into the cache, not the compiler (the test above builds for real): a cache folder that
+    cannot be made (a file is in its way) leaves the built library loaded and says so; one that can gets
+    the file, whole, and no partial one."""
+    import torch.utils.cpp_extension
+
+    from trainables.lm.cpu_extension import _build
+
+    def fake_load(name: str, build_directory: str, **kwargs: object) -> None:  # what load() leaves behind
+        (Path(build_directory) / f"{name}.so").write_bytes(b"built")
+
+    monkeypatch.setattr(torch.utils.cpp_extension, "load", fake_load)
+    (tmp_path / "a-file").write_text("")
+    _build(tmp_path / "a-file" / "kernels" / "moe_orch_x_0.so", REPO / "trainables/lm/kernels/int8_matmul.cpp")
+    assert "built, but not cached" in caplog.text
+    _build(tmp_path / "cache" / "moe_orch_x_0.so", REPO / "trainables/lm/kernels/int8_matmul.cpp")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["moe_orch_x_0.so"]
+    assert (tmp_path / "cache" / "moe_orch_x_0.so").read_bytes() == b"built"
