@@ -89,11 +89,22 @@ def _build_name(name: str, source: Path) -> str:
     return f"moe_orch_{name}_{digest.hexdigest()[:16]}"
 
 
+def _put_ninja_on_path() -> None:
+    """torch's build runs ``ninja`` from PATH; the lock installs it (the ``ninja`` package) beside this
+    Python, which is not on PATH when the venv is not activated (``.venv/bin/moe-orch serve ...``)."""
+    if shutil.which("ninja") is None:
+        with contextlib.suppress(ImportError):
+            import ninja
+
+            os.environ["PATH"] = os.pathsep.join([ninja.BIN_DIR, os.environ.get("PATH", "")])
+
+
 def _build(target: Path, source: Path) -> None:
     """Compile ``source`` in a directory of this process's own, load it, then move it to ``target``."""
     from torch.utils.cpp_extension import load  # imports setuptools: only when a build is needed
 
     log.info("%s: building our CPU kernel (once per machine) into %s", source.name, target.parent)
+    _put_ninja_on_path()
     with tempfile.TemporaryDirectory(prefix="moe-orch-kernel-") as build_dir:
         load(name=target.stem, sources=[str(source)], extra_cflags=list(CFLAGS), build_directory=build_dir,
              is_python_module=False, verbose=False)  # loads the library into this process too

@@ -71,6 +71,20 @@ def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)
 
 
+def _path_without_ninja(folder: Path) -> str:
+    """A PATH of one folder that links every program on this PATH but ``ninja`` (and nothing of the venv)."""
+    folder.mkdir()
+    venv_bin = Path(sys.executable).parent
+    for entry in os.environ["PATH"].split(os.pathsep):
+        if not entry or Path(entry) == venv_bin or not Path(entry).is_dir():
+            continue
+        for program in Path(entry).iterdir():
+            link = folder / program.name
+            if program.name != "ninja" and not link.exists() and not link.is_symlink():
+                link.symlink_to(program)
+    return str(folder)
+
+
 _USE = ("import logging, torch; logging.basicConfig(level=logging.INFO)\n"
         "from trainables.lm.int8_kernel import int8_matmul\n"
         "from trainables.lm.quantize import Int8Linear\n"
@@ -87,8 +101,9 @@ def test_the_build_is_cached_per_machine_and_torchs_kernel_serves_without_a_comp
     assert "kernel False" in none.stdout and "out (2, 16)" in none.stdout
     assert "our CPU kernel is not available" in none.stderr
     assert not list(tmp_path.glob("kernels/*.so"))
-    # with one: built once into the cache, then loaded from it by the next process
-    first = _python(_USE, MOE_ORCH_KERNEL_CACHE=cache)
+    # with one: built once into the cache, then loaded from it by the next process; the build finds the
+    # lock's ninja beside this Python when PATH has none (a venv used without activating it)
+    first = _python(_USE, MOE_ORCH_KERNEL_CACHE=cache, PATH=_path_without_ninja(tmp_path / "bin"))
     assert first.returncode == 0, first.stderr
     assert "kernel True" in first.stdout and "building our CPU kernel" in first.stderr
     assert len(list(tmp_path.glob("kernels/*.so"))) == 1 and not list(tmp_path.glob("kernels/*.partial"))
