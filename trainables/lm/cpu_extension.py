@@ -103,7 +103,8 @@ def _build(target: Path, source: Path) -> None:
     """Compile ``source`` in a directory of this process's own, load it, then move it to ``target``."""
     from torch.utils.cpp_extension import load  # imports setuptools: only when a build is needed
 
-    log.info("%s: building our CPU kernel (once per machine) into %s", source.name, target.parent)
+    # a warning, not info: no moe-orch command turns info on, and the user should know what the pause is
+    log.warning("%s: building our CPU kernel (once per machine, 10-20 s) into %s", source.name, target.parent)
     _put_ninja_on_path()
     with tempfile.TemporaryDirectory(prefix="moe-orch-kernel-") as build_dir:
         load(name=target.stem, sources=[str(source)], extra_cflags=list(CFLAGS), build_directory=build_dir,
